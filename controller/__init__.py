@@ -1,0 +1,1 @@
+"""The central control plane: fleet telemetry, drift detection, autoscaling through Kubernetes."""

@@ -1,0 +1,1 @@
+"""Engines: the vLLM launcher/supervisor and the replica simulator."""

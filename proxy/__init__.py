@@ -1,0 +1,1 @@
+"""The per-pod sidecar: OpenAI-compatible interception, caches, router, balancer, accounting."""

@@ -1,0 +1,276 @@
+"""One YAML file describes the fleet: tiers, prices, SLOs, caches, router, controller.
+
+Validated at load with pydantic (unknown keys rejected); any problem becomes a
+`ConfigError` whose message is one line naming the field, so the CLI never prints a
+traceback for a bad file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; `str()` is one line naming the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Price(_Strict):
+    """Either a self-hosted GPU price or an API token price, not both."""
+
+    gpu_hour: NonNegative | None = None
+    gpus_per_replica: Annotated[int, Field(ge=1)] = 1
+    input_per_1m: NonNegative | None = None
+    output_per_1m: NonNegative | None = None
+    cached_input_per_1m: NonNegative | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Price":
+        api = (self.input_per_1m, self.output_per_1m)
+        if self.gpu_hour is None and all(v is None for v in api):
+            raise ValueError("set gpu_hour (self-hosted) or input_per_1m/output_per_1m (API)")
+        if self.gpu_hour is not None and any(v is not None for v in api):
+            raise ValueError("gpu_hour and per-token prices are exclusive")
+        if self.gpu_hour is None and any(v is None for v in api):
+            raise ValueError("an API price needs both input_per_1m and output_per_1m")
+        return self
+
+    @property
+    def self_hosted(self) -> bool:
+        return self.gpu_hour is not None
+
+
+class Speculative(_Strict):
+    """vLLM `--speculative-config`: ngram (prompt lookup), eagle/eagle3, or a draft model."""
+
+    method: Literal["ngram", "eagle", "eagle3", "draft_model", "mtp"]
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=16)] = 4
+    model: str | None = None
+    prompt_lookup_max: Annotated[int, Field(ge=1)] | None = None
+    prompt_lookup_min: Annotated[int, Field(ge=1)] | None = None
+    # Simulator only: the share of proposed tokens the target model accepts.
+    acceptance_rate: Annotated[float, Field(ge=0, le=1)] = 0.6
+
+    @model_validator(mode="after")
+    def _model_when_needed(self) -> "Speculative":
+        if self.method in ("eagle", "eagle3", "draft_model") and not self.model:
+            raise ValueError(f"method {self.method} needs a model")
+        return self
+
+
+class EngineSettings(_Strict):
+    """How a tier's engine runs: `vllm` (started here), `sim` (simulator) or `external` (URLs)."""
+
+    kind: Literal["vllm", "sim", "external"] = "vllm"
+    quantization: Literal["awq", "awq_marlin", "gptq", "gptq_marlin", "fp8", "bitsandbytes", "compressed-tensors"] | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    speculative: Speculative | None = None
+    max_num_seqs: Annotated[int, Field(ge=1)] = 256
+    max_num_batched_tokens: Annotated[int, Field(ge=1)] | None = None
+    enable_prefix_caching: bool = True
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    tensor_parallel_size: Annotated[int, Field(ge=1)] = 1
+    enforce_eager: bool = False
+    device: Literal["cuda", "cpu"] = "cuda"
+    extra_args: list[str] = Field(default_factory=list)
+    # Simulator: which performance profile stands in for this tier's GPU + model.
+    sim_profile: str = "a100-llama3-8b"
+    base_port: Annotated[int, Field(ge=1, le=65535)] = 8100
+
+
+class Replicas(_Strict):
+    count: Annotated[int, Field(ge=0)] = 1
+    min: Annotated[int, Field(ge=0)] = 1
+    max: Annotated[int, Field(ge=0)] = 4
+    scale_to_zero: bool = False
+    urls: list[str] = Field(default_factory=list)
+    deployment: str | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Replicas":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        if self.min == 0 and not self.scale_to_zero:
+            raise ValueError("min 0 needs scale_to_zero: true")
+        return self
+
+
+class Tier(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)]
+    model: str
+    aliases: list[str] = Field(default_factory=list)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    price: Price
+    replicas: Replicas = Field(default_factory=Replicas)
+    cache: bool = True  # per-tier cache switch
+
+    @property
+    def served_names(self) -> list[str]:
+        return [self.model, *self.aliases]
+
+
+class Slo(_Strict):
+    ttft_p95_ms: Positive = 2000
+    itl_p95_ms: Positive = 100
+
+
+class ExactCacheSettings(_Strict):
+    enabled: bool = True
+    max_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
+    ttl_s: Positive = 3600
+    deterministic_only: bool = True
+
+
+class SemanticCacheSettings(_Strict):
+    enabled: bool = True
+    max_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
+    ttl_s: Positive = 3600
+    threshold: Annotated[float, Field(ge=-1, le=1)] | None = None  # None: the shipped calibration
+
+
+class CacheSettings(_Strict):
+    exact: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
+    semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+
+
+class RouterSettings(_Strict):
+    enabled: bool = True
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = None  # None: the artifact's calibration
+    artifact: str | None = None
+    escalate_on_error: bool = True
+
+
+class ListenSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+
+
+class ControllerSettings(_Strict):
+    url: str | None = None  # grpc target host:port for the sidecar's telemetry stream
+    listen_grpc: str = "127.0.0.1:50051"
+    listen_http: str = "127.0.0.1:8090"
+    namespace: str = "thrifty"
+    dry_run: bool = False
+    interval_s: Positive = 5
+
+
+class AdmissionSettings(_Strict):
+    max_queue: Annotated[int, Field(ge=0)] = 1024
+    max_wait_s: Positive = 30
+    saturation_waiting: Annotated[int, Field(ge=0)] = 16
+    saturation_kv: Annotated[float, Field(gt=0, le=1)] = 0.95
+
+
+class TimeoutSettings(_Strict):
+    connect_s: Positive = 5
+    first_byte_s: Positive = 120
+    total_s: Positive = 600
+
+
+class Config(_Strict):
+    tiers: Annotated[list[Tier], Field(min_length=1)]
+    listen: ListenSettings = Field(default_factory=ListenSettings)
+    slo: Slo = Field(default_factory=Slo)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    baseline_tier: str | None = None  # defaults to the most expensive tier
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        names = [t.name for t in self.tiers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tier names repeat: {sorted(dup)}")
+        seen: dict[str, str] = {}
+        for tier in self.tiers:
+            for alias in tier.served_names:
+                if alias in seen and seen[alias] != tier.name:
+                    raise ValueError(f"model name {alias!r} is served by tiers {seen[alias]!r} and {tier.name!r}")
+                seen[alias] = tier.name
+        if self.baseline_tier is not None and self.baseline_tier not in names:
+            raise ValueError(f"baseline_tier {self.baseline_tier!r} is not a tier")
+        return self
+
+    def tier(self, name: str) -> Tier:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def tier_for_model(self, model: str) -> Tier | None:
+        for t in self.tiers:
+            if model in t.served_names:
+                return t
+        return None
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate already-parsed YAML/JSON data; raise `ConfigError` with one line."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = _field_path(tuple(err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ConfigError(f"{source}: {field}: {msg}{more}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise ConfigError(f"{path}: YAML syntax error at {where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, str(path))
+
+
+def baseline_tier(config: Config) -> Tier:
+    """The tier every request would use without thrifty: named, or the priciest one."""
+    if config.baseline_tier:
+        return config.tier(config.baseline_tier)
+
+    def unit_cost(t: Tier) -> float:
+        p = t.price
+        if p.self_hosted:
+            return (p.gpu_hour or 0) * p.gpus_per_replica
+        return (p.input_per_1m or 0) + (p.output_per_1m or 0)
+
+    return max(config.tiers, key=unit_cost)
