@@ -29,7 +29,10 @@ try:
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 except ImportError:
     from vllm.utils import FlexibleArgumentParser
-from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
+try:  # vLLM >= 0.30 moved the serve parser
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+except ImportError:
+    from vllm.entrypoints.openai.cli_args import make_arg_parser, validate_parsed_serve_args
 parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
 def fail(message):
     print("error: " + str(message).splitlines()[0]); sys.exit(3)

@@ -1,0 +1,75 @@
+"""Which replica of a tier answers: filters, weighted scorers, a picker.
+
+The same class runs in the sidecar and in `thrifty bench balance`, so the bench
+measures the code that serves traffic. `build_balancer(policy)` names the policies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thrifty.proxy.filters import BoundedLoadFilter, Filter, HealthyFilter, NotSaturatedFilter, PickRequest
+from thrifty.proxy.picker import MaxScorePicker, Picker, RoundRobinPicker
+from thrifty.proxy.pool import ReplicaState
+from thrifty.proxy.scorers import KvCacheScorer, LatencyScorer, PrefixAffinityScorer, QueueScorer, Scorer
+
+POLICIES = ("thrifty", "least_loaded", "round_robin")
+
+
+@dataclass(slots=True)
+class Pick:
+    replica: ReplicaState
+    reason: str  # "prefix" when affinity decided, else "load"
+
+
+class Balancer:
+    def __init__(self, filters: list[Filter], scorers: list[tuple[Scorer, float]], picker: Picker) -> None:
+        self.filters = filters
+        self.scorers = scorers
+        self.picker = picker
+
+    def pick(self, req: PickRequest, replicas: list[ReplicaState]) -> Pick | None:
+        """The replica for `req`, or None when every replica is filtered out (admission queues)."""
+        candidates = replicas
+        for f in self.filters:
+            candidates = f.filter(req, candidates)
+            if not candidates:
+                return None
+        reason = "load"
+        if len(candidates) == 1 or not self.scorers:
+            chosen = self.picker.pick(candidates, [0.0] * len(candidates))
+        else:
+            totals = [0.0] * len(candidates)
+            prefix_scores: list[float] | None = None
+            for scorer, weight in self.scorers:
+                scores = scorer.score(req, candidates)
+                if scorer.name == "prefix":
+                    prefix_scores = scores
+                for i, s in enumerate(scores):
+                    totals[i] += weight * s
+            chosen = self.picker.pick(candidates, totals)
+            if prefix_scores is not None and max(prefix_scores) > 0:
+                if prefix_scores[candidates.index(chosen)] >= max(prefix_scores):
+                    reason = "prefix"
+        for scorer, _ in self.scorers:
+            scorer.picked(req, chosen)
+        chosen.picks += 1
+        return Pick(chosen, reason)
+
+
+def build_balancer(policy: str = "thrifty", *, max_waiting: float = float("inf"), max_kv: float = 1.01,
+                   prefix_capacity_blocks: int = 1 << 18, epsilon: float = 1.0) -> Balancer:
+    """`thrifty`: bounded-load prefix affinity; `least_loaded`; `round_robin`."""
+    healthy: list[Filter] = [HealthyFilter(), NotSaturatedFilter(max_waiting, max_kv)]
+    if policy == "round_robin":
+        return Balancer(healthy, [], RoundRobinPicker())
+    if policy == "least_loaded":
+        return Balancer(healthy, [(QueueScorer(), 1.0)], MaxScorePicker())
+    if policy == "thrifty":
+        return Balancer(
+            [*healthy, BoundedLoadFilter(epsilon)],
+            [(PrefixAffinityScorer(prefix_capacity_blocks), 4.0), (QueueScorer(), 1.0), (KvCacheScorer(), 0.5),
+             (LatencyScorer(), 1.0)],
+            MaxScorePicker(),
+        )
+    raise ValueError(f"unknown balancing policy {policy!r}; choose from {', '.join(POLICIES)}")

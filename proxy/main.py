@@ -1,0 +1,66 @@
+"""Assemble and run one sidecar process: levers, telemetry, server, until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from prometheus_client import CollectorRegistry
+
+from thrifty.config import Config, ConfigError
+from thrifty.proxy.accounting import DEFAULT_NOMINAL_TOKENS_PER_S
+from thrifty.proxy.levers import Levers, NoLevers
+from thrifty.proxy.logs import AccessLog, setup_logging
+from thrifty.proxy.server import Sidecar, bound_port, serve
+
+def levers_wanted(config: Config) -> bool:
+    return config.cache.exact.enabled or config.cache.semantic.enabled or config.router.enabled
+
+
+async def build_levers(config: Config, registry: CollectorRegistry) -> Levers:
+    """The caches and router when the config enables any of them (built off the event loop: models load)."""
+    if not levers_wanted(config):
+        return NoLevers()
+    from thrifty.proxy.cost_levers import CostLevers
+
+    return await asyncio.to_thread(CostLevers, config, registry)
+
+
+async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[str, list[str]]) -> int:
+    log = setup_logging(args.log_level)
+    log.info("starting", extra={"fields": {"config": str(args.config)}})
+    unknown = set(replicas) - {t.name for t in config.tiers}
+    if unknown:
+        raise ConfigError(f"--replica names unknown tiers: {sorted(unknown)}")
+    host = args.host or config.listen.host
+    port = config.listen.port if args.port is None else args.port
+    sidecar = Sidecar(
+        config,
+        replicas=replicas or None,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        access_log=AccessLog(enabled=not args.no_access_log),
+        nominal_tokens_per_s=args.nominal_tokens_per_s or DEFAULT_NOMINAL_TOKENS_PER_S,
+    )
+    sidecar.set_levers(await build_levers(config, sidecar.metrics.registry))
+    runner = await serve(sidecar, host, port)
+    port = bound_port(runner)
+    log.info("listening", extra={"fields": {"host": host, "port": port}})
+    telemetry = None
+    controller = args.controller or config.controller.url
+    if controller:
+        from thrifty.proxy.telemetry import TelemetryClient
+
+        telemetry = TelemetryClient(controller, sidecar.metrics.registry, args.sidecar_id or f"{host}:{port}", sidecar.apply_policy)
+        await telemetry.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if telemetry is not None:
+            await telemetry.stop()
+        await runner.cleanup()
+    return 0

@@ -1,0 +1,391 @@
+"""The learned router: which tier answers a request.
+
+A linear model over the request's sentence embedding (the same vector the semantic
+cache uses) plus a few cheap prompt features predicts, per known model, the chance it
+answers correctly, and — the score used when serving — the chance that the cheaper
+tier answers as well as the strongest one ("ease"). It is trained on real labelled
+data (RouteLLM MMLU: Mixtral vs GPT-4 correctness; RouterBench: 11 models with
+scores and dollar costs) by `thrifty router train`, which writes the versioned
+artifact `router_model.npz` shipped in the package.
+
+Tiers are ordered cheapest first. With a threshold t, the cheapest tier answers when
+ease >= t; with more tiers the thresholds cascade linearly from t down to 0 (tier i
+of n-1 cheaper tiers answers when ease >= t * (1 - i/(n-1))), so a lower score walks
+up one tier at a time and the strongest tier takes whatever is left.
+
+Nothing in serving uses labels: the threshold comes from the artifact's calibration
+(out-of-fold scores on its training rows) or from `thrifty router calibrate`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ARTIFACT = Path(__file__).with_name("router_model.npz")
+VERSION = 1
+TRAIN_BUCKETS = 50  # prompts whose hash % 100 < 50 train the router; the rest stay held out
+CHEAP_FEATURES = ("log_chars", "log_words", "digit_share", "code_markers", "log_lines", "choices", "math_symbols", "question")
+
+_CHOICE = re.compile(r"^\s*[A-E][.)]\s", re.MULTILINE)
+_CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|;\s*$|\{|\}|\bfunction\b", re.MULTILINE)
+_MATH = re.compile(r"[=+\-*/^<>]")
+
+
+def prompt_hash(prompt: str) -> int:
+    return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "little")
+
+
+def is_training_prompt(prompt: str) -> bool:
+    return prompt_hash(prompt) % 100 < TRAIN_BUCKETS
+
+
+def cheap_features(text: str) -> np.ndarray:
+    chars = max(len(text), 1)
+    return np.array(
+        [
+            math.log1p(len(text)),
+            math.log1p(len(text.split())),
+            sum(c.isdigit() for c in text) / chars,
+            min(len(_CODE.findall(text)), 10) / 10,
+            math.log1p(text.count("\n")),
+            min(len(_CHOICE.findall(text)), 6) / 6,
+            min(len(_MATH.findall(text)), 50) / 50,
+            float("?" in text),
+        ],
+        dtype=np.float32,
+    )
+
+
+# ---------------------------------------------------------------- labelled data files
+
+
+@dataclass(slots=True)
+class LabelledSet:
+    """Prompts with a score per model (NaN = missing) and, where known, dollars per call."""
+
+    source: str
+    prompts: list[str]
+    models: list[str]
+    scores: np.ndarray  # (n, m) in [0, 1]
+    costs: np.ndarray | None  # (n, m) dollars, or None (RouteLLM format)
+    groups: list[str] = field(default_factory=list)  # subject / eval_name
+
+    def subset(self, rows: np.ndarray) -> "LabelledSet":
+        return LabelledSet(
+            source=self.source,
+            prompts=[self.prompts[i] for i in rows],
+            models=self.models,
+            scores=self.scores[rows],
+            costs=None if self.costs is None else self.costs[rows],
+            groups=[self.groups[i] for i in rows] if self.groups else [],
+        )
+
+
+class DataFormatError(ValueError):
+    """A routing data file in neither the RouteLLM nor the RouterBench format."""
+
+
+_NON_MODEL = {"", "sample_id", "prompt", "eval_name", "subject", "oracle_model_to_route_to", "index", "unnamed: 0"}
+
+
+def _score(value: str) -> float:
+    value = value.strip()
+    if value.lower() in ("true", "false"):
+        return 1.0 if value.lower() == "true" else 0.0
+    if value == "":
+        return math.nan
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise DataFormatError(f"score {value!r} is outside [0, 1]")
+    return number
+
+
+def load_labelled(path: str | Path) -> LabelledSet:
+    """Read a RouteLLM (`prompt,<weak>,<strong>`) or RouterBench (`|total_cost`) CSV."""
+    path = Path(path)
+    csv.field_size_limit(1 << 30)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader)
+            rows = list(reader)
+    except (OSError, StopIteration, UnicodeDecodeError, csv.Error) as exc:
+        raise DataFormatError(f"{path}: cannot read as CSV: {exc}") from None
+    if "prompt" not in header:
+        raise DataFormatError(f"{path}: no 'prompt' column")
+    p = header.index("prompt")
+    cost_cols = {h.split("|")[0]: i for i, h in enumerate(header) if h.endswith("|total_cost")}
+    models = [h for h in header if "|" not in h and h.strip().lower() not in _NON_MODEL]
+    if len(models) < 2:
+        raise DataFormatError(f"{path}: needs at least two model score columns, found {models}")
+    model_cols = [header.index(m) for m in models]
+    group_col = header.index("eval_name") if "eval_name" in header else header.index("subject") if "subject" in header else None
+    prompts, scores, costs, groups = [], [], [], []
+    try:
+        for line, row in enumerate(rows, start=2):
+            if len(row) != len(header):
+                raise DataFormatError(f"{path}:{line}: {len(row)} fields, header has {len(header)}")
+            prompts.append(row[p])
+            scores.append([_score(row[i]) for i in model_cols])
+            if cost_cols:
+                costs.append([float(row[cost_cols[m]]) if m in cost_cols and row[cost_cols[m]].strip() else math.nan for m in models])
+            if group_col is not None:
+                groups.append(row[group_col])
+    except ValueError as exc:
+        raise DataFormatError(f"{path}: {exc}") from None
+    if not prompts:
+        raise DataFormatError(f"{path}: no rows")
+    return LabelledSet(
+        source=path.name,
+        prompts=prompts,
+        models=models,
+        scores=np.array(scores, dtype=np.float64),
+        costs=np.array(costs, dtype=np.float64) if cost_cols else None,
+        groups=groups,
+    )
+
+
+def strongest(data: LabelledSet) -> int:
+    return int(np.nanargmax(np.nanmean(data.scores, axis=0)))
+
+
+def default_weak(data: LabelledSet, mean_costs: np.ndarray | None) -> int:
+    """The pair the ease score learns from: the best model costing <= 20% of the strongest."""
+    s = strongest(data)
+    means = np.nanmean(data.scores, axis=0)
+    if mean_costs is None or len(data.models) == 2:
+        return min((i for i in range(len(data.models)) if i != s), key=lambda i: -means[i])
+    cheap = [i for i in range(len(data.models)) if i != s and mean_costs[i] <= 0.2 * mean_costs[s]]
+    pool = cheap or [i for i in range(len(data.models)) if i != s]
+    return max(pool, key=lambda i: means[i])
+
+
+# ---------------------------------------------------------------- the model
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 25) -> np.ndarray:
+    """L2-regularised logistic regression (Newton); y may be fractional. Returns [w..., b]."""
+    n, d = x.shape
+    xb = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(d + 1)
+    reg = np.full(d + 1, l2)
+    reg[-1] = 0.0
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
+        grad = xb.T @ (p - y) + reg * w
+        hess = (xb * (p * (1 - p) + 1e-6)[:, None]).T @ xb + np.diag(reg)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
+
+
+@dataclass(slots=True)
+class RouterModel:
+    """Linear heads over [embedding, standardised cheap features]."""
+
+    embedder: str
+    dim: int
+    feature_mean: np.ndarray
+    feature_scale: np.ndarray
+    heads: dict[str, np.ndarray]  # model name -> [w..., b]: P(model answers correctly)
+    ease: np.ndarray  # [w..., b]: P(the cheaper tier answers as well as the strongest)
+    threshold: float  # calibrated default for serving
+    calibration: np.ndarray  # (k, 3): out-of-fold ease, weak score, strong score on training rows
+    trained_prompts: np.ndarray  # uint64 prompt hashes
+    mean_costs: dict[str, float] = field(default_factory=dict)  # dollars per call seen in training
+    meta: dict = field(default_factory=dict)
+
+    def features(self, vectors: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        cheap = np.stack([cheap_features(t) for t in texts]) if texts else np.zeros((0, len(CHEAP_FEATURES)))
+        cheap = (cheap - self.feature_mean) / self.feature_scale
+        return np.hstack([np.atleast_2d(vectors).astype(np.float64), cheap])
+
+    def ease_scores(self, vectors: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        x = self.features(vectors, texts)
+        return _sigmoid(x @ self.ease[:-1] + self.ease[-1])
+
+    def ease_score(self, vector: np.ndarray, text: str) -> float:
+        return float(self.ease_scores(vector[None, :], [text])[0])
+
+    def correctness(self, vectors: np.ndarray, texts: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        x = self.features(vectors, texts)
+        return np.stack([_sigmoid(x @ self.heads[m][:-1] + self.heads[m][-1]) for m in models], axis=1)
+
+    def trained_on(self, prompts: Sequence[str]) -> np.ndarray:
+        hashes = np.array([prompt_hash(p) for p in prompts], dtype=np.uint64)
+        return np.isin(hashes, self.trained_prompts)
+
+    def save(self, path: Path = ARTIFACT) -> None:
+        meta = {"version": VERSION, "embedder": self.embedder, "dim": self.dim, "cheap_features": list(CHEAP_FEATURES), "threshold": self.threshold, "head_names": list(self.heads), "mean_costs": self.mean_costs, **self.meta}
+        np.savez_compressed(
+            path,
+            meta=np.array(json.dumps(meta)),
+            feature_mean=self.feature_mean,
+            feature_scale=self.feature_scale,
+            heads=np.stack([self.heads[m] for m in self.heads]).astype(np.float32),
+            ease=self.ease,
+            calibration=self.calibration.astype(np.float32),
+            trained_prompts=self.trained_prompts,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path = ARTIFACT) -> "RouterModel":
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("version") != VERSION or meta.get("cheap_features") != list(CHEAP_FEATURES):
+                raise ValueError(f"{path}: router artifact version {meta.get('version')} does not match this code ({VERSION}); retrain it")
+            names = meta.pop("head_names")
+            return cls(
+                embedder=meta.pop("embedder"),
+                dim=int(meta.pop("dim")),
+                feature_mean=data["feature_mean"],
+                feature_scale=data["feature_scale"],
+                heads={m: data["heads"][i].astype(np.float64) for i, m in enumerate(names)},
+                ease=data["ease"],
+                threshold=float(meta.pop("threshold")),
+                calibration=data["calibration"].astype(np.float64),
+                trained_prompts=data["trained_prompts"],
+                mean_costs=meta.pop("mean_costs"),
+                meta=meta,
+            )
+
+
+# ---------------------------------------------------------------- training and calibration
+
+
+def _mean_costs(data: LabelledSet) -> np.ndarray | None:
+    return None if data.costs is None else np.nanmean(data.costs, axis=0)
+
+
+def train_router(
+    sets: Sequence[LabelledSet],
+    embed: Callable[[list[str]], np.ndarray],
+    *,
+    embedder_name: str,
+    l2: float = 3.0,
+    quality_target: float = 0.95,
+) -> RouterModel:
+    """Fit per-model heads and the ease head on each file's training half (prompt-hash split)."""
+    train = [s.subset(np.array([i for i, p in enumerate(s.prompts) if is_training_prompt(p)], dtype=int)) for s in sets]
+    train = [t for t in train if t.prompts]
+    all_prompts = [p for t in train for p in t.prompts]
+    vectors = embed(all_prompts)
+    cheap = np.stack([cheap_features(p) for p in all_prompts])
+    mean, scale = cheap.mean(axis=0), cheap.std(axis=0) + 1e-6
+    x = np.hstack([vectors.astype(np.float64), (cheap - mean) / scale])
+    offsets = np.cumsum([0] + [len(t.prompts) for t in train])
+
+    heads: dict[str, np.ndarray] = {}
+    for name in sorted({m for t in train for m in t.models}):
+        xs, ys = [], []
+        for t, start in zip(train, offsets, strict=False):
+            if name in t.models:
+                col = t.scores[:, t.models.index(name)]
+                ok = ~np.isnan(col)
+                xs.append(x[start : start + len(t.prompts)][ok])
+                ys.append(col[ok])
+        heads[name] = fit_logistic(np.vstack(xs), np.concatenate(ys), l2)
+
+    ease_x, ease_y, weak_q, strong_q, fold = [], [], [], [], []
+    costs: dict[str, list[float]] = {}
+    for t, start in zip(train, offsets, strict=False):
+        mc = _mean_costs(t)
+        if mc is not None:
+            for m, c in zip(t.models, mc, strict=True):
+                costs.setdefault(m, []).append(float(c))
+        s, w = strongest(t), default_weak(t, mc)
+        ok = ~np.isnan(t.scores[:, s]) & ~np.isnan(t.scores[:, w])
+        ease_x.append(x[start : start + len(t.prompts)][ok])
+        ease_y.append((t.scores[ok, w] >= t.scores[ok, s]).astype(float))
+        weak_q.append(t.scores[ok, w])
+        strong_q.append(t.scores[ok, s])
+        fold.append(np.array([prompt_hash(p) % 2 for p, good in zip(t.prompts, ok, strict=True) if good]))
+    ex, ey, fold_all = np.vstack(ease_x), np.concatenate(ease_y), np.concatenate(fold)
+    ease = fit_logistic(ex, ey, l2)
+    oof = np.zeros(len(ey))
+    for k in (0, 1):  # out-of-fold ease scores: the calibration never sees its own fit
+        w = fit_logistic(ex[fold_all != k], ey[fold_all != k], l2)
+        oof[fold_all == k] = _sigmoid(ex[fold_all == k] @ w[:-1] + w[-1])
+    calibration = np.stack([oof, np.concatenate(weak_q), np.concatenate(strong_q)], axis=1)
+    model = RouterModel(
+        embedder=embedder_name,
+        dim=vectors.shape[1],
+        feature_mean=mean.astype(np.float32),
+        feature_scale=scale.astype(np.float32),
+        heads=heads,
+        ease=ease,
+        threshold=0.5,
+        calibration=calibration,
+        trained_prompts=np.array(sorted({prompt_hash(p) for p in all_prompts}), dtype=np.uint64),
+        mean_costs={m: float(np.mean(v)) for m, v in costs.items()},
+        meta={"trained_on": [t.source for t in train], "rows": int(len(all_prompts)), "l2": l2},
+    )
+    model.threshold = threshold_for_quality(calibration, quality_target)
+    model.meta["calibrated_for"] = {"quality_target": quality_target}
+    return model
+
+
+def threshold_for_quality(calibration: np.ndarray, target: float) -> float:
+    """Highest-saving threshold whose routed quality (on out-of-fold rows) keeps `target`
+    of the strongest model's quality."""
+    ease, weak, strong = calibration[:, 0], calibration[:, 1], calibration[:, 2]
+    goal = target * strong.mean()
+    candidates = np.unique(np.concatenate([ease, [0.0, 1.0 + 1e-9]]))
+    best = 1.0 + 1e-9  # everything strong
+    for t in candidates[::-1]:  # walk from all-strong towards all-weak
+        quality = np.where(ease >= t, weak, strong).mean()
+        if quality >= goal:
+            best = float(t)
+        else:
+            break
+    return best
+
+
+def threshold_for_strong_share(scores: np.ndarray, share: float) -> float:
+    """Threshold that sends `share` of these (unlabelled) prompts to the stronger tier."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError("strong share must be within [0, 1]")
+    if share >= 1.0:
+        return 1.0 + 1e-9
+    return float(np.quantile(scores, share))
+
+
+# ---------------------------------------------------------------- serving decision
+
+
+def tier_thresholds(threshold: float, n_tiers: int) -> list[float]:
+    """Cascade: tier i (cheapest first) answers when score >= thresholds[i]; the last gets 0."""
+    if n_tiers <= 1:
+        return [0.0]
+    cheaper = n_tiers - 1
+    return [threshold * (1 - i / cheaper) if cheaper > 1 else threshold for i in range(cheaper)] + [0.0]
+
+
+def pick_tier(score: float, tiers: Sequence[str], threshold: float) -> str:
+    for tier, t in zip(tiers, tier_thresholds(threshold, len(tiers)), strict=True):
+        if score >= t:
+            return tier
+    return tiers[-1]
+
+
+def next_tier_up(tier: str, tiers: Sequence[str]) -> str | None:
+    """The tier to escalate to when `tier` errors or times out (None at the top)."""
+    if tier not in tiers:
+        return None
+    i = list(tiers).index(tier)
+    return tiers[i + 1] if i + 1 < len(tiers) else None

@@ -1,0 +1,251 @@
+"""The sidecar's side of the telemetry stream to the controller.
+
+`TelemetryClient` reads the sidecar's own Prometheus `CollectorRegistry` each interval,
+turns the counters and histograms into deltas since the last window the controller
+acknowledged receiving (so nothing is lost or counted twice across a reconnect: the
+first window after an outage covers the whole gap and says so with `catch_up`), and
+hands pushed policy to `on_policy`. While the controller is away it retries with
+capped exponential back-off and the sidecar keeps serving on the last policy.
+
+Metrics read (docs/metrics.md): thrifty_requests_total, thrifty_tokens_total,
+thrifty_cost_dollars_total, thrifty_baseline_cost_dollars_total, thrifty_ttft_seconds,
+thrifty_itl_seconds, thrifty_queue_depth, thrifty_router_decisions_total,
+thrifty_replica_{up,waiting,running,kv_cache_usage,inflight}, and, when the sidecar
+scrapes them, thrifty_replica_spec_{draft,accepted}_tokens (gauges holding the
+replica's vllm:spec_decode_num_{draft,accepted}_tokens_total).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from thrifty import __version__
+from thrifty.controller import telemetry_pb2 as pb
+from thrifty.controller import telemetry_pb2_grpc as pb_grpc
+from thrifty.controller.codec import policy_from_pb, window_to_pb
+from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+
+log = logging.getLogger(__name__)
+ERROR_OUTCOMES = frozenset({"upstream_error", "timeout", "shed"})
+
+
+@dataclass(slots=True)
+class _HistSnap:
+    bounds: list[float] = field(default_factory=list)
+    cumulative: list[float] = field(default_factory=list)  # per bound, then +Inf
+    sum: float = 0.0
+
+
+@dataclass(slots=True)
+class _TierSnap:
+    counters: dict[str, float] = field(default_factory=dict)
+    ttft: _HistSnap = field(default_factory=_HistSnap)
+    itl: _HistSnap = field(default_factory=_HistSnap)
+    queue_depth: float = 0.0
+    replicas: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def read_registry(registry: CollectorRegistry) -> dict[str, _TierSnap]:
+    """Cumulative values per tier from the sidecar's registry."""
+    tiers: dict[str, _TierSnap] = {}
+
+    def tier(name: str) -> _TierSnap:
+        return tiers.setdefault(name, _TierSnap())
+
+    for family in registry.collect():
+        for s in family.samples:
+            labels, v = s.labels, s.value
+            t = labels.get("tier")
+            if t is None:
+                continue
+            name = s.name
+            if name == "thrifty_requests_total":
+                c = tier(t).counters
+                c["requests"] = c.get("requests", 0) + v
+                if labels.get("outcome") in ERROR_OUTCOMES:
+                    c["errors"] = c.get("errors", 0) + v
+                if labels.get("cache") in ("exact", "semantic"):
+                    key = f"hits_{labels['cache']}"
+                    c[key] = c.get(key, 0) + v
+            elif name == "thrifty_tokens_total":
+                key = f"tokens_{labels.get('kind', '')}"
+                tier(t).counters[key] = tier(t).counters.get(key, 0) + v
+            elif name == "thrifty_cost_dollars_total":
+                tier(t).counters["dollars"] = tier(t).counters.get("dollars", 0) + v
+            elif name == "thrifty_baseline_cost_dollars_total":
+                tier(t).counters["baseline"] = tier(t).counters.get("baseline", 0) + v
+            elif name == "thrifty_router_decisions_total":
+                tier(t).counters["routed"] = tier(t).counters.get("routed", 0) + v
+            elif name in ("thrifty_ttft_seconds_bucket", "thrifty_itl_seconds_bucket"):
+                h = tier(t).ttft if name.startswith("thrifty_ttft") else tier(t).itl
+                le = float(labels["le"])
+                if le != float("inf"):
+                    h.bounds.append(le)
+                h.cumulative.append(v)
+            elif name in ("thrifty_ttft_seconds_sum", "thrifty_itl_seconds_sum"):
+                (tier(t).ttft if name.startswith("thrifty_ttft") else tier(t).itl).sum = v
+            elif name == "thrifty_queue_depth":
+                tier(t).queue_depth = v
+            elif name.startswith("thrifty_replica_") and "replica" in labels:
+                key = name.removeprefix("thrifty_replica_")
+                tier(t).replicas.setdefault(labels["replica"], {})[key] = v
+    return tiers
+
+
+def _hist_delta(now: _HistSnap, before: _HistSnap | None) -> Histogram:
+    if not now.cumulative or not now.bounds:
+        return Histogram()
+    cum = list(now.cumulative)
+    s = now.sum
+    if before is not None and before.bounds == now.bounds and before.cumulative:
+        cum = [a - b for a, b in zip(cum, before.cumulative)]
+        s -= before.sum
+    counts = [max(0, round(cum[0]))] + [max(0, round(cum[i] - cum[i - 1])) for i in range(1, len(cum))]
+    return Histogram(bounds=tuple(now.bounds), counts=counts, sum=max(0.0, s), count=sum(counts))
+
+
+def window_between(now: dict[str, _TierSnap], before: dict[str, _TierSnap], start: float, end: float,
+                   seq: int, catch_up: bool) -> StatsWindow:
+    """Deltas of counters/histograms; gauges at `end`."""
+    tiers = []
+    for name, snap in sorted(now.items()):
+        prev = before.get(name)
+        d = lambda key: max(0.0, snap.counters.get(key, 0) - (prev.counters.get(key, 0) if prev else 0))  # noqa: E731
+        replicas = []
+        for url, g in sorted(snap.replicas.items()):
+            pg = prev.replicas.get(url, {}) if prev else {}
+            spec = lambda key: max(0.0, g.get(key, 0) - pg.get(key, g.get(key, 0)))  # noqa: E731
+            replicas.append(ReplicaStats(
+                url=url, healthy=g.get("up", 1.0) >= 1.0, waiting=g.get("waiting", 0.0), running=g.get("running", 0.0),
+                kv_cache_usage=g.get("kv_cache_usage", 0.0), inflight=g.get("inflight", 0.0),
+                spec_draft_tokens=spec("spec_draft_tokens"), spec_accepted_tokens=spec("spec_accepted_tokens"),
+            ))
+        tiers.append(TierStats(
+            tier=name, requests=int(d("requests")), errors=int(d("errors")), input_tokens=int(d("tokens_input")),
+            output_tokens=int(d("tokens_output")), cached_tokens=int(d("tokens_cached")), dollars=d("dollars"),
+            baseline_dollars=d("baseline"), ttft=_hist_delta(snap.ttft, prev.ttft if prev else None),
+            itl=_hist_delta(snap.itl, prev.itl if prev else None), queue_depth=snap.queue_depth,
+            cache_exact_hits=int(d("hits_exact")), cache_semantic_hits=int(d("hits_semantic")),
+            routed=int(d("routed")), replicas=replicas,
+        ))
+    return StatsWindow(window_start=start, window_end=end, tiers=tiers, seq=seq, catch_up=catch_up)
+
+
+class TelemetryClient:
+    """Streams windowed stats to the controller and applies the policy it pushes."""
+
+    def __init__(self, target: str, registry: CollectorRegistry, sidecar_id: str,
+                 on_policy: Callable[[dict[str, Any]], None], *, interval_s: float = 5.0,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
+                 on_connected: Callable[[bool], None] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.target, self.registry, self.sidecar_id = target, registry, sidecar_id
+        self.on_policy, self.on_connected = on_policy, on_connected
+        self.interval_s = interval_s
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.clock = clock
+        self.policy: dict[str, Any] | None = None  # the last policy; kept while the controller is away
+        self.connected = False
+        self.windows_sent = 0
+        self._sent_snap: dict[str, _TierSnap] = read_registry(registry)
+        self._sent_time = clock()
+        self._seq = 0
+        self._gap = False
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run(), name=f"telemetry-{self.sidecar_id}")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _set_connected(self, up: bool) -> None:
+        if up != self.connected:
+            self.connected = up
+            if self.on_connected is not None:
+                self.on_connected(up)
+
+    async def _run(self) -> None:
+        delay = self.backoff_initial_s
+        while not self._stop.is_set():
+            try:
+                async with grpc.aio.insecure_channel(self.target) as channel:
+                    await self._stream(pb_grpc.TelemetryStub(channel))
+                delay = self.backoff_initial_s
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.info("telemetry stream to %s ended: %s", self.target, exc.code().name)
+            except Exception as exc:  # noqa: BLE001 - any failure means reconnect later
+                log.warning("telemetry stream to %s failed: %r", self.target, exc)
+            self._set_connected(False)
+            self._gap = True
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=random.uniform(0.5, 1.0) * delay)
+            except TimeoutError:
+                pass
+            delay = min(self.backoff_max_s, delay * 2)
+
+    async def _stream(self, stub: pb_grpc.TelemetryStub) -> None:
+        outbox: asyncio.Queue[pb.SidecarMessage] = asyncio.Queue()
+        outbox.put_nowait(pb.SidecarMessage(hello=pb.Hello(sidecar_id=self.sidecar_id, version=__version__,
+                                                            tiers=sorted(self._sent_snap))))
+
+        async def requests() -> AsyncIterator[pb.SidecarMessage]:
+            while True:
+                yield await outbox.get()
+
+        call = stub.Stream(requests())
+        pending: dict[int, tuple[dict[str, _TierSnap], float]] = {}
+
+        async def produce() -> None:
+            # Within one stream each window follows the previous one; after a reconnect
+            # the first window starts from the last acknowledged one (the catch-up).
+            base_snap, base_time, catch_up = self._sent_snap, self._sent_time, self._gap
+            while True:
+                await asyncio.sleep(self.interval_s)
+                now_snap, now = read_registry(self.registry), self.clock()
+                self._seq += 1
+                w = window_between(now_snap, base_snap, base_time, now, self._seq, catch_up)
+                pending[self._seq] = (now_snap, now)
+                base_snap, base_time, catch_up = now_snap, now, False
+                outbox.put_nowait(pb.SidecarMessage(window=window_to_pb(w)))
+
+        producer: asyncio.Task[None] | None = None
+        try:
+            async for msg in call:
+                kind = msg.WhichOneof("kind")
+                if kind == "policy":
+                    self._set_connected(True)
+                    self.policy = policy_from_pb(msg.policy)
+                    self.on_policy(dict(self.policy))
+                    if producer is None:
+                        producer = asyncio.create_task(produce())
+                elif kind == "ack" and msg.ack.seq in pending:
+                    # Acknowledged: the next window starts where this one ended.
+                    self._sent_snap, self._sent_time = pending[msg.ack.seq]
+                    for seq in [s for s in pending if s <= msg.ack.seq]:
+                        del pending[seq]
+                    self._gap = False
+                    self.windows_sent += 1
+        finally:
+            if producer is not None:
+                producer.cancel()
+            call.cancel()

@@ -1,0 +1,151 @@
+"""Parse and validate OpenAI request bodies before anything else touches them.
+
+Only the fields the sidecar or an engine would choke on are checked (types, ranges,
+required keys); unknown fields pass through untouched, so new OpenAI parameters keep
+working. Every failure is an `ApiError` with a 4xx status and the offending `param`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from thrifty.proxy.errors import ApiError
+
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_TOKENS_LIMIT = 1 << 20
+_ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    endpoint: str  # "chat" | "completions" | "embeddings"
+    body: dict[str, Any]
+    model: str
+    stream: bool
+
+
+def check_content_type(content_type: str) -> None:
+    if content_type != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, got {content_type or 'none'!r}", param="content-type")
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    except ValueError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_range(body: dict[str, Any], key: str, lo: int, hi: int) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if not _is_int(v):
+        raise ApiError(400, f"'{key}' must be an integer, got {type(v).__name__}", param=key)
+    if not lo <= v <= hi:
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}", param=key)
+
+
+def _number_range(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
+    v = body.get(key)
+    if v is None:
+        return
+    if not _is_number(v):
+        raise ApiError(400, f"'{key}' must be a number, got {type(v).__name__}", param=key)
+    if not lo <= v <= hi:
+        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}", param=key)
+
+
+def _check_messages(messages: Any) -> None:
+    if messages is None:
+        raise ApiError(400, "'messages' is required", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty array", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ApiError(400, f"'messages[{i}]' must be an object", param=f"messages[{i}]")
+        role = m.get("role")
+        if role not in _ROLES:
+            raise ApiError(400, f"'messages[{i}].role' must be one of {sorted(_ROLES)}", param=f"messages[{i}].role")
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise ApiError(400, f"'messages[{i}].content' must be a string or an array", param=f"messages[{i}].content")
+
+
+def _check_prompt(prompt: Any) -> None:
+    if prompt is None:
+        raise ApiError(400, "'prompt' is required", param="prompt")
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and prompt and (
+        all(isinstance(p, str) for p in prompt)
+        or all(_is_int(p) for p in prompt)
+        or all(isinstance(p, list) and all(_is_int(t) for t in p) for p in prompt)
+    ):
+        return
+    raise ApiError(400, "'prompt' must be a string, an array of strings, or token ids", param="prompt")
+
+
+def _check_input(value: Any) -> None:
+    if value is None:
+        raise ApiError(400, "'input' is required", param="input")
+    if isinstance(value, str) or (isinstance(value, list) and value):
+        return
+    raise ApiError(400, "'input' must be a string or a non-empty array", param="input")
+
+
+def validate(endpoint: str, body: dict[str, Any], *, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> ParsedRequest:
+    """Check `body` for `endpoint`; return the parts the request path needs."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required and must be a string", param="model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be a boolean", param="stream")
+    if endpoint == "embeddings":
+        _check_input(body.get("input"))
+        return ParsedRequest(endpoint, body, model, False)
+    if endpoint == "chat":
+        _check_messages(body.get("messages"))
+        _int_range(body, "max_completion_tokens", 1, max_tokens_limit)
+        _int_range(body, "top_logprobs", 0, 20)
+        logprobs = body.get("logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            raise ApiError(400, "'logprobs' must be a boolean", param="logprobs")
+        tools = body.get("tools")
+        if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+            raise ApiError(400, "'tools' must be an array of objects", param="tools")
+    else:
+        _check_prompt(body.get("prompt"))
+        _int_range(body, "logprobs", 0, 20)
+    _int_range(body, "max_tokens", 1, max_tokens_limit)
+    _int_range(body, "n", 1, 128)
+    _number_range(body, "temperature", 0, 2)
+    _number_range(body, "top_p", 0, 1)
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise ApiError(400, "'stop' must be a string or an array of strings", param="stop")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "'stream_options' must be an object", param="stream_options")
+    return ParsedRequest(endpoint, body, model, stream)

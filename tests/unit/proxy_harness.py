@@ -1,0 +1,60 @@
+"""Shared set-up for the sidecar tests: stub replicas on loopback and a sidecar in front."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from thrifty.config import Config, parse_config
+from thrifty.proxy.levers import Levers
+from thrifty.proxy.server import Sidecar, bound_port, serve
+from thrifty.proxy.stub_backend import StubBackend, StubBehaviour
+
+
+def config_for(tiers: dict[str, list[str]], **extra: Any) -> Config:
+    """Tiers named in `tiers` (cheapest first) with the given replica URLs."""
+    data: dict[str, Any] = {
+        "tiers": [
+            {"name": name, "model": f"{name}-model", "aliases": [f"alias-{name}"],
+             "engine": {"kind": "external", "max_num_seqs": 512},
+             "price": {"input_per_1m": 0.1 * (i + 1) ** 2, "output_per_1m": 0.4 * (i + 1) ** 2},
+             "replicas": {"count": len(urls), "min": 1, "max": 8, "urls": urls}}
+            for i, (name, urls) in enumerate(tiers.items())
+        ],
+        "router": {"enabled": False},
+        "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}},
+    }
+    data.update(extra)
+    return parse_config(data)
+
+
+@dataclass
+class Stack:
+    sidecar: Sidecar
+    runner: web.AppRunner
+    url: str
+    backends: list[StubBackend]
+
+
+@asynccontextmanager
+async def stack(behaviours: list[StubBehaviour], *, tiers: list[str] | None = None, levers: Levers | None = None,
+                scrape_interval_s: float = 0.1, **config_extra: Any) -> AsyncIterator[Stack]:
+    """Stub replicas (one per behaviour; spread over `tiers` round-robin) behind one sidecar."""
+    names = tiers or ["small"]
+    backends = [StubBackend(b, name=f"b{i}") for i, b in enumerate(behaviours)]
+    urls = [await b.start() for b in backends]
+    by_tier: dict[str, list[str]] = {n: [] for n in names}
+    for i, url in enumerate(urls):
+        by_tier[names[i % len(names)]].append(url)
+    sidecar = Sidecar(config_for(by_tier, **config_extra), levers=levers, scrape_interval_s=scrape_interval_s)
+    runner = await serve(sidecar, "127.0.0.1", 0)
+    try:
+        yield Stack(sidecar, runner, f"http://127.0.0.1:{bound_port(runner)}", backends)
+    finally:
+        await runner.cleanup()
+        for b in backends:
+            await b.stop()

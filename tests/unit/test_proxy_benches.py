@@ -1,0 +1,53 @@
+"""The sidecar's benchmarks run end to end on small inputs and end with one JSON line."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from thrifty.bench import balance, overhead
+
+
+def _tiny_trace(path: Path) -> Path:
+    rng = random.Random(7)
+    rows, next_id, convs = [], 1, []
+    for i in range(300):
+        if convs and rng.random() < 0.6:
+            conv = rng.choice(convs)
+            conv.extend(range(next_id, next_id + 2))
+            next_id += 2
+        else:
+            conv = [0, *range(next_id, next_id + 3)]
+            next_id += 3
+            convs.append(conv)
+        rows.append({"timestamp": i * 200, "input_length": 512 * len(conv), "output_length": 50, "hash_ids": list(conv)})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_balance_bench_beats_round_robin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = _tiny_trace(tmp_path / "trace.jsonl")
+    assert balance.main(["--trace", str(trace), "--replicas", "4"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["hit_rate"] > result["round_robin_hit_rate"]
+    assert result["hit_rate"] <= result["limit_hit_rate"] + 1e-9 or result["imbalance"] >= 1.0
+    assert result["imbalance"] >= 1.0
+
+
+def test_balance_bench_rejects_bad_trace(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"timestamp": 0}\n')
+    with pytest.raises(SystemExit, match="not a Mooncake trace row"):
+        balance.main(["--trace", str(bad)])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc for per-process CPU time")
+def test_overhead_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert overhead.main(["--requests", "20", "--requests-c32", "64", "--streams", "8", "--rounds", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("added_p50_ms", "plain_added_p50_ms", "ratio_vs_plain", "cpu_ms_per_req", "rps_c32"):
+        assert key in result
+    assert result["cpu_ms_per_req"] > 0 and result["rps_c32"] > 0
