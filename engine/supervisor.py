@@ -55,8 +55,7 @@ def engine_specs(config: Config, tier: Tier, *, host: str = "127.0.0.1", install
         if kind == "sim":
             argv = [sys.executable, "-m", "thrifty.cli", "engine", "sim", "--host", host, "--port", str(port)]
             argv += ["--profile", tier.engine.sim_profile, "--model", tier.model, "--seed", str(i)]
-            if tier.aliases:
-                argv += ["--served-model-name", *tier.aliases]
+            argv += ["--served-model-name", *tier.served_names]  # as vLLM: replaces --model's name
             if tier.engine.speculative:
                 spec = tier.engine.speculative
                 argv += ["--speculative-tokens", str(spec.num_speculative_tokens), "--acceptance-rate", str(spec.acceptance_rate)]
