@@ -1,0 +1,85 @@
+"""Conversion between the telemetry protobuf messages and the plain dataclasses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from thrifty.controller import telemetry_pb2 as pb
+from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+
+
+def histogram_to_pb(h: Histogram) -> pb.Histogram:
+    return pb.Histogram(bounds=list(h.bounds), counts=list(h.counts), sum=h.sum, count=h.count)
+
+
+def histogram_from_pb(m: pb.Histogram) -> Histogram:
+    if not m.bounds:
+        return Histogram()
+    counts = list(m.counts)
+    if len(counts) != len(m.bounds) + 1:
+        raise ValueError("histogram counts must have len(bounds) + 1 entries")
+    return Histogram(bounds=tuple(m.bounds), counts=counts, sum=m.sum, count=m.count)
+
+
+def window_to_pb(w: StatsWindow) -> pb.StatsWindow:
+    return pb.StatsWindow(
+        seq=w.seq, window_start=w.window_start, window_end=w.window_end, catch_up=w.catch_up,
+        tiers=[
+            pb.TierStats(
+                tier=t.tier, requests=t.requests, errors=t.errors, input_tokens=t.input_tokens,
+                output_tokens=t.output_tokens, cached_tokens=t.cached_tokens, dollars=t.dollars,
+                baseline_dollars=t.baseline_dollars, ttft=histogram_to_pb(t.ttft), itl=histogram_to_pb(t.itl),
+                queue_depth=t.queue_depth, cache_exact_hits=t.cache_exact_hits,
+                cache_semantic_hits=t.cache_semantic_hits, routed=t.routed,
+                replicas=[
+                    pb.ReplicaStats(url=r.url, healthy=r.healthy, waiting=r.waiting, running=r.running,
+                                    kv_cache_usage=r.kv_cache_usage, inflight=r.inflight,
+                                    spec_draft_tokens=r.spec_draft_tokens,
+                                    spec_accepted_tokens=r.spec_accepted_tokens)
+                    for r in t.replicas
+                ],
+            )
+            for t in w.tiers
+        ],
+    )
+
+
+def window_from_pb(m: pb.StatsWindow) -> StatsWindow:
+    return StatsWindow(
+        seq=m.seq, window_start=m.window_start, window_end=m.window_end, catch_up=m.catch_up,
+        tiers=[
+            TierStats(
+                tier=t.tier, requests=t.requests, errors=t.errors, input_tokens=t.input_tokens,
+                output_tokens=t.output_tokens, cached_tokens=t.cached_tokens, dollars=t.dollars,
+                baseline_dollars=t.baseline_dollars, ttft=histogram_from_pb(t.ttft), itl=histogram_from_pb(t.itl),
+                queue_depth=t.queue_depth, cache_exact_hits=t.cache_exact_hits,
+                cache_semantic_hits=t.cache_semantic_hits, routed=t.routed,
+                replicas=[
+                    ReplicaStats(url=r.url, healthy=r.healthy, waiting=r.waiting, running=r.running,
+                                 kv_cache_usage=r.kv_cache_usage, inflight=r.inflight,
+                                 spec_draft_tokens=r.spec_draft_tokens, spec_accepted_tokens=r.spec_accepted_tokens)
+                    for r in t.replicas
+                ],
+            )
+            for t in m.tiers
+        ],
+    )
+
+
+def policy_to_pb(policy: dict[str, Any]) -> pb.Policy:
+    msg = pb.Policy(version=int(policy.get("version", 0)), cache_enabled=bool(policy.get("cache_enabled", True)))
+    if policy.get("router_threshold") is not None:
+        msg.router_threshold = float(policy["router_threshold"])
+    for tier, replicas in (policy.get("tier_targets") or {}).items():
+        msg.tier_targets[tier].replicas = int(replicas)
+    return msg
+
+
+def policy_from_pb(m: pb.Policy) -> dict[str, Any]:
+    """The dict handed to the sidecar's `on_policy` (docs/contracts.md)."""
+    return {
+        "version": m.version,
+        "router_threshold": m.router_threshold if m.HasField("router_threshold") else None,
+        "cache_enabled": m.cache_enabled,
+        "tier_targets": {k: v.replicas for k, v in m.tier_targets.items()},
+    }

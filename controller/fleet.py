@@ -1,0 +1,216 @@
+"""The fleet view: what every sidecar reported, summed per tier and fleet-wide over time.
+
+Windows from all sidecars land in fixed time buckets (by their end time), so the view
+can answer "the last minute" for the TUI and hand the drift detector one finished
+bucket at a time. Counters are summed across sidecars; replica gauges keep the latest
+report per replica; queue depths keep the latest per sidecar and are summed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats, ratio
+
+
+@dataclass(slots=True)
+class Bucket:
+    start: float
+    width: float
+    tiers: dict[str, TierStats] = field(default_factory=dict)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.width
+
+    def tier(self, name: str) -> TierStats:
+        if name not in self.tiers:
+            self.tiers[name] = TierStats(tier=name)
+        return self.tiers[name]
+
+
+@dataclass(slots=True)
+class TierSummary:
+    """Derived figures for one tier (or the whole fleet, tier == "") over a span."""
+
+    tier: str
+    span_s: float
+    requests: int
+    errors: int
+    dollars: float
+    baseline_dollars: float
+    routed: int
+    cache_exact_hits: int
+    cache_semantic_hits: int
+    output_tokens: int
+    input_tokens: int
+    ttft: Histogram
+    itl: Histogram
+    spec_draft_tokens: float
+    spec_accepted_tokens: float
+
+    @property
+    def cost_per_request(self) -> float | None:
+        return ratio(self.dollars, self.requests)
+
+    @property
+    def savings_ratio(self) -> float | None:
+        r = ratio(self.dollars, self.baseline_dollars)
+        return None if r is None else 1.0 - r
+
+    @property
+    def error_rate(self) -> float | None:
+        return ratio(self.errors, self.requests)
+
+    @property
+    def exact_hit_rate(self) -> float | None:
+        return ratio(self.cache_exact_hits, self.requests)
+
+    @property
+    def semantic_hit_rate(self) -> float | None:
+        return ratio(self.cache_semantic_hits, self.requests)
+
+    @property
+    def ttft_p95(self) -> float | None:
+        return self.ttft.quantile(0.95)
+
+    @property
+    def itl_p95(self) -> float | None:
+        return self.itl.quantile(0.95)
+
+    @property
+    def spec_acceptance(self) -> float | None:
+        return ratio(self.spec_accepted_tokens, self.spec_draft_tokens)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.span_s if self.span_s > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return (self.input_tokens + self.output_tokens) / self.span_s if self.span_s > 0 else 0.0
+
+
+def summarize(tier: str, parts: list[TierStats], span_s: float) -> TierSummary:
+    total = TierStats(tier=tier)
+    draft = accepted = 0.0
+    for p in parts:
+        total.add(p)
+        draft += p.spec_draft_tokens
+        accepted += p.spec_accepted_tokens
+    return TierSummary(
+        tier=tier, span_s=span_s, requests=total.requests, errors=total.errors,
+        dollars=total.dollars, baseline_dollars=total.baseline_dollars, routed=total.routed,
+        cache_exact_hits=total.cache_exact_hits, cache_semantic_hits=total.cache_semantic_hits,
+        output_tokens=total.output_tokens, input_tokens=total.input_tokens,
+        ttft=total.ttft, itl=total.itl, spec_draft_tokens=draft, spec_accepted_tokens=accepted,
+    )
+
+
+@dataclass(slots=True)
+class _Gauge:
+    value: ReplicaStats
+    time: float
+
+
+class FleetView:
+    """Aggregates sidecar windows; keeps `history_s` of buckets `bucket_s` wide."""
+
+    def __init__(self, tiers: list[str], *, bucket_s: float = 10.0, history_s: float = 3600.0) -> None:
+        self.tier_names = list(tiers)
+        self.bucket_s = bucket_s
+        self._buckets: deque[Bucket] = deque(maxlen=max(2, int(math.ceil(history_s / bucket_s))))
+        self._replicas: dict[tuple[str, str], _Gauge] = {}
+        self._queues: dict[tuple[str, str], float] = {}  # (sidecar, tier) -> depth
+        self._inflight: dict[tuple[str, str, str], float] = {}  # (sidecar, tier, url)
+        self.last_time = 0.0
+
+    # -- ingest -------------------------------------------------------------
+    def ingest(self, sidecar_id: str, window: StatsWindow) -> None:
+        bucket = self._bucket_for(window.window_end)
+        for ts in window.tiers:
+            if bucket is not None:
+                part = bucket.tier(ts.tier)
+                part.add(ts)
+                # Spec-decode counters ride on replica rows; keep them summed per bucket.
+                for r in ts.replicas:
+                    if r.spec_draft_tokens or r.spec_accepted_tokens:
+                        part.replicas.append(ReplicaStats(url=r.url, spec_draft_tokens=r.spec_draft_tokens,
+                                                          spec_accepted_tokens=r.spec_accepted_tokens))
+            if ts.tier not in self.tier_names:
+                self.tier_names.append(ts.tier)
+            self._queues[(sidecar_id, ts.tier)] = ts.queue_depth
+            for r in ts.replicas:
+                self._replicas[(ts.tier, r.url)] = _Gauge(r, window.window_end)
+                self._inflight[(sidecar_id, ts.tier, r.url)] = r.inflight
+        self.last_time = max(self.last_time, window.window_end)
+
+    def forget_sidecar(self, sidecar_id: str) -> None:
+        """A sidecar that went away no longer contributes queue/in-flight gauges."""
+        for key in [k for k in self._queues if k[0] == sidecar_id]:
+            del self._queues[key]
+        for key in [k for k in self._inflight if k[0] == sidecar_id]:
+            del self._inflight[key]
+
+    def _bucket_for(self, t: float) -> Bucket | None:
+        start = math.floor(t / self.bucket_s) * self.bucket_s
+        if self._buckets and start < self._buckets[0].start:
+            return None  # older than the history we keep
+        for b in reversed(self._buckets):
+            if b.start == start:
+                return b
+            if b.start < start:
+                break
+        new = Bucket(start=start, width=self.bucket_s)
+        items = list(self._buckets)
+        items.append(new)
+        items.sort(key=lambda b: b.start)
+        self._buckets.clear()
+        self._buckets.extend(items)
+        return new
+
+    # -- queries ------------------------------------------------------------
+    def buckets_between(self, start: float, end: float) -> list[Bucket]:
+        return [b for b in self._buckets if b.start >= start and b.end <= end + 1e-9]
+
+    def summary(self, tier: str | None, now: float, span_s: float) -> TierSummary:
+        """Tier (or fleet when None) figures over the buckets that ended in (now-span, now]."""
+        buckets = [b for b in self._buckets if now - span_s - 1e-9 <= b.start and b.start < now]
+        names = [tier] if tier is not None else self.tier_names
+        parts = [b.tiers[n] for b in buckets for n in names if n in b.tiers]
+        return summarize(tier or "", parts, span_s)
+
+    def routing_share(self, now: float, span_s: float) -> dict[str, float | None]:
+        sums = {n: self.summary(n, now, span_s) for n in self.tier_names}
+        routed = sum(s.routed for s in sums.values())
+        if routed == 0:  # no router decisions: the share of requests answered
+            routed_by = {n: s.requests for n, s in sums.items()}
+        else:
+            routed_by = {n: s.routed for n, s in sums.items()}
+        total = sum(routed_by.values())
+        return {n: ratio(v, total) for n, v in routed_by.items()}
+
+    def replicas(self, tier: str, now: float, stale_s: float = 60.0) -> list[tuple[ReplicaStats, float]]:
+        """Latest gauges per replica of `tier` (with summed in-flight), dropping stale ones."""
+        out = []
+        for (t, url), g in sorted(self._replicas.items()):
+            if t != tier or now - g.time > stale_s:
+                continue
+            inflight = sum(v for (s, tt, u), v in self._inflight.items() if tt == tier and u == url)
+            out.append((g.value, inflight))
+        return out
+
+    def queue_depth(self, tier: str) -> float:
+        return sum(v for (s, t), v in self._queues.items() if t == tier)
+
+    def savings_history(self, now: float, points: int = 60) -> list[float]:
+        out = []
+        for b in list(self._buckets)[-points:]:
+            if b.start >= now:
+                continue
+            s = summarize("", list(b.tiers.values()), b.width).savings_ratio
+            if s is not None:
+                out.append(round(s, 4))
+        return out

@@ -1,0 +1,74 @@
+"""The autoscaling policy on a virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
+
+
+def _obs(t: float, ready: int, running: float, rate: float, waiting: float = 0.0, **kw) -> TierObservation:
+    return TierObservation(time=t, ready=ready, running=running, waiting=waiting, token_rate=rate,
+                           kv_usage=0.0, **kw)
+
+
+def test_fast_scale_up_in_one_step() -> None:
+    a = Autoscaler([TierPolicy("large", min_replicas=1, max_replicas=20, target_concurrency=10)], initial={"large": 2})
+    a.decide(0, {"large": _obs(0, 2, 20, 1000)})
+    d = a.decide(5, {"large": _obs(5, 2, 60, 3000)})
+    assert len(d) == 1 and d[0].to_replicas >= 6 and d[0].direction == "up"
+
+
+def test_scale_down_waits_for_the_stabilisation_window() -> None:
+    p = TierPolicy("large", min_replicas=1, max_replicas=20, target_concurrency=10, down_stabilization_s=120)
+    a = Autoscaler([p], initial={"large": 6})
+    downs = []
+    for i in range(60):
+        t = i * 5.0
+        downs += a.decide(t, {"large": _obs(t, a.target("large"), 10, 500)})
+    assert downs and all(d.direction == "down" for d in downs)
+    assert downs[0].time >= 120
+    assert a.target("large") <= 2
+
+
+def test_bounds_pin_and_pause() -> None:
+    a = Autoscaler([TierPolicy("t", min_replicas=1, max_replicas=3, target_concurrency=1)], initial={"t": 1})
+    a.decide(0, {"t": _obs(0, 1, 50, 100)})
+    assert a.target("t") == 3  # max
+    a.pin("t", 4, 5)
+    a.decide(5, {"t": _obs(5, 3, 50, 100)})
+    assert a.target("t") == 5
+    a.paused = True
+    a.pin("t", None, None)
+    assert a.decide(10, {"t": _obs(10, 5, 50, 100)}) == []
+    with pytest.raises(ValueError):
+        a.pin("t", 3, 2)
+
+
+def test_scale_to_zero_and_wake_on_queue() -> None:
+    p = TierPolicy("t", min_replicas=0, max_replicas=4, scale_to_zero=True, idle_to_zero_s=60,
+                   down_stabilization_s=30, target_concurrency=4)
+    a = Autoscaler([p], initial={"t": 1})
+    for i in range(30):
+        t = i * 5.0
+        a.decide(t, {"t": _obs(t, a.target("t"), 0, 0)})
+    assert a.target("t") == 0
+    d = a.decide(200, {"t": TierObservation(time=200, ready=0, queue_depth=3)})
+    assert d and d[0].to_replicas == 1 and "zero" in d[0].reason
+
+
+def test_routing_share_shift_moves_capacity_between_tiers() -> None:
+    tiers = [TierPolicy(n, min_replicas=1, max_replicas=20, target_concurrency=10, down_stabilization_s=30)
+             for n in ("small", "large")]
+    a = Autoscaler(tiers, initial={"small": 2, "large": 6})
+    obs = lambda t: {"small": _obs(t, a.target("small"), 15, 2000), "large": _obs(t, a.target("large"), 50, 8000)}  # noqa: E731
+    for i in range(4):
+        a.decide(i * 5.0, obs(i * 5.0))
+    small_before, large_before = a.target("small"), a.target("large")
+    a.expect_shares({"small": 0.8, "large": 0.2})  # e.g. a lower router threshold
+    moved = []
+    for i in range(4, 20):
+        moved += a.decide(i * 5.0, obs(i * 5.0))
+    assert a.target("small") > small_before
+    assert a.target("large") < large_before
+    assert {d.tier for d in moved} == {"small", "large"}

@@ -1,0 +1,27 @@
+"""`thrifty bench autoscale` runs on a small slice and prints its JSON last."""
+
+from __future__ import annotations
+
+import json
+
+from tests.realparts import data_file
+from thrifty.bench import autoscale
+
+
+def test_autoscale_bench_runs_on_a_small_slice(capsys) -> None:
+    trace = data_file("traces/azure_conv_2023.csv")
+    rc = autoscale.main(["--trace", str(trace), "--limit", "600", "--copies", "1", "--max-replicas", "4"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) == {"static_peak", "keda_threshold", "thrifty"}
+    for r in out.values():
+        assert set(r) == {"gpu_hours", "slo_attainment", "scale_actions", "dropped"}
+        assert r["gpu_hours"] > 0 and 0 <= r["slo_attainment"] <= 1
+
+
+def test_autoscale_bench_bad_trace_is_one_line(tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert autoscale.main(["--trace", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "TIMESTAMP" in err and "\n" not in err

@@ -1,0 +1,89 @@
+"""Drift detection: sequential tests, alert contents, speculative-decoding break-even."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from thrifty.controller.drift import (
+    METHODS, Cusum, DriftMonitor, bucket_signals, spec_break_even, spec_speedup,
+)
+from thrifty.controller.fleet import FleetView
+from thrifty.controller.stats import StatsWindow, TierStats
+
+
+def _series(n: int, level: float, noise: float, rng: random.Random) -> list[float]:
+    return [level * (1 + rng.gauss(0, noise)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_step_is_detected_with_size_and_start(method: str) -> None:
+    rng = random.Random(1)
+    mon = DriftMonitor(method)
+    values = _series(40, 1.0, 0.03, rng) + _series(20, 1.2, 0.03, rng)
+    raised = []
+    for i, x in enumerate(values):
+        raised += mon.observe(i * 60.0, {("cost_per_request", None): x})
+    assert raised, "a +20% step must be detected"
+    a = raised[0]
+    assert a.signal == "cost_per_request" and a.direction == "up"
+    assert 0.1 < a.size < 0.3
+    assert 40 * 60 - 120 <= a.start_time <= a.detected_time <= 40 * 60 + 6 * 60
+    assert {"baseline", "current", "scale", "method"} <= set(a.evidence)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_stationary_noise_raises_nothing(method: str) -> None:
+    rng = random.Random(7)
+    mon = DriftMonitor(method)
+    for i, x in enumerate(_series(600, 0.5, 0.04, rng)):
+        assert not mon.observe(i * 60.0, {("ttft_p95", "large"): x})
+
+
+def test_alert_clears_when_signal_returns() -> None:
+    mon = DriftMonitor()
+    seq = [1.0] * 30 + [1.5] * 10 + [1.0] * 10
+    for i, x in enumerate(seq):
+        mon.observe(i * 60.0, {("cost_per_request", None): x + 0.001 * (i % 3)})
+    assert mon.alerts and not mon.alerts[0].active
+
+
+def test_small_effect_is_not_an_alert() -> None:
+    mon = DriftMonitor()
+    seq = [1.0 + 0.0001 * (i % 2) for i in range(30)] + [1.03] * 30  # a real but 3% change
+    alerts = [a for i, x in enumerate(seq) for a in mon.observe(i * 60.0, {("cost_per_request", None): x})]
+    assert alerts == []
+
+
+def test_cusum_two_sided() -> None:
+    c = Cusum(k=0.5, h=3)
+    assert [c.update(-2.0, t) for t in range(3)][-1] == ("down", 0)
+
+
+def test_speculative_break_even_and_net_loss_alert() -> None:
+    k = 4
+    floor = spec_break_even(k)
+    assert 0.05 < floor < 0.5
+    assert spec_speedup(floor + 0.1, k) > 1 > spec_speedup(floor - 0.05, k)
+    assert spec_break_even(k, draft_cost=0.2) > floor  # a costly drafter needs more acceptance
+    mon = DriftMonitor()
+    got = [mon.check_speculative(i * 60.0, "large", floor - 0.05, k) for i in range(6)]
+    alert = next(a for a in got if a is not None)
+    assert alert.signal == "spec_net_loss" and alert.tier == "large" and alert.size < 0
+    assert mon.check_speculative(400.0, "large", 0.8, k) is None and not alert.active
+
+
+def test_bucket_signals_from_fleet() -> None:
+    view = FleetView(["small", "large"], bucket_s=10)
+    for i in range(6):
+        w = StatsWindow(i * 10.0, i * 10.0 + 9.0, [
+            TierStats("small", requests=30, dollars=0.3, baseline_dollars=3.0, routed=30, cache_exact_hits=3),
+            TierStats("large", requests=10, dollars=1.0, baseline_dollars=1.0, routed=10),
+        ])
+        view.ingest("s1", w)
+    sig = bucket_signals(view, 60.0, 60.0)
+    assert sig[("cost_per_request", None)] == pytest.approx(7.8 / 240)
+    assert sig[("savings_ratio", None)] == pytest.approx(1 - 7.8 / 24)
+    assert sig[("routing_share", "small")] == pytest.approx(0.75)
+    assert sig[("cache_hit_rate_exact", None)] == pytest.approx(18 / 240)
