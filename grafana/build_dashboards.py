@@ -1,0 +1,177 @@
+"""Writes grafana/dashboards/*.json from the panel lists below (the JSON is committed;
+tests check it matches). One place for the queries keeps the four dashboards
+consistent: every query filters on the `namespace` and `tier` template variables.
+
+Run: python grafana/build_dashboards.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).parent / "dashboards"
+NS = 'namespace=~"$namespace"'
+NT = 'namespace=~"$namespace",tier=~"$tier"'
+R = "$__rate_interval"
+
+
+def rate(metric: str, sel: str = NT, by: str = "tier") -> str:
+    return f"sum by ({by}) (rate({metric}{{{sel}}}[{R}]))"
+
+
+def ratio_or_zero(num: str, den: str) -> str:
+    """num/den where an absent numerator (nothing happened yet) reads as 0, not as no data."""
+    return f"({num} or {den} * 0) / {den}"
+
+
+def p95(metric: str, sel: str = NT, by: str = "tier") -> str:
+    return f"histogram_quantile(0.95, sum by ({by}, le) (rate({metric}_bucket{{{sel}}}[{R}])))"
+
+
+Panel = dict[str, Any]
+
+
+def panel(title: str, targets: list[tuple[str, str]], *, kind: str = "timeseries", unit: str = "short",
+          description: str = "", w: int = 12, h: int = 8) -> Panel:
+    return {"type": kind, "title": title, "description": description, "unit": unit, "w": w, "h": h,
+            "targets": [{"expr": expr, "legendFormat": legend} for expr, legend in targets]}
+
+
+DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
+    "thrifty-cost": ("Thrifty / Cost & savings", [
+        panel("Savings ratio", [(
+            f"1 - sum(rate(thrifty_cost_dollars_total{{{NT}}}[{R}])) / sum(rate(thrifty_baseline_cost_dollars_total{{{NT}}}[{R}]))",
+            "savings")], kind="stat", unit="percentunit", w=6,
+            description="1 - actual cost / what the same requests would cost on the baseline tier without caches"),
+        panel("Dollars per hour: now vs baseline", [
+            (f"sum(rate(thrifty_cost_dollars_total{{{NT}}}[{R}])) * 3600", "now"),
+            (f"sum(rate(thrifty_baseline_cost_dollars_total{{{NT}}}[{R}])) * 3600", "baseline"),
+        ], unit="currencyUSD", w=18),
+        panel("Dollars per hour by tier", [(rate("thrifty_cost_dollars_total") + " * 3600", "{{tier}}")], unit="currencyUSD"),
+        panel("Savings by lever ($/h)", [(rate("thrifty_savings_dollars_total", NS, "lever") + " * 3600", "{{lever}}")],
+              unit="currencyUSD"),
+        panel("Cost per 1k requests", [(
+            f"1000 * {rate('thrifty_cost_dollars_total')} / {rate('thrifty_requests_total')}", "{{tier}}")],
+            unit="currencyUSD"),
+        panel("Tokens per second by kind", [(rate("thrifty_tokens_total", NT, "tier, kind"), "{{tier}} {{kind}}")]),
+        panel("Controller: savings ratio (last window)", [(f"thrifty_controller_savings_ratio{{{NS}}}", "savings")],
+              unit="percentunit", w=12),
+        panel("Controller: cost per 1k requests", [
+            (f"thrifty_controller_cost_per_1k_requests_dollars{{{NT}}}", "{{tier}}")], unit="currencyUSD"),
+    ]),
+    "thrifty-slo": ("Thrifty / SLOs & fleet", [
+        panel("TTFT p95 (client view)", [(p95("thrifty_ttft_seconds"), "{{tier}}")], unit="s"),
+        panel("Inter-token latency p95", [(p95("thrifty_itl_seconds"), "{{tier}}")], unit="s"),
+        panel("Request duration p95", [(p95("thrifty_request_duration_seconds"), "{{tier}}")], unit="s"),
+        panel("Error rate", [(ratio_or_zero(
+            rate("thrifty_requests_total", NT + ',outcome!~"ok|client_error"'), rate("thrifty_requests_total")), "{{tier}}")],
+            unit="percentunit"),
+        panel("Requests per second by outcome", [(rate("thrifty_requests_total", NT, "tier, outcome"), "{{tier}} {{outcome}}")],
+              unit="reqps"),
+        panel("Replicas: desired vs healthy", [
+            (f"sum by (tier) (thrifty_controller_desired_replicas{{{NT}}})", "{{tier}} desired"),
+            (f"sum by (tier) (thrifty_replica_up{{{NT}}})", "{{tier}} healthy"),
+        ]),
+        panel("Queue: admission and engine waiting", [
+            (f"sum by (tier) (thrifty_queue_depth{{{NT}}})", "{{tier}} admission"),
+            (f"sum by (tier) (vllm:num_requests_waiting{{{NT}}})", "{{tier}} engine waiting"),
+        ]),
+        panel("KV-cache usage", [(f"avg by (tier) (vllm:kv_cache_usage_perc{{{NT}}})", "{{tier}}")], unit="percentunit"),
+        panel("Engine TTFT p95 (vLLM)", [(p95("vllm:time_to_first_token_seconds"), "{{tier}}")], unit="s"),
+        panel("Running requests per replica", [(f"thrifty_replica_running{{{NT}}}", "{{tier}} {{replica}}")]),
+        panel("Controller: TTFT p95 by tier", [(f"thrifty_controller_slo_ttft_p95_seconds{{{NT}}}", "{{tier}}")], unit="s"),
+    ]),
+    "thrifty-caches-routing": ("Thrifty / Caches & routing", [
+        panel("Cache hit rate by kind", [(ratio_or_zero(
+            rate("thrifty_cache_lookups_total", NS + ',result="hit"', "kind"), rate("thrifty_cache_lookups_total", NS, "kind")),
+            "{{kind}}")], unit="percentunit"),
+        panel("Requests by cache outcome", [(rate("thrifty_requests_total", NT, "cache"), "{{cache}}")], unit="reqps"),
+        panel("Cache entries", [(f"sum by (kind) (thrifty_cache_entries{{{NS}}})", "{{kind}}")]),
+        panel("Cache bytes", [(f"sum by (kind) (thrifty_cache_bytes{{{NS}}})", "{{kind}}")], unit="bytes"),
+        panel("Routing share by tier", [(
+            f"{rate('thrifty_router_decisions_total')} / ignoring(tier) group_left "
+            f"sum(rate(thrifty_router_decisions_total{{{NT}}}[{R}]))", "{{tier}}")], unit="percentunit"),
+        panel("Router decisions by reason", [(rate("thrifty_router_decisions_total", NT, "tier, reason"), "{{tier}} {{reason}}")]),
+        panel("Engine prefix-cache hit rate (vLLM)", [(ratio_or_zero(
+            rate("vllm:prefix_cache_hits_total"), rate("vllm:prefix_cache_queries_total")), "{{tier}}")], unit="percentunit"),
+        panel("Balancer picks by reason", [(rate("thrifty_balancer_picks_total", NT, "tier, reason"), "{{tier}} {{reason}}")]),
+        panel("Speculative decoding acceptance (vLLM)", [(
+            f"{rate('vllm:spec_decode_num_accepted_tokens_total')} / {rate('vllm:spec_decode_num_draft_tokens_total')}",
+            "{{tier}}")], unit="percentunit"),
+    ]),
+    "thrifty-drift-scaling": ("Thrifty / Drift & scaling", [
+        panel("Active drift alerts", [(f"sum(thrifty_controller_drift_alerts{{{NS}}}) or on() vector(0)", "active")],
+              kind="stat", w=6, description="a signal with no alert has no series: none reads as 0"),
+        panel("Autoscaling paused", [(f"max(thrifty_controller_autoscaling_paused{{{NS}}})", "paused")], kind="stat", w=6),
+        panel("Leader", [(f"max(thrifty_controller_is_leader{{{NS}}})", "leader")], kind="stat", w=6),
+        panel("Connected sidecars", [(f"sum(thrifty_controller_sidecars{{{NS}}})", "sidecars")], kind="stat", w=6),
+        panel("Desired replicas by tier", [(f"thrifty_controller_desired_replicas{{{NT}}}", "{{tier}}")]),
+        panel("Scaling actions (per hour)", [(
+            f"sum by (tier, direction) (increase(thrifty_controller_scale_actions_total{{{NT}}}[1h])) or on() vector(0)",
+            "{{tier}} {{direction}}")], description="none in the last hour reads as 0"),
+        panel("Drift alerts raised by signal (per hour)", [(
+            f"sum by (signal) (increase(thrifty_controller_drift_alerts_total{{{NS}}}[1h])) or on() vector(0)",
+            "{{signal}}")]),
+        panel("Savings ratio vs cost per 1k (controller)", [
+            (f"thrifty_controller_savings_ratio{{{NS}}}", "savings ratio"),
+            (f"avg(thrifty_controller_cost_per_1k_requests_dollars{{{NT}}})", "cost per 1k ($)"),
+        ]),
+        panel("TTFT p95 vs SLO headroom", [(f"thrifty_controller_slo_ttft_p95_seconds{{{NT}}}", "{{tier}}")], unit="s"),
+    ]),
+}
+
+
+def template_variables() -> dict[str, Any]:
+    def var(name: str, query: str) -> dict[str, Any]:
+        return {
+            "name": name, "label": name, "type": "query", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
+            "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2, "sort": 1,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        }
+
+    return {"list": [
+        {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+         "current": {"selected": True, "text": "Prometheus", "value": "prometheus"}},
+        var("namespace", "label_values(thrifty_requests_total, namespace)"),
+        var("tier", 'label_values(thrifty_requests_total{namespace=~"$namespace"}, tier)'),
+    ]}
+
+
+def build(uid: str, title: str, panels: list[Panel]) -> dict[str, Any]:
+    out, x, y, row_h = [], 0, 0, 0
+    for i, p in enumerate(panels, start=1):
+        if x + p["w"] > 24:
+            x, y, row_h = 0, y + row_h, 0
+        out.append({
+            "id": i, "type": p["type"], "title": p["title"], "description": p["description"],
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "gridPos": {"x": x, "y": y, "w": p["w"], "h": p["h"]},
+            "fieldConfig": {"defaults": {"unit": p["unit"]}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"}} if p["type"] == "timeseries"
+            else {"reduceOptions": {"calcs": ["lastNotNull"]}},
+            "targets": [{"refId": chr(ord("A") + j), "expr": t["expr"], "legendFormat": t["legendFormat"],
+                         "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+                        for j, t in enumerate(p["targets"])],
+        })
+        x += p["w"]
+        row_h = max(row_h, p["h"])
+    return {
+        "uid": uid, "title": title, "tags": ["thrifty"], "timezone": "utc", "schemaVersion": 39, "version": 1,
+        "editable": True, "refresh": "10s", "time": {"from": "now-1h", "to": "now"},
+        "templating": template_variables(), "annotations": {"list": []}, "panels": out,
+        "links": [{"type": "dashboards", "tags": ["thrifty"], "asDropdown": True, "title": "Thrifty"}],
+    }
+
+
+def render_all() -> dict[str, str]:
+    return {f"{uid}.json": json.dumps(build(uid, title, panels), indent=2) + "\n" for uid, (title, panels) in DASHBOARDS.items()}
+
+
+if __name__ == "__main__":
+    OUT.mkdir(exist_ok=True)
+    for name, text in render_all().items():
+        (OUT / name).write_text(text)
+        print(f"wrote {OUT / name}")

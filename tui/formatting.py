@@ -1,0 +1,82 @@
+"""Pure formatting for the console's cells: short, fixed-width, and tolerant of missing
+values (the controller may not know a figure yet), which all render as an em dash."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.text import Text
+
+MISSING = "—"
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def pct(value: Any, digits: int = 0) -> str:
+    """0.4213 -> '42%' (ratios in [0, 1] as the API sends them)."""
+    v = _num(value)
+    return MISSING if v is None else f"{v * 100:.{digits}f}%"
+
+
+def money(value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return MISSING
+    return f"${v:,.2f}" if abs(v) < 1000 else f"${v:,.0f}"
+
+
+def ms(value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return MISSING
+    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:.0f}"
+
+
+def count(value: Any) -> str:
+    v = _num(value)
+    return MISSING if v is None else f"{v:.0f}"
+
+
+def rate(value: Any) -> str:
+    v = _num(value)
+    return MISSING if v is None else f"{v:.1f}"
+
+
+def clock(unix_s: Any) -> str:
+    """Wall time as HH:MM:SS UTC (UTC keeps screenshots identical across machines)."""
+    v = _num(unix_s)
+    return MISSING if v is None else time.strftime("%H:%M:%S", time.gmtime(v))
+
+
+def change(direction: Any, size: Any) -> str:
+    """A drift's direction and size: ('up', 0.45) -> '↑0.45'."""
+    arrow = {"up": "↑", "down": "↓"}.get(str(direction), str(direction or "")[:4])
+    v = _num(size)
+    return f"{arrow}{abs(v):.2f}" if v is not None else arrow or MISSING
+
+
+def latency_vs_slo(value_ms: Any, slo_ms: Any) -> Text:
+    """'850/2000' in green when within the SLO, bold red when over it."""
+    v, slo = _num(value_ms), _num(slo_ms)
+    label = f"{ms(v)}/{ms(slo)}"
+    if v is None or slo is None:
+        return Text(label, style="dim")
+    return Text(label, style="bold red" if v > slo else "green")
+
+
+def replica_label(url: str, width: int = 18) -> str:
+    """'http://10.0.0.7:8001' -> '└ 10.0.0.7:8001', cut from the left to fit."""
+    host = url.split("://", 1)[-1].rstrip("/")
+    if len(host) > width - 2:
+        host = "…" + host[-(width - 3):]
+    return "└ " + host
+
+
+def truncate(text: Any, width: int) -> str:
+    s = MISSING if text is None else str(text)
+    return s if len(s) <= width else s[: width - 1] + "…"

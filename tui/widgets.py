@@ -1,0 +1,274 @@
+"""The console's panels, one class per concern. Each panel has `show(snapshot)` that
+updates its children in place (no remove/mount), so a refresh every second never
+flickers and never loses the cursor or scroll position."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, Sparkline, Static
+
+from thrifty.tui import formatting as fmt
+from thrifty.tui.client import FleetSnapshot
+
+Cell = str | Text
+Row = tuple[str, Sequence[Cell]]
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, Text) and isinstance(b, Text):
+        return a.plain == b.plain and str(a.style) == str(b.style)
+    return a == b
+
+
+def sync_rows(table: DataTable, rows: Sequence[Row]) -> None:
+    """Make `table` show `rows` (key, cells) with the fewest changes: drop vanished rows,
+    update changed cells, append new rows; rebuild only when the order itself changed."""
+    columns = [c.key for c in table.ordered_columns]
+    wanted = {key for key, _ in rows}
+    for key in [r.key.value for r in table.ordered_rows]:
+        if key not in wanted:
+            table.remove_row(key)
+    present = [r.key.value for r in table.ordered_rows]
+    if present != [key for key, _ in rows[: len(present)]]:
+        cursor_key = present[table.cursor_row] if 0 <= table.cursor_row < len(present) else None
+        table.clear()
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        keys = [key for key, _ in rows]
+        if cursor_key in keys:
+            table.move_cursor(row=keys.index(cursor_key), animate=False)
+        return
+    for key, cells in rows[: len(present)]:
+        for column, value in zip(columns, cells):
+            if not _same(table.get_cell(key, column), value):
+                table.update_cell(key, column, value, update_width=True)
+    for key, cells in rows[len(present):]:
+        table.add_row(*cells, key=key)
+
+
+def _table(columns: Sequence[tuple[str, str]], table_id: str, *, cursor: bool) -> DataTable:
+    table: DataTable = DataTable(id=table_id, cursor_type="row" if cursor else "none", zebra_stripes=False)
+    for label, key in columns:
+        table.add_column(label, key=key)
+    return table
+
+
+class StatusLine(Static):
+    """Top line: which controller, autoscaler state, router threshold, freshness."""
+
+    def show(self, snap: FleetSnapshot, controller_url: str) -> None:
+        f = snap.fleet
+        paused = bool(f.get("autoscaling_paused"))
+        thr = f.get("router_threshold")
+        line = Text.assemble(
+            ("thrifty ", "bold"),
+            (fmt.truncate(controller_url.split("://", 1)[-1], 24), "dim"),
+            "  autoscaling ",
+            ("PAUSED", "bold black on yellow") if paused else ("on", "bold green"),
+            "  threshold ",
+            (fmt.MISSING if thr is None else f"{float(thr):.2f}", "bold"),
+            f"  {fmt.count(f.get('sidecars'))} sidecar{'' if f.get('sidecars') == 1 else 's'}",
+            (f"  {fmt.clock(f.get('time'))}Z", "dim"),
+        )
+        self.update(line)
+
+
+class ConnectionBanner(Static):
+    """Shown only while the controller is unreachable; the poll loop keeps retrying."""
+
+    def show_error(self, message: str, attempts: int, last_ok: float | None) -> None:
+        stale = f" · showing data from {fmt.clock(last_ok)} UTC" if last_ok else ""
+        self.update(f"⚠ controller unreachable ({attempts} tries) · retrying · {message}{stale}")
+        self.add_class("-visible")
+
+    def clear_error(self) -> None:
+        self.remove_class("-visible")
+
+
+class CostPanel(Vertical):
+    """Dollars per hour now vs the baseline, the savings ratio and its history."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.figures = Static(id="cost-figures")
+        self.spark = Sparkline([0.0], id="savings-spark")
+
+    def compose(self) -> ComposeResult:
+        yield self.figures
+        yield self.spark
+
+    def on_mount(self) -> None:
+        self.border_title = "Cost"
+
+    def show(self, snap: FleetSnapshot) -> None:
+        f: dict[str, Any] = snap.fleet.get("fleet") or {}
+        figures = Text.assemble(
+            ("now ", "dim"), (f"{fmt.money(f.get('dollars_per_hour'))}/h", "bold"),
+            ("  baseline ", "dim"), f"{fmt.money(f.get('baseline_dollars_per_hour'))}/h\n",
+            ("saved ", "dim"), (fmt.pct(f.get("savings_ratio"), 1), "bold green"),
+            ("  ", ""), (f"{fmt.money(f.get('cost_per_1k_requests'))}/1k req\n", ""),
+            ("load ", "dim"), f"{fmt.rate(f.get('requests_per_s'))} req/s",
+            ("  errors ", "dim"), fmt.pct(f.get("error_rate"), 1),
+        )
+        self.figures.update(figures)
+        history = [float(x) for x in (f.get("savings_history") or []) if isinstance(x, (int, float))]
+        self.spark.data = history or [0.0]
+
+
+class LeversPanel(Static):
+    """Cache hit rates by kind, routing share by tier, speculative-decoding acceptance."""
+
+    def on_mount(self) -> None:
+        self.border_title = "Caches · routing"
+
+    def show(self, snap: FleetSnapshot) -> None:
+        f: dict[str, Any] = snap.fleet.get("fleet") or {}
+        tiers: list[dict[str, Any]] = snap.fleet.get("tiers") or []
+        hits = f.get("cache_hit_rate") or {}
+        text = Text.assemble(
+            ("cache  ", "dim"), "exact ", (fmt.pct(hits.get("exact"), 1), "bold"),
+            "  semantic ", (fmt.pct(hits.get("semantic"), 1), "bold"), "\n",
+            ("route  ", "dim"),
+        )
+        text.append("  ".join(f"{t.get('name')} {fmt.pct(t.get('routing_share'))}" for t in tiers) or fmt.MISSING)
+        text.append("\nspec   ", "dim")
+        spec = [f"{t.get('name')} {fmt.pct(t.get('spec_acceptance'))}" for t in tiers if t.get("spec_acceptance") is not None]
+        text.append("  ".join(spec) or "off")
+        self.update(text)
+
+
+TIER_COLUMNS = [("tier / replica", "name"), ("ready", "ready"), ("min-max", "bounds"), ("share", "share"),
+                ("queue", "queue"), ("KV", "kv"), ("TTFT p95/SLO", "ttft"), ("$/h", "cost")]
+
+
+class TablePanel(Vertical):
+    """A bordered panel around one DataTable, built up front so `show` never queries."""
+
+    def __init__(self, columns: Sequence[tuple[str, str]], table_id: str, *, cursor: bool, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.table = _table(columns, table_id, cursor=cursor)
+
+    def compose(self) -> ComposeResult:
+        yield self.table
+
+
+class TiersTable(TablePanel):
+    """Each tier, then its replicas: readiness/health, queue, KV-cache use, TTFT vs SLO."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(TIER_COLUMNS, "tiers-table", cursor=True, id=id)
+
+    def on_mount(self) -> None:
+        self.border_title = "Tiers & replicas"
+
+    def selected_tier(self) -> str | None:
+        """The tier under the cursor (a replica row selects its tier)."""
+        table = self.table
+        if table.row_count == 0:
+            return None
+        key = table.ordered_rows[min(table.cursor_row, table.row_count - 1)].key.value or ""
+        return key.split(":", 2)[1]
+
+    def show(self, snap: FleetSnapshot) -> None:
+        rows: list[Row] = []
+        for t in snap.fleet.get("tiers") or []:
+            name = str(t.get("name"))
+            bounds = f"{fmt.count(t.get('min'))}-{fmt.count(t.get('max'))}"
+            ready, desired = t.get("replicas_ready"), t.get("replicas_desired")
+            ready_style = "green" if ready == desired else "yellow"
+            rows.append((f"tier:{name}", (
+                Text(fmt.truncate(name, 16), style="bold"),
+                Text(f"{fmt.count(ready)}/{fmt.count(desired)}", style=ready_style),
+                Text(bounds + (" pin" if t.get("pinned") else ""), style="bold yellow" if t.get("pinned") else ""),
+                fmt.pct(t.get("routing_share")),
+                fmt.count(t.get("queue")),
+                fmt.pct(t.get("kv_cache_usage")),
+                fmt.latency_vs_slo(t.get("ttft_p95_ms"), t.get("slo_ttft_p95_ms")),
+                fmt.money(t.get("dollars_per_hour")),
+            )))
+            for r in t.get("replicas") or []:
+                url = str(r.get("url"))
+                healthy = bool(r.get("healthy"))
+                rows.append((f"rep:{name}:{url}", (
+                    Text(fmt.replica_label(url), style="dim"),
+                    Text("up" if healthy else "DOWN", style="green" if healthy else "bold red"),
+                    "",
+                    "",
+                    fmt.count(r.get("waiting")),
+                    fmt.pct(r.get("kv_cache_usage")),
+                    fmt.latency_vs_slo(r.get("ttft_p95_ms"), t.get("slo_ttft_p95_ms")),
+                    "",
+                )))
+        sync_rows(self.table, rows)
+
+
+ALERT_COLUMNS = [("signal", "signal"), ("tier", "tier"), ("change", "change"), ("at", "at")]
+
+
+class AlertsPanel(TablePanel):
+    """Drift alerts, active ones first and in bold."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(ALERT_COLUMNS, "alerts-table", cursor=False, id=id)
+
+    def on_mount(self) -> None:
+        self.border_title = "Drift alerts"
+
+    def show(self, snap: FleetSnapshot) -> None:
+        alerts = sorted(snap.alerts, key=lambda a: (not a.get("active"), -(a.get("detected_time") or 0)))[:50]
+        active = sum(1 for a in alerts if a.get("active"))
+        self.border_title = f"Drift alerts ({active} active)"
+        self.set_class(active > 0, "-alerting")
+        rows: list[Row] = []
+        for a in alerts:
+            style = "bold red" if a.get("active") else "dim"
+            rows.append((str(a.get("id")), (
+                Text(fmt.truncate(a.get("signal"), 14), style=style),
+                Text(fmt.truncate(a.get("tier") or "fleet", 8), style=style),
+                Text(fmt.change(a.get("direction"), a.get("size")), style=style),
+                Text(fmt.clock(a.get("detected_time") or a.get("start_time"))[:5], style=style),
+            )))
+        sync_rows(self.table, rows)
+
+
+DECISION_COLUMNS = [("time", "time"), ("tier", "tier"), ("scale", "change"), ("reason", "reason")]
+
+
+class DecisionsPanel(TablePanel):
+    """The autoscaler's decisions, oldest first, following the newest like a log."""
+
+    MAX_ROWS = 200
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(DECISION_COLUMNS, "decisions-table", cursor=False, id=id)
+
+    def on_mount(self) -> None:
+        self.border_title = "Scaling decisions"
+
+    def show(self, snap: FleetSnapshot) -> None:
+        decisions = sorted(snap.decisions, key=lambda d: d.get("time") or 0)[-self.MAX_ROWS:]
+        rows: list[Row] = []
+        seen: dict[str, int] = {}
+        for d in decisions:
+            base = f"{d.get('time')}:{d.get('tier')}:{d.get('from')}:{d.get('to')}"
+            seen[base] = seen.get(base, 0) + 1
+            flag = "" if d.get("dry_run") or d.get("applied") else "not applied: "
+            style = "dim italic" if d.get("dry_run") else ("dim" if flag else "")
+            rows.append((f"{base}#{seen[base]}", (
+                fmt.clock(d.get("time")),
+                fmt.truncate(d.get("tier"), 8),
+                Text(f"{fmt.count(d.get('from'))}→{fmt.count(d.get('to'))}", style=style or "bold"),
+                Text(fmt.truncate(flag + str(d.get("reason") or ""), 60), style=style),
+            )))
+        dry = any(d.get("dry_run") for d in decisions)
+        self.border_title = "Scaling decisions" + (" (dry-run)" if dry else "")
+        table = self.table
+        grew = len(rows) > table.row_count
+        sync_rows(table, rows)
+        if grew:
+            table.scroll_end(animate=False)
