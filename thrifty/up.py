@@ -89,7 +89,7 @@ async def _wait_http(url: str, timeout_s: float, proc: asyncio.subprocess.Proces
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while loop.time() < deadline:
             if proc.returncode is not None:
-                raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+                raise RuntimeError(f"{url}: process exited with {proc.returncode} (see its log)")
             with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
                 async with session.get(url) as r:
                     if r.status < 500:
@@ -175,4 +175,8 @@ async def _up(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return asyncio.run(_up(args))
+    try:
+        return asyncio.run(_up(args))
+    except RuntimeError as exc:  # a part did not start: say which, the logs say why
+        print(f"thrifty up: {exc}", file=sys.stderr)
+        return 1
