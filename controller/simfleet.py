@@ -152,25 +152,43 @@ class SimTier:
     def _dispatch(self, now: float) -> None:
         ready = [p for p in self.pods if p.ready(now)]
         while self._queue:
-            # The sidecar's admission control: a saturated replica takes no more; the
-            # request waits in the sidecar (where a new replica can pick it up).
-            ready = [p for p in ready if p.replica.waiting < self.saturation_waiting
-                     and p.replica.kv_usage < self.saturation_kv]
             arrival, prompt, output, tag, hashes = self._queue[0]
             if now - arrival > self.max_wait_s:
                 self._queue.popleft()
                 self.served.append(Served(arrival, None, now, prompt, output, tag=tag))
                 continue
-            if not ready:
+            pod = self._pick(ready, now)
+            if pod is None:  # every replica saturated: the request waits in the sidecar
                 return
             self._queue.popleft()
-            # Power of two choices on the sidecar's own in-flight counts: O(1) per request.
-            pod = ready[0] if len(ready) == 1 else min(self._rng.sample(ready, 2), key=lambda p: (p.inflight, p.id))
-            self._early.extend(self._finish(c) for c in pod.replica.advance(now))
             rid = next(self._req_ids)
             self._meta[rid] = (pod, tag, arrival)
             pod.replica.submit(SimRequest(rid, arrival, prompt, output, hashes), now)
             pod.inflight += 1
+
+    def _pick(self, ready: list[SimPod], now: float) -> SimPod | None:
+        """Power of two choices on the sidecar's in-flight counts among unsaturated replicas.
+
+        The sidecar's admission control: a saturated replica (engine queue or KV cache
+        over the configured limits) takes no more. Only the sampled pair is brought up to
+        `now` and checked, so a dispatch costs O(1) replicas; when both are saturated the
+        rest are tried in random order.
+        """
+        if not ready:
+            return None
+        order = ready if len(ready) <= 2 else self._rng.sample(ready, len(ready))
+        chosen: SimPod | None = None
+        checked = 0
+        for pod in order:
+            self._early.extend(self._finish(c) for c in pod.replica.advance(now))
+            r = pod.replica
+            if r.waiting < self.saturation_waiting and r.kv_usage < self.saturation_kv:
+                if chosen is None or (pod.inflight, pod.id) < (chosen.inflight, chosen.id):
+                    chosen = pod
+                checked += 1
+                if checked == 2:
+                    break
+        return chosen
 
     def advance(self, now: float) -> list[Served]:
         """Run every pod to `now`; returns what finished."""
@@ -213,7 +231,8 @@ def replay(tiers: dict[str, SimTier], arrivals: list[tuple[float, str, int, int,
            tick_s: float, on_tick, end_pad_s: float = 600.0) -> float:
     """Drive arrivals (time, tier, prompt, output, tag, hashes) and call `on_tick(now)` every tick_s.
 
-    Returns the virtual time when the replay ended (all work drained or shed).
+    Returns the virtual time when the replay ended (all work drained or shed, or `on_tick`
+    returned True: the caller has seen enough, e.g. a policy already known to miss the SLO).
     """
     heap = list(arrivals)
     heapq.heapify(heap)
@@ -226,7 +245,8 @@ def replay(tiers: dict[str, SimTier], arrivals: list[tuple[float, str, int, int,
             now = next_tick
             for tier in tiers.values():
                 tier.advance(now)
-            on_tick(now)
+            if on_tick(now):
+                break
             next_tick += tick_s
             if not heap and all(p.inflight == 0 for t in tiers.values() for p in t.pods) \
                     and all(t.queue_depth() == 0 for t in tiers.values()):
