@@ -1,11 +1,18 @@
 """Per-tier replica targets: pure policy on a caller-supplied clock (no I/O, no sleeps).
 
-Load is measured in replica units from what a replica can hold within the SLO:
-in-flight sequences (running + waiting) against a target concurrency, and KV-cache use
-against a target fill. It is projected one start-up delay ahead with Holt's linear
-forecast of the token arrival rate, because a replica asked for now only helps after
-it has started. Scale-up is immediate and sized in one step (fewer, larger actions);
-scale-down takes the highest recommendation of the stabilisation window and drains.
+The main signal is token throughput: desired = ceil(forecast token arrival rate /
+(per-replica capacity x target utilisation)). Capacity is learned online from what the
+replicas actually serve (`CapacityEstimator`): a replica's sustained tokens/s while its
+queue is non-empty is its capacity at the current prompt/output mix; tokens/s served
+within the SLO is a lower bound. Until telemetry says otherwise a conservative prior from
+the tier's performance profile stands in. The arrival rate is projected one start-up
+delay ahead with Holt's linear forecast, because a replica asked for now only helps after
+it has started. In-flight sequences against a target concurrency and KV-cache use
+against a target fill are floors (memory, not compute, can be the limit), and a queue
+building up or TTFT p95 near the SLO adds replicas at once. Scale-up is immediate and
+sized in one step; scale-down takes the highest recommendation of the stabilisation
+window (the lower target must have held for the whole window), goes to it in one step,
+and drains.
 Tiers are coupled through the routing share: each tier's demand is the fleet's
 forecast times its share, so when the router moves traffic (or an operator moves the
 threshold) the tier gaining share scales up at once and the other releases capacity.
@@ -36,6 +43,10 @@ class TierPolicy:
     prefill_s_per_token: float = 0.0
     decode_s_per_token: float = 0.0
     target_utilization: float = 0.85
+    # Per-replica capacity in tokens/s assumed before telemetry is seen; 0 = derive it from
+    # the engine cost model above at the observed prompt/output mix.
+    capacity_prior_tokens_s: float = 0.0
+    capacity_sample_s: float = 30.0  # served throughput is averaged this long before it counts
 
 
 @dataclass(slots=True)
@@ -54,6 +65,9 @@ class TierObservation:
     output_rate: float = 0.0  # of which generated tokens/s
     ttft_p95_s: float | None = None
     routing_share: float | None = None
+    # Tokens/s (prompt + generated) the ready replicas processed since the last observation,
+    # from vllm:prompt_tokens_total + vllm:generation_tokens_total; None = not reported.
+    served_token_rate: float | None = None
 
 
 @dataclass(slots=True)
@@ -72,7 +86,9 @@ class Decision:
 class HoltForecast:
     """Holt's double exponential smoothing; `forecast(h)` is h seconds ahead."""
 
-    def __init__(self, alpha: float = 0.5, beta: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.3, beta: float = 0.05) -> None:
+        # Fed every few seconds with a rate over a ~30 s window: a slow trend term keeps
+        # sampling noise, multiplied by a 90 s horizon, from reading as growth.
         self.alpha, self.beta = alpha, beta
         self.level: float | None = None
         self.trend = 0.0  # per second
@@ -94,11 +110,58 @@ class HoltForecast:
         return max(0.0, self.level + self.trend * horizon_s)
 
 
+class CapacityEstimator:
+    """Tokens/s one replica of a tier serves, learned from its own telemetry.
+
+    Samples are per-replica served tokens/s averaged over `sample_s` (bursts shorter than
+    that say nothing about sustained capacity). A sample taken while requests stayed queued
+    the whole time (engine waiting or the sidecar's admission queue) is the replica's
+    capacity at the current mix: the estimate moves toward it, down as well as up. A sample
+    taken while everything was served within the SLO only proves capacity is at least that;
+    such proofs are remembered for `memory_s` (the mix drifts) and one above a later
+    saturated measurement is dropped. Before any measurement the prior stands.
+    """
+
+    def __init__(self, sample_s: float = 30.0, smoothing: float = 0.3, memory_s: float = 1800.0) -> None:
+        self.sample_s, self.smoothing, self.memory_s = sample_s, smoothing, memory_s
+        self.measured: float | None = None  # EWMA of saturated samples
+        self._proven: deque[tuple[float, float]] = deque()  # (time, tokens/s served within the SLO)
+        self._window: deque[tuple[float, float, bool]] = deque()  # (time, per-replica tokens/s, queued)
+
+    def observe(self, now: float, o: TierObservation, slo_ttft_s: float) -> None:
+        if o.served_token_rate is None or o.ready <= 0:
+            self._window.clear()
+            return
+        self._window.append((now, o.served_token_rate / o.ready, o.waiting + o.queue_depth > 0))
+        if now - self._window[0][0] < self.sample_s:
+            return
+        sustained = sum(r for _, r, _ in self._window) / len(self._window)
+        saturated = all(q for _, _, q in self._window)
+        within_slo = o.ttft_p95_s is None or o.ttft_p95_s <= slo_ttft_s
+        self._window.clear()
+        while self._proven and self._proven[0][0] < now - self.memory_s:
+            self._proven.popleft()
+        if saturated:
+            prev = sustained if self.measured is None else self.measured
+            self.measured = prev + self.smoothing * (sustained - prev)
+            self._proven = deque(p for p in self._proven if p[1] <= sustained)
+        elif within_slo:
+            self._proven.append((now, sustained))
+
+    def proven(self) -> float:
+        return max((r for _, r in self._proven), default=0.0)
+
+    def capacity(self, prior: float) -> float:
+        base = self.measured if self.measured is not None else prior
+        return max(base, self.proven())
+
+
 @dataclass(slots=True)
 class _TierState:
     policy: TierPolicy
     target: int
     forecast: HoltForecast = field(default_factory=HoltForecast)
+    capacity: CapacityEstimator = field(default_factory=CapacityEstimator)
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, recommendation)
     last_arrival: float = 0.0
     pin: tuple[int, int] | None = None
@@ -201,37 +264,58 @@ class Autoscaler:
     def _recommend(self, now: float, state: _TierState, o: TierObservation,
                    share: float | None, fleet_rate: float) -> tuple[int, str]:
         p = state.policy
+        state.capacity.observe(now, o, p.slo_ttft_s)
         if o.token_rate > 0 or o.queue_depth > 0 or o.running + o.waiting > 0:
             state.last_arrival = now
         if o.ready + o.starting == 0:
             if o.queue_depth > 0 or o.token_rate > 0:
                 return max(1, p.min_replicas), "requests waiting at zero replicas"
             return state.target, "idle"
-        # Current load in replica units.
-        conc_load = (o.running + o.waiting + o.queue_depth) / p.target_concurrency
-        kv_load = o.kv_usage / p.target_kv
-        compute_load = (o.input_rate * p.prefill_s_per_token + o.output_rate * p.decode_s_per_token) / p.target_utilization
-        load = max(conc_load, kv_load, compute_load)
-        # Growth expected by the time a new replica is up: the fleet forecast times this
-        # tier's share, relative to the tier's current arrival rate.
-        fleet_future = self._fleet_forecast.forecast(p.startup_s)
-        tier_future = fleet_future * share if share is not None else fleet_future
-        growth = 1.0
-        if o.token_rate > 0:
-            growth = min(max(tier_future / o.token_rate, 0.5), 3.0)
-        want = math.ceil(load * max(growth, 1.0 if load > 0 else growth) * p.headroom - 1e-9)
-        reason = (f"load {load:.2f} replicas (concurrency {conc_load:.2f}, kv {kv_load:.2f}, "
-                  f"compute {compute_load:.2f}), growth x{growth:.2f}")
-        if growth < 1.0:  # falling: size for the forecast, the stabilisation window guards it
-            want = math.ceil(load * growth * p.headroom - 1e-9)
-        # SLO headroom: a queue building up or TTFT near the SLO means act now.
-        per_replica_wait = o.waiting / max(o.ready, 1)
-        if o.ttft_p95_s is not None and o.ttft_p95_s > 0.8 * p.slo_ttft_s or per_replica_wait > 0.25 * p.target_concurrency:
-            extra = math.ceil(o.waiting / p.target_concurrency)
-            want = max(want, o.ready + o.starting + max(1, extra))
-            reason = f"SLO headroom: ttft p95 {o.ttft_p95_s or 0:.2f}s, waiting {o.waiting:.0f}; " + reason
-        if o.queue_depth > 0:
-            want = max(want, 1)
         if p.scale_to_zero and now - state.last_arrival >= p.idle_to_zero_s:
             return 0, f"no arrivals for {p.idle_to_zero_s:.0f}s"
+        # Memory-side floors: sequences in flight and KV-cache fill, in replica units.
+        # They grow with the tier's arrivals: the fleet's forecast trend one start-up delay
+        # ahead (relative to its smoothed level, so a lagging level is not read as a fall),
+        # times any planned change of this tier's routing share.
+        level = self._fleet_forecast.forecast(0.0)
+        growth = self._fleet_forecast.forecast(p.startup_s) / level if level > 0 else 1.0
+        if share is not None and o.token_rate > 0:
+            growth *= fleet_rate * share / o.token_rate  # 1 unless the shares are being moved
+        growth = min(max(growth, 0.5), 3.0)
+        tier_future = o.token_rate * growth
+        conc_load = (o.running + o.waiting + o.queue_depth) / p.target_concurrency
+        kv_load = o.kv_usage / p.target_kv
+        want = math.ceil(max(conc_load, kv_load) * growth * p.headroom - 1e-9)
+        reason = f"concurrency {conc_load:.2f}, kv {kv_load:.2f} replicas, growth x{growth:.2f}"
+        # Compute side: forecast token arrivals over the learned per-replica capacity.
+        demand = max(o.token_rate, tier_future)
+        capacity = self._capacity(state, o)
+        u = p.target_utilization
+        if capacity is not None and demand > 0:
+            token_want = math.ceil(demand / (capacity * u) - 1e-9)
+            reason = (f"demand {demand:.0f} tok/s (now {o.token_rate:.0f}, forecast {tier_future:.0f}) over "
+                      f"{capacity:.0f} tok/s/replica x {u:.2f} = {token_want}; " + reason)
+            want = max(want, token_want)
+        # SLO headroom: a queue building up or TTFT near the SLO means act now, sized on the
+        # backlog; replicas already starting count, so a slow start-up does not escalate.
+        backlog = o.waiting + o.queue_depth
+        near_slo = o.ttft_p95_s is not None and o.ttft_p95_s > 0.8 * p.slo_ttft_s
+        if near_slo or o.queue_depth > 0 or o.waiting / max(o.ready, 1) > 0.25 * p.target_concurrency:
+            urgent = o.ready + max(1, math.ceil(backlog / p.target_concurrency))
+            if urgent > want:
+                want = urgent
+                reason = f"SLO headroom: ttft p95 {o.ttft_p95_s or 0:.2f}s, backlog {backlog:.0f}; " + reason
         return max(want, 1), reason
+
+    def _capacity(self, state: _TierState, o: TierObservation) -> float | None:
+        """Per-replica tokens/s: learned online, over a prior from the profile at the observed mix."""
+        p = state.policy
+        prior = p.capacity_prior_tokens_s
+        if prior <= 0 and (p.prefill_s_per_token > 0 or p.decode_s_per_token > 0):
+            tokens = o.input_rate + o.output_rate
+            if tokens > 0:
+                cost = (o.input_rate * p.prefill_s_per_token + o.output_rate * p.decode_s_per_token) / tokens
+                prior = 1.0 / cost if cost > 0 else 0.0
+        if prior <= 0:
+            return state.capacity.measured if state.capacity.measured is not None else None
+        return state.capacity.capacity(prior)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
+from thrifty.controller.autoscaler import Autoscaler, CapacityEstimator, TierObservation, TierPolicy
 
 
 def _obs(t: float, ready: int, running: float, rate: float, waiting: float = 0.0, **kw) -> TierObservation:
@@ -72,3 +72,27 @@ def test_routing_share_shift_moves_capacity_between_tiers() -> None:
     assert a.target("small") > small_before
     assert a.target("large") < large_before
     assert {d.tier for d in moved} == {"small", "large"}
+
+
+def _served(t: float, ready: int, served: float, waiting: float = 0.0, ttft: float | None = 0.5) -> TierObservation:
+    return TierObservation(time=t, ready=ready, waiting=waiting, served_token_rate=served, ttft_p95_s=ttft)
+
+
+def test_capacity_is_learned_from_saturated_replicas_and_bounded_by_slo_proofs() -> None:
+    est = CapacityEstimator(sample_s=30)
+    assert est.capacity(5000) == 5000  # nothing seen: the prior
+    for i in range(8):  # 2 replicas serving 14k tok/s within the SLO: at least 7k each
+        est.observe(i * 5.0, _served(i * 5.0, 2, 14000), slo_ttft_s=2)
+    assert est.capacity(5000) == 7000
+    for i in range(8, 40):  # queued all along at 6k each: that is the capacity now (mix changed)
+        est.observe(i * 5.0, _served(i * 5.0, 2, 12000, waiting=10), slo_ttft_s=2)
+    assert 6000 <= est.capacity(5000) < 6500
+
+
+def test_token_demand_over_capacity_sets_the_target() -> None:
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=0.8,
+                   target_concurrency=1000)
+    a = Autoscaler([p], initial={"t": 1})
+    for i in range(6):  # steady 16k tok/s: 16000 / (4000 x 0.8) = 5 replicas
+        a.decide(i * 5.0, {"t": _obs(i * 5.0, a.target("t"), 10, 16000)})
+    assert a.target("t") == 5
