@@ -50,7 +50,7 @@ class RunningController:
     spec_accepted: float = 0.0
     seq: int = 0
 
-    async def feed(self, minutes: int, *, large_kv: float = 0.9, large_waiting: int = 40) -> None:
+    async def feed(self, minutes: int, *, large_kv: float = 0.9, large_waiting: int = 160) -> None:
         """Sidecar telemetry in 10 s windows (two tiers, three replicas, one down), a
         control round every virtual minute: the controller scales `large` up (TTFT over
         the SLO) and flags speculative decoding as a net loss (4% acceptance)."""
