@@ -6,11 +6,14 @@ sidecar runs) against N simulated replicas, each with a bounded LRU prefix cache
 Policies: round_robin, least_loaded, thrifty; reference `limit` = one cache holding the
 combined capacity of all replicas (what perfect affinity with no load limit could reach).
 
-Load in virtual time comes from a pluggable `LoadModel`. The default,
-`TokenQueueLoad`, is a simple, documented stand-in (not the calibrated simulator):
-each replica prefills uncached prompt tokens FIFO at `prefill_tps`, then decodes its
-output at `tpot_s` per token in parallel with other requests (continuous batching).
-The balancer sees, per replica, the tokens of requests not yet finished.
+Load in virtual time comes from a pluggable `LoadModel`. The default, `SimReplicaLoad`,
+runs one `thrifty.engine.sim_model.SimReplica` per replica (vLLM's continuous batching,
+chunked prefill, KV blocks and its own prefix cache, with a GPU profile's timings), and
+the balancer sees what the sidecar sees in production: the tokens of its requests not
+yet finished plus the engine's waiting/running/KV-cache gauges. `--load token-queue`
+keeps the earlier, simpler stand-in (`TokenQueueLoad`: FIFO prefill at `prefill_tps`,
+decode at `tpot_s` per token). Either way the hit rate reported is the bench's own
+bounded LRU per replica, so it is comparable with the single-cache `limit`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from thrifty.engine.profiles import PROFILES, GpuProfile, get_profile
+from thrifty.engine.sim_model import SimReplica, SimRequest
 from thrifty.proxy.balancer import POLICIES, build_balancer
 from thrifty.proxy.filters import PickRequest
 from thrifty.proxy.pool import ReplicaState
@@ -84,7 +89,39 @@ class LruPrefixCache:
 class LoadModel(Protocol):
     def submit(self, replica: int, req: TraceRequest, cached_tokens: int, now: float) -> None: ...
     def advance(self, now: float) -> None: ...
-    def outstanding_tokens(self, replica: int) -> int: ...
+    def observe(self, replica: int, state: ReplicaState) -> None:
+        """Write what the sidecar would know about the replica into `state`."""
+
+
+class SimReplicaLoad:
+    """Simulated vLLM replicas (`SimReplica`, one GPU profile) on the trace's virtual clock."""
+
+    def __init__(self, replicas: int, profile: GpuProfile) -> None:
+        self.sims = [SimReplica(profile, seed=i, hash_block_tokens=BLOCK_TOKENS) for i in range(replicas)]
+        self.outstanding = [0] * replicas
+        self._open: dict[int, tuple[int, int]] = {}  # request id -> (replica, tokens)
+        self._next_id = 0
+
+    def submit(self, replica: int, req: TraceRequest, cached_tokens: int, now: float) -> None:
+        self._next_id += 1
+        tokens = req.input_tokens + req.output_tokens
+        try:
+            self.sims[replica].submit(SimRequest(self._next_id, now, req.input_tokens, req.output_tokens, req.blocks), now)
+        except ValueError as exc:
+            raise SystemExit(f"thrifty bench balance: {exc}; choose a --profile with a larger KV cache") from None
+        self.outstanding[replica] += tokens
+        self._open[self._next_id] = (replica, tokens)
+
+    def advance(self, now: float) -> None:
+        for sim in self.sims:
+            for done in sim.advance(now):
+                replica, tokens = self._open.pop(done.id)
+                self.outstanding[replica] -= tokens
+
+    def observe(self, replica: int, state: ReplicaState) -> None:
+        sim = self.sims[replica]
+        state.inflight_tokens = self.outstanding[replica]
+        state.waiting, state.running, state.kv_usage = float(sim.waiting), float(sim.running), sim.kv_usage
 
 
 class TokenQueueLoad:
@@ -110,8 +147,8 @@ class TokenQueueLoad:
             _, replica, tokens = heapq.heappop(self._finishing)
             self.outstanding[replica] -= tokens
 
-    def outstanding_tokens(self, replica: int) -> int:
-        return self.outstanding[replica]
+    def observe(self, replica: int, state: ReplicaState) -> None:
+        state.inflight_tokens = self.outstanding[replica]
 
 
 @dataclass(slots=True)
@@ -122,19 +159,26 @@ class PolicyResult:
     tokens_per_replica: list[int]
 
 
-def run_policy(policy: str, trace: list[TraceRequest], replicas: int, capacity: int, *,
-               prefill_tps: float, tpot_s: float, epsilon: float) -> PolicyResult:
+def make_load(kind: str, replicas: int, *, profile: str, prefill_tps: float, tpot_s: float) -> LoadModel:
+    if kind == "sim":
+        return SimReplicaLoad(replicas, get_profile(profile))
+    return TokenQueueLoad(replicas, prefill_tps, tpot_s)
+
+
+def run_policy(policy: str, trace: list[TraceRequest], replicas: int, capacity: int, *, load_kind: str = "sim",
+               profile: str = "a100-llama3-8b", prefill_tps: float = 10000.0, tpot_s: float = 0.03,
+               epsilon: float = 1.0) -> PolicyResult:
     balancer = build_balancer(policy, prefix_capacity_blocks=capacity, epsilon=epsilon)
     states = [ReplicaState(url=f"sim://{i}", tier="bench") for i in range(replicas)]
     index = {id(s): i for i, s in enumerate(states)}
     caches = [LruPrefixCache(capacity) for _ in range(replicas)]
-    load: LoadModel = TokenQueueLoad(replicas, prefill_tps, tpot_s)
+    load = make_load(load_kind, replicas, profile=profile, prefill_tps=prefill_tps, tpot_s=tpot_s)
     assigned = [0] * replicas
     hit_blocks = total_blocks = 0
     for req in trace:
         load.advance(req.arrival_s)
         for i, s in enumerate(states):
-            s.inflight_tokens = load.outstanding_tokens(i)
+            load.observe(i, s)
         pick = balancer.pick(PickRequest(blocks=req.blocks, tokens=req.input_tokens + req.output_tokens), states)
         assert pick is not None  # every simulated replica is healthy and unsaturated
         i = index[id(pick.replica)]
@@ -162,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=8)
     p.add_argument("--capacity-blocks", type=int, default=None, help="prefix-cache blocks per replica (default: distinct blocks / (2 x replicas))")
     p.add_argument("--limit", type=int, default=None, help="only the first N requests")
-    p.add_argument("--prefill-tps", type=float, default=10000.0, help="load model: prefill tokens/s per replica")
-    p.add_argument("--tpot-ms", type=float, default=30.0, help="load model: ms per output token")
+    p.add_argument("--load", choices=("sim", "token-queue"), default="sim",
+                   help="load model: simulated vLLM replicas (default) or the simple token queue")
+    p.add_argument("--profile", default="a100-llama3-8b", choices=sorted(PROFILES), help="sim load: GPU profile of each replica")
+    p.add_argument("--prefill-tps", type=float, default=10000.0, help="token-queue load: prefill tokens/s per replica")
+    p.add_argument("--tpot-ms", type=float, default=30.0, help="token-queue load: ms per output token")
     p.add_argument("--epsilon", type=float, default=1.0, help="bounded-load slack of the thrifty policy (default 1.0: chosen on the first 6,000 requests with 4 and 16 replicas, not on the scored run)")
     args = p.parse_args(argv)
     if not args.trace.is_file():
@@ -175,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     trace = load_trace(args.trace, args.limit)
     distinct = len({h for r in trace for h in r.blocks})
     capacity = args.capacity_blocks or max(1, distinct // (2 * args.replicas))
-    results = {pol: run_policy(pol, trace, args.replicas, capacity, prefill_tps=args.prefill_tps,
-                               tpot_s=args.tpot_ms / 1000.0, epsilon=args.epsilon) for pol in POLICIES}
+    results = {pol: run_policy(pol, trace, args.replicas, capacity, load_kind=args.load, profile=args.profile,
+                               prefill_tps=args.prefill_tps, tpot_s=args.tpot_ms / 1000.0, epsilon=args.epsilon)
+               for pol in POLICIES}
+    load_desc = (f"simulated vLLM, profile {args.profile}" if args.load == "sim" else
+                 f"token queue, {args.prefill_tps:.0f} prefill tok/s, {args.tpot_ms:.0f} ms/token")
     limit = limit_hit_rate(trace, capacity * args.replicas)
     print(f"trace {args.trace.name}: {len(trace)} requests, {distinct} distinct blocks; "
-          f"{args.replicas} replicas x {capacity} blocks (load model: token queue, "
-          f"{args.prefill_tps:.0f} prefill tok/s, {args.tpot_ms:.0f} ms/token)")
+          f"{args.replicas} replicas x {capacity} blocks (load model: {load_desc})")
     print(f"{'policy':<14}{'hit rate':>10}{'vs limit':>10}{'imbalance':>11}")
     for pol in ("round_robin", "least_loaded", "thrifty"):
         r = results[pol]
@@ -199,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "replicas": args.replicas,
         "capacity_blocks": capacity,
         "requests": len(trace),
+        "load_model": args.load,
     }))
     return 0
 

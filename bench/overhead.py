@@ -4,8 +4,11 @@ One run, one machine, the same load three ways: straight to a fast stub backend
 (a fake replica answering at once), through a plain aiohttp passthrough written here
 (the naive-Python reference), and through the thrifty sidecar with caches and router
 off. Each server runs in its own process, so the sidecar's CPU per request is read
-from that process's own CPU time. Targets are measured in interleaved rounds so that
-background noise hits all three alike.
+from that process's own CPU time. Background load on a shared machine swings on the
+scale of seconds, so the latency samples are paired: concurrency-1 and streaming
+requests go to the three targets in turn, one request each (rotating who goes first),
+and the concurrency-32 blocks alternate target by target in each round. CPU is read per
+process over each whole round (each process only works on its own requests).
 """
 
 from __future__ import annotations
@@ -113,27 +116,31 @@ async def _one(http: aiohttp.ClientSession, url: str, body: bytes) -> float:
     return (time.perf_counter() - t) * 1000
 
 
-async def _round(http: aiohttp.ClientSession, t: Target, n1: int, n32: int, nstream: int) -> None:
-    cpu0 = _cpu_seconds(t.pid) if t.pid else 0.0
-    url = t.url + "/v1/chat/completions"
-    for _ in range(n1):
-        t.c1_ms.append(await _one(http, url, CHAT))
-    for _ in range(nstream):
-        t.stream_ms.append(await _one(http, url, STREAM))
-    left = n32
-    start = time.perf_counter()
+async def _round(http: aiohttp.ClientSession, targets: list[Target], n1: int, n32: int, nstream: int) -> None:
+    cpu0 = {t.name: _cpu_seconds(t.pid) for t in targets if t.pid}
+    for kind, n, body in (("c1", n1, CHAT), ("stream", nstream, STREAM)):
+        for i in range(n):
+            k = i % len(targets)
+            for t in targets[k:] + targets[:k]:
+                ms = await _one(http, t.url + "/v1/chat/completions", body)
+                (t.c1_ms if kind == "c1" else t.stream_ms).append(ms)
+    for t in targets:
+        url = t.url + "/v1/chat/completions"
+        left = n32
+        start = time.perf_counter()
 
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await _one(http, url, CHAT)
+        async def worker() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await _one(http, url, CHAT)
 
-    await asyncio.gather(*(worker() for _ in range(32)))
-    t.c32_rps.append(n32 / (time.perf_counter() - start))
-    if t.pid:
-        t.cpu_s += _cpu_seconds(t.pid) - cpu0
-    t.requests += n1 + n32 + nstream
+        await asyncio.gather(*(worker() for _ in range(32)))
+        t.c32_rps.append(n32 / (time.perf_counter() - start))
+    for t in targets:
+        if t.pid:
+            t.cpu_s += _cpu_seconds(t.pid) - cpu0[t.name]
+        t.requests += n1 + n32 + nstream
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
@@ -159,14 +166,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             await _wait_up(t.url + ("/health" if t.name == "direct" else "/v1/models" if t.name == "sidecar" else "/health"))
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=connector) as http:
-            for t in targets:  # warm-up: connections, imports, caches
-                await _round(http, t, 50, 200, 10)
+            await _round(http, targets, 50, 200, 10)  # warm-up: connections, imports, caches
+            for t in targets:
                 t.c1_ms.clear(), t.stream_ms.clear(), t.c32_rps.clear()
                 t.requests, t.cpu_s = 0, 0.0
             for _ in range(args.rounds):
-                for t in targets:
-                    await _round(http, t, args.requests // args.rounds, args.requests_c32 // args.rounds,
-                                 args.streams // args.rounds)
+                await _round(http, targets, args.requests // args.rounds, args.requests_c32 // args.rounds,
+                             args.streams // args.rounds)
         return _report(targets)
     finally:
         for p in procs:

@@ -1,17 +1,22 @@
 """The sidecar's Prometheus metrics: exactly the `thrifty_*` sidecar rows of docs/metrics.md.
 
 Kept in a private `CollectorRegistry` so several sidecars can live in one process
-(tests) and the telemetry client reads the same registry. Labelled children used on the
-hot path are memoised; per-replica gauges are read from the pool at scrape time instead
-of being written on every request.
+(tests) and the telemetry client reads the same registry. The request path's counters
+and histograms are plain Python numbers in pre-bound label children (one attribute
+add or one `bisect` per update, no locks: prometheus_client's own metric objects cost
+several times that on every request) exposed through one collector at scrape time.
+Per-replica gauges are read from the pool at scrape time instead of being written on
+every request.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from thrifty.proxy.pool import ReplicaPool
@@ -50,31 +55,139 @@ class _PoolCollector(Collector):
         yield queue
 
 
-class SidecarMetrics:
+class CounterChild:
+    __slots__ = ("value",)
+
     def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class HistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class LeanCounter:
+    """A labelled counter whose children are plain numbers (the event loop is the only writer)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.children: dict[tuple[str, ...], CounterChild] = {}
+
+    def labels(self, *labels: str) -> CounterChild:
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = CounterChild()
+        return child
+
+    def family(self) -> Metric:
+        fam = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, child in list(self.children.items()):
+            fam.add_metric(list(labels), child.value)
+        return fam
+
+
+class LeanHistogram:
+    def __init__(self, name: str, documentation: str, labelnames: list[str], buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        self.buckets = tuple(float(b) for b in buckets)
+        self.children: dict[tuple[str, ...], HistogramChild] = {}
+
+    def labels(self, *labels: str) -> HistogramChild:
+        child = self.children.get(labels)
+        if child is None:
+            child = self.children[labels] = HistogramChild(self.buckets)
+        return child
+
+    def family(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, child in list(self.children.items()):
+            counts, total = list(child.counts), child.sum
+            cumulative, running = [], 0
+            for bound, n in zip((*self.buckets, float("inf")), counts):
+                running += n
+                cumulative.append((_le(bound), running))
+            fam.add_metric(list(labels), cumulative, total)
+        return fam
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class _LeanCollector(Collector):
+    def __init__(self, metrics: list[LeanCounter | LeanHistogram]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        for m in self.metrics:
+            yield m.family()
+
+
+@dataclass(slots=True)
+class TierMetrics:
+    """One tier's children, bound once so the request path never looks labels up."""
+
+    ttft: HistogramChild
+    duration: HistogramChild
+    itl: HistogramChild
+    tokens_input: CounterChild
+    tokens_output: CounterChild
+    tokens_cached: CounterChild
+    cost: CounterChild
+    baseline_cost: CounterChild
+    admission_wait: HistogramChild
+    retries: CounterChild
+
+
+class SidecarMetrics:
+    def __init__(self, tiers: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter("thrifty_requests_total", "requests finished", ["tier", "outcome", "cache"], registry=r)
-        self.ttft = Histogram("thrifty_ttft_seconds", "time to first byte of the answer as the client sees it", ["tier"], buckets=LATENCY_BUCKETS, registry=r)
-        self.duration = Histogram("thrifty_request_duration_seconds", "end-to-end", ["tier"], buckets=LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("thrifty_itl_seconds", "gap between streamed chunks", ["tier"], buckets=ITL_BUCKETS, registry=r)
-        self.tokens = Counter("thrifty_tokens_total", "tokens from the engine's usage", ["tier", "kind"], registry=r)
-        self.cost = Counter("thrifty_cost_dollars_total", "what the requests cost (cache hits cost 0)", ["tier"], registry=r)
-        self.baseline_cost = Counter("thrifty_baseline_cost_dollars_total", "what the same requests would cost on the baseline tier without caches", ["tier"], registry=r)
-        self.savings = Counter("thrifty_savings_dollars_total", "baseline minus actual, by lever", ["lever"], registry=r)
-        self.admission_wait = Histogram("thrifty_admission_wait_seconds", "time spent in the admission queue", ["tier"], buckets=LATENCY_BUCKETS, registry=r)
-        self.picks = Counter("thrifty_balancer_picks_total", "balancer decisions", ["tier", "replica", "reason"], registry=r)
-        self.retries = Counter("thrifty_retries_total", "retried on another replica before the first byte", ["tier"], registry=r)
-        self.escalations = Counter("thrifty_escalations_total", "escalations after an error/timeout", ["from_tier", "to_tier"], registry=r)
-        self._children: dict[tuple[object, ...], object] = {}
+        self.requests = LeanCounter("thrifty_requests", "requests finished", ["tier", "outcome", "cache"])
+        self.ttft = LeanHistogram("thrifty_ttft_seconds", "time to first byte of the answer as the client sees it", ["tier"], LATENCY_BUCKETS)
+        self.duration = LeanHistogram("thrifty_request_duration_seconds", "end-to-end", ["tier"], LATENCY_BUCKETS)
+        self.itl = LeanHistogram("thrifty_itl_seconds", "gap between streamed chunks", ["tier"], ITL_BUCKETS)
+        self.tokens = LeanCounter("thrifty_tokens", "tokens from the engine's usage", ["tier", "kind"])
+        self.cost = LeanCounter("thrifty_cost_dollars", "what the requests cost (cache hits cost 0)", ["tier"])
+        self.baseline_cost = LeanCounter("thrifty_baseline_cost_dollars", "what the same requests would cost on the baseline tier without caches", ["tier"])
+        self.savings = LeanCounter("thrifty_savings_dollars", "baseline minus actual, by lever", ["lever"])
+        self.admission_wait = LeanHistogram("thrifty_admission_wait_seconds", "time spent in the admission queue", ["tier"], LATENCY_BUCKETS)
+        self.picks = LeanCounter("thrifty_balancer_picks", "balancer decisions", ["tier", "replica", "reason"])
+        self.retries = LeanCounter("thrifty_retries", "retried on another replica before the first byte", ["tier"])
+        self.escalations = LeanCounter("thrifty_escalations", "escalations after an error/timeout", ["from_tier", "to_tier"])
+        self.registry.register(_LeanCollector([
+            self.requests, self.ttft, self.duration, self.itl, self.tokens, self.cost, self.baseline_cost, self.savings,
+            self.admission_wait, self.picks, self.retries, self.escalations]))
+        self.tiers: dict[str, TierMetrics] = {t: self._bind(t) for t in tiers}
+
+    def _bind(self, tier: str) -> TierMetrics:
+        return TierMetrics(
+            ttft=self.ttft.labels(tier), duration=self.duration.labels(tier), itl=self.itl.labels(tier),
+            tokens_input=self.tokens.labels(tier, "input"), tokens_output=self.tokens.labels(tier, "output"),
+            tokens_cached=self.tokens.labels(tier, "cached"), cost=self.cost.labels(tier),
+            baseline_cost=self.baseline_cost.labels(tier), admission_wait=self.admission_wait.labels(tier),
+            retries=self.retries.labels(tier))
+
+    def tier(self, tier: str) -> TierMetrics:
+        m = self.tiers.get(tier)
+        if m is None:
+            m = self.tiers[tier] = self._bind(tier)
+        return m
 
     def attach_pool(self, pool: ReplicaPool, queue_depth: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(pool, queue_depth))
 
-    def child(self, metric: Counter | Histogram, *labels: str):  # type: ignore[no-untyped-def]
-        """`metric.labels(*labels)`, memoised (labels are bounded sets, so the dict is too)."""
-        key = (id(metric), *labels)
-        c = self._children.get(key)
-        if c is None:
-            c = self._children[key] = metric.labels(*labels)
-        return c
+    def child(self, metric: LeanCounter | LeanHistogram, *labels: str):  # type: ignore[no-untyped-def]
+        """`metric.labels(*labels)` (children are memoised by the metric itself)."""
+        return metric.labels(*labels)

@@ -9,7 +9,6 @@ client's stream with an OpenAI-shaped error event instead of leaving it hanging.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -21,20 +20,21 @@ from aiohttp import web
 
 from thrifty.config import TimeoutSettings
 from thrifty.proxy.errors import ApiError
+from thrifty.proxy.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
+
+__all__ = ["ClientGone", "UpstreamUnavailable", "find_usage", "make_session", "open_upstream", "read_body", "relay_stream"]
 
 _USAGE_RE = re.compile(rb'"usage":\s*\{')
 RETRYABLE_STATUS = frozenset({502, 503})
+_DECODER = json.JSONDecoder()
 
 
 class ClientGone(Exception):
     """The client closed its connection; the caller cancels the upstream request."""
 
 
-class UpstreamUnavailable(Exception):
-    """The replica could not be reached (or refused with 502/503) before any byte was relayed."""
-
-
 def make_session(timeouts: TimeoutSettings, max_connections: int = 4096) -> aiohttp.ClientSession:
+    """The aiohttp client for the rare paths (passthrough of unknown endpoints), not the hot one."""
     connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300,
                                      keepalive_timeout=30, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s)
@@ -42,14 +42,10 @@ def make_session(timeouts: TimeoutSettings, max_connections: int = 4096) -> aioh
                                  skip_auto_headers=("User-Agent", "Accept-Encoding"), cookie_jar=aiohttp.DummyCookieJar())
 
 
-async def open_upstream(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
-                        timeouts: TimeoutSettings) -> aiohttp.ClientResponse:
+async def open_upstream(pool: UpstreamPool, base_url: str, path: str, body: bytes, headers: dict[str, str],
+                        timeouts: TimeoutSettings) -> UpstreamResponse:
     try:
-        resp = await session.post(url, data=body, headers=headers)
-    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-        raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}") from None
-    except aiohttp.ConnectionTimeoutError:
-        raise UpstreamUnavailable(f"connect timed out after {timeouts.connect_s:g} s") from None
+        resp = await pool.post(base_url, path, body, headers)
     except TimeoutError:
         raise ApiError(504, f"upstream replica did not answer within {timeouts.first_byte_s:g} s",
                        type="timeout_error", code="upstream_timeout", outcome="timeout") from None
@@ -59,7 +55,7 @@ async def open_upstream(session: aiohttp.ClientSession, url: str, body: bytes, h
     return resp
 
 
-async def read_body(resp: aiohttp.ClientResponse, timeouts: TimeoutSettings) -> bytes:
+async def read_body(resp: UpstreamResponse, timeouts: TimeoutSettings) -> bytes:
     """The complete non-streaming answer; a replica dying or stalling is a clear error."""
     try:
         return await resp.read()
@@ -67,20 +63,22 @@ async def read_body(resp: aiohttp.ClientResponse, timeouts: TimeoutSettings) -> 
         resp.close()
         raise ApiError(504, f"upstream replica stopped answering for {timeouts.first_byte_s:g} s",
                        type="timeout_error", code="upstream_timeout", outcome="timeout") from None
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+    except UpstreamBroken as exc:
         resp.close()
-        raise UpstreamUnavailable(f"replica closed the connection mid-answer: {type(exc).__name__}") from None
+        raise UpstreamUnavailable(f"replica closed the connection mid-answer: {exc}") from None
 
 
 def find_usage(raw: bytes) -> dict[str, object] | None:
     """The `usage` object of a JSON answer, decoded without parsing the whole body."""
-    m = None
-    for m in _USAGE_RE.finditer(raw):
-        pass
-    if m is None:
-        return None
+    start = raw.rfind(b'"usage"')  # usage comes last in vLLM's answers: search from the end
+    m = _USAGE_RE.match(raw, start) if start != -1 else None
+    if m is None:  # the last `"usage"` was inside a string: take the last real key
+        for m in _USAGE_RE.finditer(raw):
+            pass
+        if m is None:
+            return None
     try:
-        usage, _ = json.JSONDecoder().raw_decode(raw[m.end() - 1 :].decode("utf-8", "replace"))
+        usage, _ = _DECODER.raw_decode(raw[m.end() - 1 :].decode("utf-8", "replace"))
     except ValueError:
         return None
     return usage if isinstance(usage, dict) else None
@@ -94,14 +92,14 @@ class StreamResult:
     events: int = 0
 
 
-async def relay_stream(resp: aiohttp.ClientResponse, out: web.StreamResponse, *, strip_usage: bool,
+async def relay_stream(resp: UpstreamResponse, out: web.StreamResponse, *, strip_usage: bool,
                        on_gap: Callable[[float], None], timeouts: TimeoutSettings) -> StreamResult:
     """Forward SSE events from `resp` to `out` until the upstream ends; never raises for upstream faults."""
     result = StreamResult()
     pending = b""
     last = time.monotonic()
     try:
-        async for data in resp.content.iter_any():
+        while (data := await resp.next_piece()) is not None:
             if pending:
                 data = pending + data
             cut = data.rfind(b"\n\n")
@@ -127,8 +125,8 @@ async def relay_stream(resp: aiohttp.ClientResponse, out: web.StreamResponse, *,
     except TimeoutError:
         result.error = ApiError(504, f"upstream replica stalled for {timeouts.first_byte_s:g} s mid-stream",
                                 type="timeout_error", code="upstream_timeout", outcome="timeout")
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        result.error = ApiError(502, f"upstream replica failed mid-stream ({type(exc).__name__}); the answer is incomplete",
+    except UpstreamBroken as exc:
+        result.error = ApiError(502, f"upstream replica failed mid-stream ({exc}); the answer is incomplete",
                                 type="upstream_error", code="upstream_disconnected", outcome="upstream_error")
     if result.error is not None:
         resp.close()

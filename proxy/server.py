@@ -27,11 +27,12 @@ from thrifty.proxy.errors import ApiError, upstream_error_body
 from thrifty.proxy.filters import PickRequest
 from thrifty.proxy.levers import CachedAnswer, Levers, NoLevers, RequestContext
 from thrifty.proxy.logs import LOGGER_NAME, AccessLog
-from thrifty.proxy.metrics import SidecarMetrics
+from thrifty.proxy.metrics import SidecarMetrics, TierMetrics
 from thrifty.proxy.pool import SCRAPE_INTERVAL_S, ReplicaPool, ReplicaState, replica_urls
 from thrifty.proxy.prefix import block_hashes, estimate_tokens, render_prompt
 from thrifty.proxy.sse import answer_as_sse
 from thrifty.proxy.relay import ClientGone, UpstreamUnavailable, find_usage, make_session, open_upstream, read_body, relay_stream
+from thrifty.proxy.upstream import UpstreamPool, UpstreamResponse
 from thrifty.proxy.tenant import tenant_of
 from thrifty.proxy.validate import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, validate
 
@@ -71,7 +72,7 @@ class Sidecar:
         }
         self.admission = Admission([t.name for t in config.tiers], max_queue=adm.max_queue, max_wait_s=adm.max_wait_s)
         self.pool.on_change(self.admission.wake)
-        self.metrics = SidecarMetrics()
+        self.metrics = SidecarMetrics([t.name for t in config.tiers])
         self.metrics.attach_pool(self.pool, self.admission.depths)
         self.costs = CostModel(config, nominal_tokens_per_s=nominal_tokens_per_s, replicas={t: len(u) for t, u in urls.items()})
         self.tiers: dict[str, Tier] = {t.name: t for t in config.tiers}
@@ -82,7 +83,8 @@ class Sidecar:
         self.max_tokens_limit = {t.name: t.engine.max_model_len or DEFAULT_MAX_TOKENS_LIMIT for t in config.tiers}
         self.cache_enabled = True
         self.policy: dict[str, Any] = {}
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # passthrough of unknown paths only
+        self.upstream = UpstreamPool(config.timeouts)  # the hot path's keep-alive connections
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -98,6 +100,7 @@ class Sidecar:
 
     async def stop(self, app: web.Application | None = None) -> None:
         await self.pool.close()
+        self.upstream.close()
         if self.session:
             await self.session.close()
 
@@ -193,7 +196,7 @@ class Sidecar:
         except ApiError as exc:
             if not (exc.status >= 500 and ctx.tier != ctx.requested_tier and self.config.router.escalate_on_error):
                 raise
-            self.metrics.child(self.metrics.escalations, ctx.tier, ctx.requested_tier).inc()
+            self.metrics.escalations.labels(ctx.tier, ctx.requested_tier).inc()
             ctx.tier = ctx.requested_tier
             response, usage, url, ttft = await self._relay(request, ctx, raw)
         if self.has_levers and cache_on and usage is not None and response.status == 200 and not ctx.stream:
@@ -216,11 +219,15 @@ class Sidecar:
                 strip_usage = True
         if not changes:
             return raw, strip_usage
+        if len(changes) == 1 and strip_usage and "stream_options" not in body:
+            # Append the one key to the client's own bytes instead of re-encoding the body.
+            end = raw.rstrip()
+            if end.endswith(b"}") and not end.endswith(b"\x00}"):  # (not UTF-16 JSON)
+                return end[:-1] + b',"stream_options":{"include_usage":true}}', strip_usage
         return json.dumps({**body, **changes}).encode(), strip_usage
 
     async def _relay(self, request: web.Request, ctx: RequestContext, raw: bytes
                      ) -> tuple[web.StreamResponse, Usage | None, str, float | None]:
-        assert self.session is not None
         tier = ctx.tier
         replicas = self.pool.tiers[tier]
         balancer = self.balancers[tier]
@@ -235,6 +242,8 @@ class Sidecar:
         auth = request.headers.get("Authorization")
         if auth:
             headers["Authorization"] = auth
+        tier_metrics = self.metrics.tier(tier)
+        picks = self.metrics.picks
         tried: set[str] = set()
         last_error = ""
         path = request.path
@@ -242,22 +251,22 @@ class Sidecar:
             if attempt:
                 if not any(r.healthy and r.url not in tried for r in replicas):
                     break
-                self.metrics.child(self.metrics.retries, tier).inc()
+                tier_metrics.retries.inc()
             pick_req.exclude = tried
             pick, waited = await self.admission.admit(tier, lambda: balancer.pick(pick_req, replicas),
                                                       why_not=lambda: self._why_not(replicas))
             if waited:
-                self.metrics.child(self.metrics.admission_wait, tier).observe(waited)
+                tier_metrics.admission_wait.observe(waited)
             replica = pick.replica
-            self.metrics.child(self.metrics.picks, tier, replica.url, pick.reason).inc()
+            picks.labels(tier, replica.url, pick.reason).inc()
             replica.inflight += 1
             replica.inflight_tokens += pick_req.tokens
             sent = time.monotonic()
-            resp: aiohttp.ClientResponse | None = None
+            resp: UpstreamResponse | None = None
             complete = False
             try:
                 try:
-                    resp = await open_upstream(self.session, replica.url + path, body, headers, self.config.timeouts)
+                    resp = await open_upstream(self.upstream, replica.url, path, body, headers, self.config.timeouts)
                     if not ctx.stream or resp.status != 200:
                         data = await read_body(resp, self.config.timeouts)
                 except UpstreamUnavailable as exc:
@@ -273,8 +282,7 @@ class Sidecar:
                     return self._plain_response(ctx, resp, data), self._usage_of(resp.status, data), replica.url, None
                 out = web.StreamResponse(headers={**_SSE_HEADERS, "X-Request-Id": ctx.request_id, "X-Thrifty-Tier": tier})
                 await out.prepare(request)
-                itl = self.metrics.child(self.metrics.itl, tier)
-                result = await relay_stream(resp, out, strip_usage=strip_usage, on_gap=itl.observe, timeouts=self.config.timeouts)
+                result = await relay_stream(resp, out, strip_usage=strip_usage, on_gap=tier_metrics.itl.observe, timeouts=self.config.timeouts)
                 if result.error is not None:
                     if result.error.code == "upstream_disconnected":
                         replica.mark_down()
@@ -289,7 +297,7 @@ class Sidecar:
                 if resp is not None:
                     # A fully read answer returns its connection to the pool; anything else
                     # (client gone, replica failed) closes it, which aborts the engine's request.
-                    resp.release() if complete else resp.close()
+                    resp.release(self.upstream) if complete else resp.close()
                 replica.inflight -= 1
                 replica.inflight_tokens -= pick_req.tokens
                 self.admission.wake(tier)
@@ -309,8 +317,8 @@ class Sidecar:
             return f"all {len(replicas)} replicas are down"
         return f"{len(healthy)} healthy replicas are saturated"
 
-    def _plain_response(self, ctx: RequestContext, resp: aiohttp.ClientResponse, data: bytes) -> web.Response:
-        headers = {"Content-Type": resp.headers.get("Content-Type", "application/json"), "X-Request-Id": ctx.request_id,
+    def _plain_response(self, ctx: RequestContext, resp: UpstreamResponse, data: bytes) -> web.Response:
+        headers = {"Content-Type": resp.content_type, "X-Request-Id": ctx.request_id,
                    "X-Thrifty-Tier": ctx.tier}
         if resp.status >= 400:
             data = upstream_error_body(resp.status, data)
@@ -344,17 +352,19 @@ class Sidecar:
 
     def _finish(self, t0: float, rid: str, endpoint: str, ctx: RequestContext | None, tier: str, outcome: str,
                 cache: str, status: int, usage: Usage | None, replica: str, ttft: float | None) -> None:
-        m = self.metrics
         elapsed = time.monotonic() - t0
         if ctx is None or tier not in self.tiers:
-            m.child(m.requests, "none", outcome, "bypass" if cache == "bypass" else cache).inc()
+            self.metrics.requests.labels("none", outcome, cache).inc()
         else:
-            m.child(m.requests, tier, outcome, cache).inc()
-            m.child(m.duration, tier).observe(elapsed)
+            tm = self.metrics.tier(tier)
+            self.metrics.requests.labels(tier, outcome, cache).inc()
+            tm.duration.observe(elapsed)
             if outcome == "ok":
-                m.child(m.ttft, tier).observe(ttft if ttft is not None else elapsed)
+                tm.ttft.observe(ttft if ttft is not None else elapsed)
             if usage is not None:
-                self._account(tier, usage, cache)
+                self._account(tier, tm, usage, cache)
+        if not self.access_log.enabled:
+            return
         fields: dict[str, Any] = {"msg": "request", "request_id": rid, "endpoint": endpoint, "status": status,
                                   "outcome": outcome, "cache": cache, "tier": tier,
                                   "duration_ms": round(elapsed * 1000, 2)}
@@ -368,23 +378,22 @@ class Sidecar:
             fields["tokens_in"], fields["tokens_out"] = usage.input, usage.output
         self.access_log.write(fields)
 
-    def _account(self, tier: str, usage: Usage, cache: str) -> None:
-        m = self.metrics
+    def _account(self, tier: str, tm: TierMetrics, usage: Usage, cache: str) -> None:
         hit = cache in ("exact", "semantic")
         if not hit:
             self.costs.record_throughput(tier, usage)
-        m.child(m.tokens, tier, "input").inc(usage.input)
-        m.child(m.tokens, tier, "output").inc(usage.output)
+        tm.tokens_input.inc(usage.input)
+        tm.tokens_output.inc(usage.output)
         if usage.cached:
-            m.child(m.tokens, tier, "cached").inc(usage.cached)
+            tm.tokens_cached.inc(usage.cached)
         actual, baseline = self.costs.cost(tier, usage, hit)
-        m.child(m.cost, tier).inc(actual)
-        m.child(m.baseline_cost, tier).inc(baseline)
+        tm.cost.inc(actual)
+        tm.baseline_cost.inc(baseline)
         saved = baseline - actual
         if saved > 0:
             lever = "cache_" + cache if hit else ("routing" if tier != self.costs.baseline.name else "")
             if lever:
-                m.child(m.savings, lever).inc(saved)
+                self.metrics.savings.labels(lever).inc(saved)
 
     async def handle_models(self, request: web.Request) -> web.Response:
         created = int(time.time())

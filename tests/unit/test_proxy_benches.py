@@ -28,10 +28,12 @@ def _tiny_trace(path: Path) -> Path:
     return path
 
 
-def test_balance_bench_beats_round_robin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("load", ["sim", "token-queue"])
+def test_balance_bench_beats_round_robin(load: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = _tiny_trace(tmp_path / "trace.jsonl")
-    assert balance.main(["--trace", str(trace), "--replicas", "4"]) == 0
+    assert balance.main(["--trace", str(trace), "--replicas", "4", "--load", load]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["load_model"] == load
     assert result["hit_rate"] > result["round_robin_hit_rate"]
     assert result["hit_rate"] <= result["limit_hit_rate"] + 1e-9 or result["imbalance"] >= 1.0
     assert result["imbalance"] >= 1.0
