@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp import web
 
 from thrifty.config import TimeoutSettings
 from thrifty.proxy.errors import ApiError
+from thrifty.proxy.front import StreamReply
 from thrifty.proxy.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
 
 __all__ = ["ClientGone", "UpstreamUnavailable", "find_usage", "make_session", "open_upstream", "read_body", "relay_stream"]
@@ -92,7 +92,7 @@ class StreamResult:
     events: int = 0
 
 
-async def relay_stream(resp: UpstreamResponse, out: web.StreamResponse, *, strip_usage: bool,
+async def relay_stream(resp: UpstreamResponse, out: StreamReply, *, strip_usage: bool,
                        on_gap: Callable[[float], None], timeouts: TimeoutSettings) -> StreamResult:
     """Forward SSE events from `resp` to `out` until the upstream ends; never raises for upstream faults."""
     result = StreamResult()
@@ -134,7 +134,7 @@ async def relay_stream(resp: UpstreamResponse, out: web.StreamResponse, *, strip
     return result
 
 
-async def _write(out: web.StreamResponse, data: bytes) -> None:
+async def _write(out: StreamReply, data: bytes) -> None:
     try:
         await out.write(data)
     except (ConnectionError, RuntimeError) as exc:  # RuntimeError: transport already closed

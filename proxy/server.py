@@ -1,9 +1,11 @@
-"""The sidecar's aiohttp app: the request path, one step per module, wired in order.
+"""The sidecar: the request path, one step per module, wired in order, behind its front door.
 
 validate -> tenant -> levers.lookup (caches) -> levers.route (tier) -> balancer +
 admission (replica) -> relay (retry before the first byte, escalate on failure) ->
 accounting + metrics + one access-log line. `/v1/models` is answered here from the
 config; any path the sidecar does not understand is forwarded unchanged to a replica.
+The hot endpoints are served by the raw HTTP front (`front.py`); everything else by the
+aiohttp app, which the front hands those connections to.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from thrifty.proxy.admission import Admission
 from thrifty.proxy.balancer import Balancer, build_balancer
 from thrifty.proxy.errors import ApiError, upstream_error_body
 from thrifty.proxy.filters import PickRequest
+from thrifty.proxy.front import FrontRequest, FrontServer, Reply, StreamReply, aiohttp_handler, error_reply, json_reply
 from thrifty.proxy.levers import CachedAnswer, Levers, NoLevers, RequestContext
 from thrifty.proxy.logs import LOGGER_NAME, AccessLog
 from thrifty.proxy.metrics import SidecarMetrics, TierMetrics
@@ -115,9 +118,9 @@ class Sidecar:
         log.info("policy applied", extra={"fields": {"policy": {k: v for k, v in policy.items() if isinstance(v, (int, float, bool, str))}}})
 
     # --- handlers --------------------------------------------------------------------
-    async def handle_api(self, request: web.Request) -> web.StreamResponse:
+    async def handle_api(self, request: FrontRequest) -> Reply | StreamReply:
         t0 = time.monotonic()
-        rid = request.headers.get("X-Request-Id", "")[:64] or f"{self._id_prefix}-{next(self._ids)}"
+        rid = request.headers.get("x-request-id", "")[:64] or f"{self._id_prefix}-{next(self._ids)}"
         endpoint = ENDPOINTS[request.path]
         tier_label, outcome, cache, status = "none", "ok", "miss", 200
         ctx: RequestContext | None = None
@@ -138,22 +141,22 @@ class Sidecar:
                                param="model", code="model_not_found")
             h = request.headers
             ctx = RequestContext(request_id=rid, endpoint=endpoint, body=body, model_alias=parsed.model,
-                                 tenant=tenant_of(h.get("Authorization"), h.get("X-Thrifty-Tenant")), stream=parsed.stream,
+                                 tenant=tenant_of(h.get("authorization"), h.get("x-thrifty-tenant")), stream=parsed.stream,
                                  requested_tier=tier.name, tier=tier.name)
             if self.has_levers:
-                ctx.headers = {k.lower(): v for k, v in h.items() if k.lower() not in ("authorization", "cookie")}
+                ctx.headers = {k: v for k, v in h.items() if k not in ("authorization", "cookie")}
             tier_label = tier.name
             response, usage, replica_url, ttft, cache = await self._answer(request, ctx, raw)
             tier_label = ctx.tier
             status = response.status
             if status >= 400:
                 outcome = "client_error" if status < 500 else "upstream_error"
-            elif getattr(response, "thrifty_error", None) is not None:
-                outcome = response.thrifty_error.outcome  # type: ignore[attr-defined]
+            elif response.thrifty_error is not None:
+                outcome = response.thrifty_error.outcome
             return response
         except ApiError as exc:
             outcome, status = exc.outcome, exc.status
-            return exc.to_response(rid)
+            return error_reply(exc, rid)
         except ClientGone:
             outcome, status = "cancelled", 499
             raise asyncio.CancelledError from None
@@ -163,21 +166,18 @@ class Sidecar:
         finally:
             self._finish(t0, rid, endpoint, ctx, tier_label, outcome, cache, status, usage, replica_url, ttft)
 
-    async def _read(self, request: web.Request) -> bytes:
+    async def _read(self, request: FrontRequest) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise ApiError(413, f"request body is {request.content_length} bytes; the limit is {self.max_body_bytes}")
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(413, f"request body is larger than the limit of {self.max_body_bytes} bytes") from None
+        return await request.read()
 
-    async def _answer(self, request: web.Request, ctx: RequestContext, raw: bytes
-                      ) -> tuple[web.StreamResponse, Usage | None, str, float | None, str]:
+    async def _answer(self, request: FrontRequest, ctx: RequestContext, raw: bytes
+                      ) -> tuple[Reply | StreamReply, Usage | None, str, float | None, str]:
         """(response, usage, replica url, ttft, cache result) for a validated request."""
         tier = self.tiers[ctx.requested_tier]
         cache_on = self.cache_enabled and tier.cache and not ctx.bypass_cache
         if self.has_levers:
-            if request.headers.get("X-Thrifty-Cache", "").lower() == "bypass":
+            if request.headers.get("x-thrifty-cache", "").lower() == "bypass":
                 ctx.bypass_cache, cache_on = True, False
             if cache_on and ctx.endpoint != "embeddings":
                 hit = await self.levers.lookup(ctx)
@@ -200,7 +200,7 @@ class Sidecar:
             ctx.tier = ctx.requested_tier
             response, usage, url, ttft = await self._relay(request, ctx, raw)
         if self.has_levers and cache_on and usage is not None and response.status == 200 and not ctx.stream:
-            answer = getattr(response, "thrifty_body", None)
+            answer = response.thrifty_body if isinstance(response, Reply) else None
             if answer is not None:
                 await self.levers.store(ctx, answer)
         return response, usage, url, ttft, ctx.cache_result
@@ -226,8 +226,8 @@ class Sidecar:
                 return end[:-1] + b',"stream_options":{"include_usage":true}}', strip_usage
         return json.dumps({**body, **changes}).encode(), strip_usage
 
-    async def _relay(self, request: web.Request, ctx: RequestContext, raw: bytes
-                     ) -> tuple[web.StreamResponse, Usage | None, str, float | None]:
+    async def _relay(self, request: FrontRequest, ctx: RequestContext, raw: bytes
+                     ) -> tuple[Reply | StreamReply, Usage | None, str, float | None]:
         tier = ctx.tier
         replicas = self.pool.tiers[tier]
         balancer = self.balancers[tier]
@@ -239,7 +239,7 @@ class Sidecar:
             max_out = ctx.body.get("max_tokens") or ctx.body.get("max_completion_tokens") or 256
             pick_req = PickRequest(blocks=block_hashes(text), tokens=estimate_tokens(text) + min(int(max_out), 4096))
         headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id}
-        auth = request.headers.get("Authorization")
+        auth = request.headers.get("authorization")
         if auth:
             headers["Authorization"] = auth
         tier_metrics = self.metrics.tier(tier)
@@ -280,13 +280,13 @@ class Sidecar:
                 if not ctx.stream or resp.status != 200:
                     complete = True
                     return self._plain_response(ctx, resp, data), self._usage_of(resp.status, data), replica.url, None
-                out = web.StreamResponse(headers={**_SSE_HEADERS, "X-Request-Id": ctx.request_id, "X-Thrifty-Tier": tier})
+                out = StreamReply({**_SSE_HEADERS, "X-Request-Id": ctx.request_id, "X-Thrifty-Tier": tier})
                 await out.prepare(request)
                 result = await relay_stream(resp, out, strip_usage=strip_usage, on_gap=tier_metrics.itl.observe, timeouts=self.config.timeouts)
                 if result.error is not None:
                     if result.error.code == "upstream_disconnected":
                         replica.mark_down()
-                    out.thrifty_error = result.error  # type: ignore[attr-defined]
+                    out.thrifty_error = result.error
                 else:
                     complete = True
                     await out.write_eof()
@@ -317,16 +317,16 @@ class Sidecar:
             return f"all {len(replicas)} replicas are down"
         return f"{len(healthy)} healthy replicas are saturated"
 
-    def _plain_response(self, ctx: RequestContext, resp: UpstreamResponse, data: bytes) -> web.Response:
+    def _plain_response(self, ctx: RequestContext, resp: UpstreamResponse, data: bytes) -> Reply:
         headers = {"Content-Type": resp.content_type, "X-Request-Id": ctx.request_id,
                    "X-Thrifty-Tier": ctx.tier}
         if resp.status >= 400:
             data = upstream_error_body(resp.status, data)
             headers["Content-Type"] = "application/json"
-        out = web.Response(status=resp.status, body=data, headers=headers)
+        out = Reply(resp.status, data, headers)
         if self.has_levers and resp.status == 200:
             try:
-                out.thrifty_body = json.loads(data)  # type: ignore[attr-defined]
+                out.thrifty_body = json.loads(data)
             except ValueError:
                 pass
         return out
@@ -335,13 +335,13 @@ class Sidecar:
     def _usage_of(status: int, data: bytes) -> Usage | None:
         return Usage.from_body(find_usage(data)) if status == 200 else None
 
-    async def _serve_cached(self, request: web.Request, ctx: RequestContext, hit: CachedAnswer
-                            ) -> tuple[web.StreamResponse, Usage | None, str, float | None, str]:
+    async def _serve_cached(self, request: FrontRequest, ctx: RequestContext, hit: CachedAnswer
+                            ) -> tuple[Reply | StreamReply, Usage | None, str, float | None, str]:
         usage = Usage.from_body(hit.body.get("usage"))
         headers = {"X-Request-Id": ctx.request_id, "X-Thrifty-Cache": hit.kind, "X-Thrifty-Tier": ctx.tier}
         if not ctx.stream:
-            return web.json_response(hit.body, headers=headers), usage, "", None, hit.kind
-        out = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+            return json_reply(hit.body, headers=headers), usage, "", None, hit.kind
+        out = StreamReply({**_SSE_HEADERS, **headers})
         await out.prepare(request)
         opts = ctx.body.get("stream_options")
         include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
@@ -439,10 +439,12 @@ class Sidecar:
 
 
 def build_app(sidecar: Sidecar) -> web.Application:
+    """The aiohttp app: every path; the hot ones only see connections the raw front handed over."""
     app = web.Application(client_max_size=sidecar.max_body_bytes, handler_args={"max_field_size": 65536})
     app[SIDECAR_KEY] = sidecar
+    api = aiohttp_handler(sidecar.handle_api, sidecar.max_body_bytes)
     for path in ENDPOINTS:
-        app.router.add_route("*", path, sidecar.handle_api)
+        app.router.add_route("*", path, api)
     app.router.add_get("/v1/models", sidecar.handle_models)
     app.router.add_get("/metrics", sidecar.handle_metrics)
     app.router.add_get("/healthz", sidecar.handle_healthz)
@@ -452,18 +454,35 @@ def build_app(sidecar: Sidecar) -> web.Application:
     return app
 
 
-async def serve(sidecar: Sidecar, host: str, port: int) -> web.AppRunner:
-    """Start the app on host:port (port 0 picks a free one); returns the runner to clean up."""
+class Listener:
+    """The sidecar on its port: the raw front for the hot endpoints, the aiohttp app behind it."""
+
+    def __init__(self, front: FrontServer, runner: web.AppRunner) -> None:
+        self.front = front
+        self.runner = runner
+
+    @property
+    def port(self) -> int:
+        return self.front.port
+
+    async def cleanup(self) -> None:
+        await self.front.close()
+        await self.runner.cleanup()
+
+
+async def serve(sidecar: Sidecar, host: str, port: int) -> Listener:
+    """Start the sidecar on host:port (port 0 picks a free one); returns what to clean up."""
     runner = web.AppRunner(build_app(sidecar), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=2048)
-    await site.start()
-    return runner
+    await runner.setup()  # no site of its own: the front hands it connections
+    assert runner.server is not None
+    front = FrontServer(sidecar.handle_api, ENDPOINTS, runner.server, sidecar.max_body_bytes)
+    try:
+        await front.start(host, port)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return Listener(front, runner)
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    raise RuntimeError("the sidecar is not listening")
+def bound_port(listener: Listener) -> int:
+    return listener.port

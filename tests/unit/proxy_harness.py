@@ -7,11 +7,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from thrifty.config import Config, parse_config
 from thrifty.proxy.levers import Levers
-from thrifty.proxy.server import Sidecar, bound_port, serve
+from thrifty.proxy.server import Listener, Sidecar, bound_port, serve
 from thrifty.proxy.stub_backend import StubBackend, StubBehaviour
 
 
@@ -35,7 +33,7 @@ def config_for(tiers: dict[str, list[str]], **extra: Any) -> Config:
 @dataclass
 class Stack:
     sidecar: Sidecar
-    runner: web.AppRunner
+    runner: Listener
     url: str
     backends: list[StubBackend]
 

@@ -1,0 +1,525 @@
+"""The sidecar's front door: a raw asyncio HTTP/1.1 server for the three hot endpoints.
+
+Why not aiohttp's server here: profiling put its per-request machinery (request objects,
+payload streams, writers, keep-alive timers) at a quarter of the sidecar's CPU, more than
+the request path itself. The hot endpoints need little: keep-alive, a Content-Length
+body, a complete JSON answer or a chunked SSE stream with back-pressure, and the handler
+cancelled when the client leaves. Everything else (other paths, other methods, chunked
+or `Expect: 100-continue` request bodies, upgrades) is handed, connection and all, to
+the aiohttp app on the same port, which keeps the connection from then on.
+
+The request path sees only `FrontRequest` and answers with `Reply` or `StreamReply`;
+`AiohttpConn` lets the same code answer requests that arrived through aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Container
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from thrifty.proxy.errors import ApiError
+
+log = logging.getLogger("thrifty.proxy")
+
+MAX_HEAD_BYTES = 64 * 1024
+KEEPALIVE_IDLE_S = 75.0  # as aiohttp: an idle keep-alive connection is closed after this long
+DISCARD_LINGER_S = 5.0  # after a 413, read (and drop) the rest of the body this long at most
+PIPELINE_BUFFER_BYTES = 256 * 1024  # stop reading a client that sends this far ahead of its answers
+SWEEP_INTERVAL_S = 5.0
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class Conn(Protocol):
+    """Where a streamed answer goes: the raw connection, or an aiohttp response."""
+
+    async def start_stream(self, status: int, headers: dict[str, str]) -> None: ...
+    async def write_chunk(self, data: bytes) -> None: ...
+    async def end_stream(self) -> None: ...
+    async def read_body(self) -> bytes: ...
+
+
+class FrontRequest:
+    """One request as the request path sees it; header names are lower-case."""
+
+    __slots__ = ("method", "path", "headers", "content_length", "body", "conn")
+
+    def __init__(self, method: str, path: str, headers: dict[str, str], content_length: int | None,
+                 body: bytes | None, conn: Conn) -> None:
+        self.method = method
+        self.path = path
+        self.headers = headers
+        self.content_length = content_length
+        self.body = body  # None: not read yet (`conn.read_body()` reads it)
+        self.conn = conn
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, as aiohttp reports it."""
+        value = self.headers.get("content-type")
+        if not value:
+            return "application/octet-stream"
+        return value.partition(";")[0].strip().lower()
+
+    async def read(self) -> bytes:
+        if self.body is None:
+            self.body = await self.conn.read_body()
+        return self.body
+
+
+class Reply:
+    """A complete answer; `thrifty_body` carries the parsed answer to the cache."""
+
+    __slots__ = ("status", "body", "headers", "thrifty_body", "thrifty_error")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+        self.thrifty_body: Any = None
+        self.thrifty_error: ApiError | None = None
+
+
+def json_reply(obj: object, *, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+
+def error_reply(exc: ApiError, request_id: str | None = None) -> Reply:
+    headers = {"Content-Type": "application/json"}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return Reply(exc.status, json.dumps(exc.body()).encode(), headers)
+
+
+class StreamReply:
+    """An answer sent as it is produced (SSE); each write waits while the client is slow."""
+
+    __slots__ = ("status", "headers", "thrifty_error", "_conn", "_ended")
+
+    def __init__(self, headers: dict[str, str], status: int = 200) -> None:
+        self.status = status
+        self.headers = headers
+        self.thrifty_error: ApiError | None = None
+        self._conn: Conn | None = None
+        self._ended = False
+
+    @property
+    def prepared(self) -> bool:
+        return self._conn is not None
+
+    async def prepare(self, request: FrontRequest) -> None:
+        self._conn = request.conn
+        await self._conn.start_stream(self.status, self.headers)
+
+    async def write(self, data: bytes) -> None:
+        assert self._conn is not None, "prepare() first"
+        await self._conn.write_chunk(data)
+
+    async def write_eof(self) -> None:
+        if self._conn is not None and not self._ended:
+            self._ended = True
+            await self._conn.end_stream()
+
+
+Handler = Callable[[FrontRequest], Awaitable["Reply | StreamReply"]]
+
+
+# --- aiohttp side: the same request path for requests that arrived through aiohttp -------
+class AiohttpConn:
+    """`Conn` over an aiohttp request, so handed-off connections run the same request path."""
+
+    __slots__ = ("request", "response", "max_body_bytes")
+
+    def __init__(self, request: web.Request, max_body_bytes: int) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+        self.max_body_bytes = max_body_bytes
+
+    async def read_body(self) -> bytes:
+        try:
+            return await self.request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, f"request body is larger than the limit of {self.max_body_bytes} bytes") from None
+
+    async def start_stream(self, status: int, headers: dict[str, str]) -> None:
+        self.response = web.StreamResponse(status=status, headers=headers)
+        await self.response.prepare(self.request)
+
+    async def write_chunk(self, data: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(data)
+
+    async def end_stream(self) -> None:
+        assert self.response is not None
+        await self.response.write_eof()
+
+
+def aiohttp_handler(handler: Handler, max_body_bytes: int) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Wrap a front handler as an aiohttp handler."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        conn = AiohttpConn(request, max_body_bytes)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        reply = await handler(FrontRequest(request.method, request.path, headers, request.content_length, None, conn))
+        if isinstance(reply, Reply):
+            return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+        await reply.write_eof()
+        assert conn.response is not None
+        return conn.response
+
+    return handle
+
+
+# --- the raw server ----------------------------------------------------------------------
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FrontServer:
+    """Listens on one socket; hot paths are served raw, other requests go to `fallback` (aiohttp)."""
+
+    def __init__(self, handler: Handler, hot_paths: Container[str], fallback: Callable[[], asyncio.Protocol],
+                 max_body_bytes: int) -> None:
+        self.handler = handler
+        self.hot_paths = hot_paths
+        self.fallback = fallback
+        self.max_body_bytes = max_body_bytes
+        self.connections: set[HttpConnection] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, host: str, port: int, backlog: int = 2048) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: HttpConnection(self), host, port, backlog=backlog)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None and self.server.sockets
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def _sweep(self) -> None:
+        """Close keep-alive connections idle too long (one timer for all, not one per request)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections):
+            if conn.idle_for(now) > KEEPALIVE_IDLE_S:
+                conn.close()
+        self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.server is not None:
+            self.server.close()
+        tasks = [c.abort() for c in list(self.connections)]
+        pending = [t for t in tasks if t is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse a request, run the handler, write the answer, repeat."""
+
+    def __init__(self, front: FrontServer) -> None:
+        self.front = front
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+        self._buf: bytes | bytearray = b""
+        self._pending: FrontRequest | None = None  # head parsed, body still arriving
+        self._task: asyncio.Task[None] | None = None
+        self._keep_alive = True
+        self._http10 = False
+        self._chunked_out = False
+        self._head_only = False
+        self._lost = False
+        self._read_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._discard = 0  # body bytes still to drop after a 413
+        self._last = 0.0
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._last = self.loop.time()
+        self.front.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discard:  # the rest of a body too large to take (the 413 is on its way)
+            self._discard -= min(self._discard, len(data))
+            if not self._discard and self._task is None:
+                self.close()
+            return
+        self._buf = data if not self._buf else (self._buf if isinstance(self._buf, bytearray) else bytearray(self._buf)) + data
+        if self._task is None:
+            self._last = self.loop.time()
+            self._process()
+        elif len(self._buf) > PIPELINE_BUFFER_BYTES and not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return False  # the client is gone: close, which cancels its request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.front.connections.discard(self)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writer()
+
+    # --- housekeeping -------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A request is being answered."""
+        return self._task is not None
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self._task is not None else now - self._last
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> asyncio.Task[None] | None:
+        """Server shutdown: drop the connection; returns the handler still unwinding, if any."""
+        task = self._task
+        if self.transport is not None:
+            self.transport.abort()
+        if task is not None and not task.done():
+            task.cancel()
+            return task
+        return None
+
+    def _wake_writer(self) -> None:
+        waiter = self._drain
+        if waiter is not None:
+            self._drain = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- parsing ------------------------------------------------------------------------
+    def _process(self) -> None:
+        """Start the next complete request in the buffer, if there is one."""
+        while self._task is None and not self._lost:
+            req = self._pending
+            buf = self._buf
+            if req is None:
+                if not buf:
+                    return
+                end = buf.find(b"\r\n\r\n")
+                if end == -1:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        self._reject(431, f"request head is larger than {MAX_HEAD_BYTES} bytes")
+                    return
+                try:
+                    req = self._parse_head(bytes(buf[:end]))
+                except _BadRequest as exc:
+                    self._reject(exc.status, str(exc))
+                    return
+                if req is None:
+                    self._hand_off()
+                    return
+                self._buf = buf = buf[end + 4 :]
+                assert req.content_length is not None
+                if req.content_length > self.front.max_body_bytes:  # the handler answers 413
+                    self._keep_alive = False
+                    self._discard = max(0, req.content_length - len(buf))
+                    self._buf = b""
+                    self._dispatch(req)
+                    return
+                self._pending = req
+            need = req.content_length or 0
+            if len(buf) < need:
+                return
+            if need:
+                req.body = bytes(buf[:need])
+                self._buf = buf[need:]
+            else:
+                req.body = b""
+            self._pending = None
+            self._dispatch(req)
+
+    def _parse_head(self, head: bytes) -> FrontRequest | None:
+        """The request, or None when it is for the aiohttp app (raises `_BadRequest`)."""
+        lines = head.decode("latin-1").split("\r\n")
+        while lines and not lines[0]:  # stray CRLFs between requests are allowed
+            lines.pop(0)
+        if not lines:
+            raise _BadRequest(400, "empty request line")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[0] or not parts[1]:
+            raise _BadRequest(400, "malformed request line")
+        method, target, version = parts
+        if version == "HTTP/1.1":
+            http10 = False
+        elif version == "HTTP/1.0":
+            http10 = True
+        else:
+            raise _BadRequest(505 if version.startswith("HTTP/") else 400, f"unsupported protocol {version[:20]!r}")
+        headers: dict[str, str] = {}
+        length: str | None = None
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip() or " " in name or "\t" in name:
+                raise _BadRequest(400, "malformed header line")
+            name = name.lower()
+            value = value.strip()
+            if name == "content-length":
+                if length is not None and length != value:
+                    raise _BadRequest(400, "conflicting Content-Length headers")
+                length = value
+            headers[name] = value
+        path = target.partition("?")[0]
+        if (path not in self.front.hot_paths or method != "POST" or "transfer-encoding" in headers
+                or "expect" in headers or "upgrade" in headers):
+            return None
+        if length is None:
+            content_length = 0
+        elif length.isdigit() and length.isascii():
+            content_length = int(length)
+        else:
+            raise _BadRequest(400, "malformed Content-Length header")
+        connection = headers.get("connection", "").lower()
+        self._http10 = http10
+        self._keep_alive = (connection == "keep-alive") if http10 else (connection != "close")
+        return FrontRequest(method, path, headers, content_length, None, self)
+
+    def _reject(self, status: int, message: str) -> None:
+        """A request too broken to parse: answer with an OpenAI-style error and close."""
+        self._keep_alive = False
+        self._head_only = False
+        self._buf = b""
+        reply = error_reply(ApiError(status, message))
+        self._write_reply(reply.status, reply.headers, reply.body)
+        self.close()
+
+    def _hand_off(self) -> None:
+        """Give the connection, with the bytes read so far, to the aiohttp app."""
+        transport = self.transport
+        assert transport is not None
+        self.front.connections.discard(self)
+        self.transport = None
+        protocol = self.front.fallback()
+        data = bytes(self._buf)
+        self._buf = b""
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+        protocol.data_received(data)
+
+    # --- running the handler ------------------------------------------------------------
+    def _dispatch(self, req: FrontRequest) -> None:
+        self._chunked_out = False
+        self._head_only = req.method == "HEAD"
+        self._task = self.loop.create_task(self._run(req))
+
+    async def _run(self, req: FrontRequest) -> None:
+        try:
+            reply = await self.front.handler(req)
+            if isinstance(reply, Reply):
+                self._write_reply(reply.status, reply.headers, reply.body)
+            else:
+                await reply.write_eof()
+        except asyncio.CancelledError:  # the client left (or the server is shutting down)
+            self._task = None
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        except Exception:  # a bug in the request path: a 500 if nothing was sent yet, else cut
+            log.exception("request handler failed")
+            self._task = None
+            if self.transport is not None:
+                if self._chunked_out:
+                    self.transport.abort()
+                else:
+                    self._keep_alive = False
+                    reply = error_reply(ApiError(500, "internal error in the sidecar"))
+                    self._write_reply(reply.status, reply.headers, reply.body)
+                    self.close()
+            return
+        self._task = None
+        self._last = self.loop.time()
+        if self._lost or self.transport is None:
+            return
+        if not self._keep_alive:
+            if not self._discard:
+                self.close()
+            else:
+                self.loop.call_later(DISCARD_LINGER_S, self.close)
+            return
+        if self._read_paused:
+            self._read_paused = False
+            self.transport.resume_reading()
+        if self._buf:
+            self._process()
+
+    # --- writing ------------------------------------------------------------------------
+    def _head(self, status: int, headers: dict[str, str], framing: str) -> bytes:
+        lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
+        if not self._keep_alive:
+            lines.append("Connection: close\r\n")
+        elif self._http10:
+            lines.append("Connection: keep-alive\r\n")
+        lines.append(framing)
+        return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")) + "".join(lines).encode("latin-1", "replace")
+
+    def _write_reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        head = self._head(status, headers, f"Content-Length: {len(body)}\r\n\r\n")
+        transport.write(head if self._head_only else head + body)
+
+    async def start_stream(self, status: int, headers: dict[str, str]) -> None:
+        if self._lost or self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        if self._http10:  # no chunked encoding in HTTP/1.0: the end of the answer is the close
+            self._keep_alive = False
+            framing = "\r\n"
+        else:
+            self._chunked_out = True
+            framing = "Transfer-Encoding: chunked\r\n\r\n"
+        self.transport.write(self._head(status, headers, framing))
+
+    async def write_chunk(self, data: bytes) -> None:
+        if self._lost or self.transport is None:
+            raise ConnectionResetError("the client closed the connection")
+        if not data:
+            return
+        self.transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked_out else data)
+        if self._write_paused:  # back-pressure: wait until the client has read enough
+            self._drain = self.loop.create_future()
+            await self._drain
+            if self._lost:
+                raise ConnectionResetError("the client closed the connection")
+
+    async def end_stream(self) -> None:
+        if self._lost or self.transport is None:
+            return
+        if self._chunked_out:
+            self.transport.write(b"0\r\n\r\n")
+
+    async def read_body(self) -> bytes:
+        return b""  # never reached: the raw front reads the body before calling the handler
