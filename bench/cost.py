@@ -1,0 +1,379 @@
+"""`thrifty bench cost --trace FILE --routing FILE [--cache-pairs FILE]`: the headline, dollars at equal quality and SLO.
+
+Replays an Azure-format trace (arrival times and token counts) in which every request
+carries a real prompt and its per-model quality labels from a RouteLLM or RouterBench
+file, and, with `--cache-pairs`, a stated share of exact repeats and QQP paraphrases
+(see `thrifty.bench._cost_workload`). In the same run it measures:
+
+- baseline: every request on the largest tier, no caches, round-robin, replicas fixed at
+  the smallest count that meets the SLO at the trace's peak;
+- then each lever added in turn, the last row being Thrifty: +router (the shipped
+  `RouterModel`, its own label-free threshold, small tier = the file's cheaper model),
+  +exact cache, +semantic cache (shipped verifier), +balancer (least-loaded instead of
+  round-robin), +autoscaler (the controller's `Autoscaler`, both tiers coupled), and
+  +quantization/speculative profiles (FP8 small tier, speculative decoding on the large).
+
+Engines are `thrifty.engine.sim_model` replicas on a virtual clock; dollars = GPU-hours
+x the stated price per GPU type. quality_retained = mean answer quality / the baseline's
+(labels of the model that produced each answer; a cache hit for a different question
+scores 0). slo_attainment = share of requests answered within the TTFT SLO (cache hits
+count as answered at once; shed requests as misses). Nothing is tuned on the scored
+file's labels: rows the router was trained on and QQP pairs the verifier saw are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+SMALL, LARGE = "small", "large"
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="thrifty bench cost", description=__doc__.splitlines()[0])
+    p.add_argument("--trace", required=True, help="Azure-format CSV: TIMESTAMP,ContextTokens,GeneratedTokens")
+    p.add_argument("--routing", required=True, help="RouteLLM or RouterBench format CSV (prompts + per-model labels)")
+    p.add_argument("--cache-pairs", help="QQP-format JSON lines {text_a, text_b, label}: source of paraphrases")
+    p.add_argument("--repeat-share", type=float, default=0.2,
+                   help="share of requests that repeat or paraphrase an earlier one (needs --cache-pairs; default 0.2)")
+    p.add_argument("--exact-fraction", type=float, default=0.5, help="of those, the share that are exact repeats (default 0.5)")
+    p.add_argument("--limit", type=int, help="use only the first N requests of the trace (default: all)")
+    p.add_argument("--copies", type=int, default=4,
+                   help="overlay K copies of the trace, each with its own prompts: the public trace samples a larger service (default 4)")
+    p.add_argument("--max-rows", type=int, default=2000,
+                   help="distinct routing prompts to draw from (embedding cost; 0: all unseen rows; default 2000)")
+    p.add_argument("--max-pairs", type=int, default=1000, help="distinct QQP pairs to draw from (default 1000)")
+    p.add_argument("--router-artifact", help="router artifact (default: the shipped proxy/router_model.npz)")
+    p.add_argument("--router-threshold", type=float, help="override the artifact's calibrated threshold")
+    p.add_argument("--strong-share", type=float,
+                   help="label-free calibration instead: threshold sending this share of the scored prompts to the large tier")
+    p.add_argument("--verifier", help="semantic-cache verifier artifact (default: the shipped one)")
+    p.add_argument("--encoder", help="semantic-cache embedding model (default all-MiniLM-L6-v2, the sidecar's; "
+                   "'hashed-ngrams:DIM' needs no model); the router always uses its artifact's encoder")
+    p.add_argument("--embed-cache", help="file prefix to reuse embeddings between runs (one .npz per encoder)")
+    p.add_argument("--small-model", help="label column for the small tier (default: the router's weak model for the file)")
+    p.add_argument("--large-model", help="label column for the large tier (default: the file's strongest model)")
+    p.add_argument("--small-profile", default="a100-llama3-8b-fp8", help="small tier with quantization (default a100-llama3-8b-fp8)")
+    p.add_argument("--small-base-profile", default="a100-llama3-8b", help="small tier before quantization (default a100-llama3-8b)")
+    p.add_argument("--large-profile", default="h100-llama3-70b-tp4", help="large tier (default h100-llama3-70b-tp4)")
+    p.add_argument("--spec-tokens", type=int, default=4, help="large tier speculative tokens (config default 4; 0 = off)")
+    p.add_argument("--spec-acceptance", type=float, default=0.6, help="draft acceptance rate (config default 0.6)")
+    p.add_argument("--gpu-hour-usd", action="append", default=[], metavar="PROFILE=USD",
+                   help="price per GPU-hour for a profile's GPU type (default: the profile's list price)")
+    p.add_argument("--startup-s", type=float, default=90.0, help="replica start-up delay (default 90 s)")
+    p.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO (default 2 s)")
+    p.add_argument("--store-delay-s", type=float, default=30.0, help="an answer is cacheable this long after its request (default 30 s)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+@dataclass(slots=True)
+class Step:
+    name: str
+    router: bool
+    exact: bool
+    semantic: bool
+    balancer: bool
+    autoscale: bool
+    profiles: bool
+    note: str = ""
+
+
+STEPS = [
+    Step("baseline", False, False, False, False, False, False),
+    Step("+router", True, False, False, False, False, False),
+    Step("+exact cache", True, True, False, False, False, False),
+    Step("+semantic cache", True, True, True, False, False, False),
+    Step("+balancer", True, True, True, True, False, False),
+    Step("+autoscaler", True, True, True, True, True, False),
+    Step("+quant/spec profiles", True, True, True, True, True, True),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _run(args)
+    except (OSError, ValueError) as exc:
+        print(f"thrifty bench cost: {exc}", file=sys.stderr)
+        return 2
+
+
+def _prices(overrides: list[str]) -> dict[str, float]:
+    """`PROFILE=USD` pairs: the price per GPU-hour of that profile's GPU type."""
+    out: dict[str, float] = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            price = -1.0
+        if not name.strip() or price < 0:
+            raise ValueError(f"--gpu-hour-usd expects PROFILE=USD (USD >= 0), got {item!r}")
+        out[name.strip()] = price
+    return out
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not 0 <= args.repeat_share < 1:
+        raise ValueError("--repeat-share must be in [0, 1)")
+    if not 0 <= args.exact_fraction <= 1:
+        raise ValueError("--exact-fraction must be in [0, 1]")
+    if args.copies < 1:
+        raise ValueError("--copies must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be >= 1")
+    if args.strong_share is not None and not 0 <= args.strong_share <= 1:
+        raise ValueError("--strong-share must be in [0, 1]")
+    if args.router_threshold is not None and not 0 <= args.router_threshold <= 1:
+        raise ValueError("--router-threshold must be in [0, 1]")
+    if not 0 <= args.spec_acceptance <= 1 or args.spec_tokens < 0:
+        raise ValueError("--spec-tokens must be >= 0 and --spec-acceptance in [0, 1]")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from thrifty.bench._cost_caches import LeverSettings, run_levers
+    from thrifty.bench._cost_fleet import FleetRun, FleetSettings, TierSpec, run_autoscaled, run_static_fleet
+    from thrifty.bench._cost_workload import build_questions, load_pairs, order_rows
+    from thrifty.bench.autoscale import overlay
+    from thrifty.controller.simfleet import load_azure_trace
+    from thrifty.engine.profiles import get_profile
+    from thrifty.engine.sim_model import SpeculativeSim
+    from thrifty.proxy.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
+    from thrifty.proxy.router import ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, strongest, threshold_for_strong_share
+    from thrifty.proxy.verifier import ARTIFACT as VERIFIER_ARTIFACT
+    from thrifty.proxy.verifier import Verifier
+
+    _validate(args)
+    prices = _prices(args.gpu_hour_usd)
+    not_ready: list[str] = []
+
+    # -- inputs ---------------------------------------------------------------
+    trace = overlay(load_azure_trace(args.trace, args.limit), args.copies, seed=args.seed)
+    data = load_labelled(args.routing)
+    router_path = args.router_artifact or ARTIFACT
+    router: RouterModel | None = None
+    try:
+        router = RouterModel.load(router_path)
+    except FileNotFoundError:
+        not_ready.append(f"router: no artifact at {router_path} (the levers engineer ships it); +router left out")
+    mean_costs = np.nanmean(data.costs, axis=0) if data.costs is not None else None
+    large = data.models.index(args.large_model) if args.large_model else strongest(data)
+    small = data.models.index(args.small_model) if args.small_model else default_weak(data, mean_costs)
+    if small == large:
+        raise ValueError("--small-model and --large-model must differ")
+    usable = ~np.isnan(data.scores[:, [small, large]]).any(axis=1)
+    if router is not None:
+        usable &= ~router.trained_on(data.prompts)
+    rows = order_rows(data.prompts, usable, args.seed, args.max_rows)
+    if not rows:
+        raise ValueError(f"{args.routing}: every labelled row was used to train the router; nothing unseen to score")
+    verifier: Verifier | None = None
+    try:
+        verifier = Verifier.load(args.verifier or VERIFIER_ARTIFACT)
+    except (FileNotFoundError, ValueError) as exc:
+        not_ready.append(f"semantic cache: verifier artifact unusable ({exc}); +semantic cache left out")
+    seen_pairs = verifier.trained_pairs if verifier is not None else frozenset()
+    pairs = load_pairs(args.cache_pairs, exclude=seen_pairs, max_pairs=args.max_pairs, seed=args.seed) \
+        if args.cache_pairs else []
+    repeat_share = args.repeat_share if pairs else 0.0
+    questions, tenants, pairs_used = build_questions(
+        trace, rows, data.prompts, pairs, repeat_share=repeat_share, exact_fraction=args.exact_fraction, seed=args.seed)
+
+    # -- embeddings: each distinct text once per encoder --------------------------
+    # The semantic cache embeds with --encoder (the sidecar's MiniLM by default); the router
+    # scores with the encoder its artifact was trained on (the same one in production).
+    cache_encoder_name = args.encoder or MODEL_NAME
+    encoders: dict[str, object] = {}
+
+    def embed(name: str, texts: list[str]) -> dict[str, np.ndarray]:
+        print(f"embedding {len(texts)} distinct texts with {name} ...", file=sys.stderr, flush=True)
+        if name not in encoders:
+            encoders[name] = encoder_for(name, threads=2)
+        cache_file = f"{args.embed_cache}.{name.replace(':', '-')}.npz" if args.embed_cache else None
+        return dict(zip(texts, encode_with_disk_cache(encoders[name], texts, cache_file), strict=True))
+
+    vectors = embed(cache_encoder_name, sorted({q.text for q in questions}))
+    router_vectors: dict[str, np.ndarray] = {}
+    if router is not None:
+        row_texts = sorted({data.prompts[r] for r in rows})
+        if router.embedder == cache_encoder_name:
+            missing = [t for t in row_texts if t not in vectors]
+            if missing:
+                vectors.update(embed(router.embedder, missing))
+            router_vectors = vectors
+        else:
+            router_vectors = embed(router.embedder, row_texts)
+
+    # -- the router's label-free decision per routing row ----------------------------
+    tier_of_row = np.ones(len(data.prompts), dtype=int)  # index into [SMALL, LARGE]: 1 = large
+    threshold_source = "none"
+    threshold = float("nan")
+    if router is not None:
+        ease = router.ease_scores(np.stack([router_vectors[data.prompts[r]] for r in rows]), [data.prompts[r] for r in rows])
+        if args.router_threshold is not None:
+            threshold, threshold_source = args.router_threshold, "--router-threshold"
+        elif args.strong_share is not None:
+            score_of = dict(zip(rows, ease.tolist(), strict=True))
+            asked = np.array([score_of[q.row] for q in questions])  # prompts only, never their labels
+            threshold = threshold_for_strong_share(asked, args.strong_share)
+            threshold_source = f"strong share {args.strong_share} on the scored prompts (unlabelled)"
+        else:
+            threshold, threshold_source = router.threshold, "artifact calibration (its own training rows)"
+        for r, score in zip(rows, ease, strict=True):
+            tier_of_row[r] = 0 if pick_tier(float(score), [SMALL, LARGE], threshold) == SMALL else 1
+    quality_of = np.nan_to_num(data.scores[:, [small, large]])
+
+    # -- levers before the engines ------------------------------------------------
+    arrivals = [r.arrival for r in trace]
+    outputs = [r.output_tokens for r in trace]
+    all_large = np.ones(len(data.prompts), dtype=int)
+    lever_cache: dict[tuple[bool, bool, bool], list] = {}
+
+    def outcomes_for(step) -> list:
+        key = (step.router and router is not None, step.exact, step.semantic and verifier is not None)
+        if key not in lever_cache:
+            lever_cache[key] = run_levers(
+                questions, arrivals, outputs, tier_of_row if key[0] else all_large, [SMALL, LARGE], quality_of, vectors,
+                LeverSettings(exact_cache=key[1], semantic_cache=key[2], store_delay_s=args.store_delay_s),
+                verifier, verifier.similarity_floor if verifier is not None else 1.0)
+        return lever_cache[key]
+
+    # -- engines -----------------------------------------------------------------
+    def spec_for(tier: str, quantized: bool) -> TierSpec:
+        name = args.large_profile if tier == LARGE else args.small_profile if quantized else args.small_base_profile
+        prof = get_profile(name)
+        spec = SpeculativeSim(args.spec_tokens, args.spec_acceptance) if tier == LARGE and quantized and args.spec_tokens else None
+        return TierSpec(tier, prof, spec, prices.get(name, prof.gpu_hour_usd))
+
+    results = []
+    static_counts: dict[str, int] = {}
+    for step in STEPS:
+        outcomes = outcomes_for(step)
+        by_tier: dict[str, list[tuple[float, int, int]]] = {SMALL: [], LARGE: []}
+        for o, r in zip(outcomes, trace, strict=True):
+            if o.tier is not None:
+                by_tier[o.tier].append((r.arrival, r.prompt_tokens, r.output_tokens))
+        specs = [spec_for(t, step.profiles) for t in (SMALL, LARGE) if by_tier[t]]
+        fleet_settings = FleetSettings(balancer=step.balancer, autoscale=step.autoscale,
+                                       startup_s=args.startup_s, slo_ttft_s=args.slo_ttft_s)
+        if step.autoscale:
+            caps = {s.name: max(4, 3 * static_counts.get(s.name, 1)) for s in specs}
+            fleet: FleetRun = run_autoscaled(specs, by_tier, static_counts, fleet_settings, caps)
+        else:
+            # caches and the balancer only ever lower a tier's peak: search down from the last count
+            hints = static_counts if step.exact or step.balancer else None
+            fleet = run_static_fleet(specs, by_tier, fleet_settings, hints)
+            static_counts = {n: t.replicas for n, t in fleet.tiers.items()}
+        results.append(_summarise(step, outcomes, fleet, specs))
+        print(f"  {step.name}: ${fleet.dollars:.2f}", file=sys.stderr, flush=True)
+
+    if router is None:
+        results[1]["note"] = "router not ready: same as baseline routing"
+    if verifier is None:
+        results[3]["note"] = "verifier not ready: semantic cache off"
+    report = _report(results, args, trace, questions, tenants, pairs_used, rows, data, small, large,
+                     threshold, threshold_source, not_ready, spec_for)
+    _print_table(report)
+    print(json.dumps(report))
+    return 0
+
+
+def _summarise(step: Step, outcomes: list, fleet, specs) -> dict:
+    total = len(outcomes)
+    hits = {k: sum(1 for o in outcomes if o.cache == k) for k in ("exact", "semantic")}
+    within = sum(t.within_slo for t in fleet.tiers.values()) + hits["exact"] + hits["semantic"]
+    return {
+        "step": step.name,
+        "dollars": fleet.dollars,
+        "gpu_hours": fleet.gpu_hours,
+        "quality": float(np.mean([o.quality for o in outcomes])) if outcomes else 0.0,
+        "slo_attainment": within / total if total else 1.0,
+        "dropped": sum(t.dropped for t in fleet.tiers.values()),
+        "wrong_hits": sum(1 for o in outcomes if o.wrong_hit),
+        "exact_hit_rate": hits["exact"] / total if total else 0.0,
+        "semantic_hit_rate": hits["semantic"] / total if total else 0.0,
+        "small_share": sum(1 for o in outcomes if o.tier == SMALL) / total if total else 0.0,
+        "replicas": {n: t.replicas for n, t in fleet.tiers.items()},
+        "scale_actions": sum(t.scale_actions for t in fleet.tiers.values()),
+        "profiles": {s.name: s.profile.name + (f"+spec(k={s.speculative.num_tokens},a={s.speculative.acceptance_rate})" if s.speculative else "") for s in specs},
+    }
+
+
+def _report(results, args, trace, questions, tenants, pairs_used, rows, data, small, large, threshold,
+            threshold_source, not_ready, spec_for) -> dict:
+    base = results[0]
+    kinds = {k: sum(1 for q in questions if q.kind == k) for k in ("fresh", "repeat", "paraphrase", "lookalike")}
+    breakdown = []
+    for r in results:
+        breakdown.append({
+            "step": r["step"],
+            "dollars": round(r["dollars"], 2),
+            "gpu_hours": round(r["gpu_hours"], 2),
+            "cost_reduction": round(1 - r["dollars"] / base["dollars"], 4) if base["dollars"] else 0.0,
+            "quality_retained": round(r["quality"] / base["quality"], 4) if base["quality"] else 0.0,
+            "slo_attainment": round(r["slo_attainment"], 5),
+            "dropped": r["dropped"],
+            "small_share": round(r["small_share"], 4),
+            "exact_hit_rate": round(r["exact_hit_rate"], 4),
+            "semantic_hit_rate": round(r["semantic_hit_rate"], 4),
+            "wrong_hits": r["wrong_hits"],
+            "replicas": r["replicas"],
+            "scale_actions": r["scale_actions"],
+            "profiles": r["profiles"],
+            **({"note": r["note"]} if r.get("note") else {}),
+        })
+    final = breakdown[-1]
+    prices = {}
+    for quantized in (False, True):
+        for tier in (SMALL, LARGE):
+            s = spec_for(tier, quantized)
+            prices[s.profile.hardware] = s.gpu_hour_usd
+    return {
+        "cost_reduction": final["cost_reduction"],
+        "quality_retained": final["quality_retained"],
+        "slo_attainment": final["slo_attainment"],
+        "baseline": {"dollars": breakdown[0]["dollars"], "gpu_hours": breakdown[0]["gpu_hours"],
+                     "quality": round(base["quality"], 4), "slo_attainment": breakdown[0]["slo_attainment"]},
+        "thrifty": {"dollars": final["dollars"], "gpu_hours": final["gpu_hours"], "quality": round(results[-1]["quality"], 4)},
+        "breakdown": breakdown,
+        "workload": {
+            "requests": len(trace), "duration_s": round(trace[-1].arrival, 1), "copies": args.copies,
+            "trace": args.trace, "routing": args.routing, "cache_pairs": args.cache_pairs,
+            "repeat_share": args.repeat_share if args.cache_pairs else 0.0, "kinds": kinds,
+            "routing_rows": len(rows), "tenants": tenants, "pairs_used": pairs_used,
+            "small_model": data.models[small], "large_model": data.models[large],
+        },
+        "router": {"threshold": None if threshold != threshold else round(threshold, 4), "calibration": threshold_source},
+        "prices_per_gpu_hour": prices,
+        "slo_ttft_s": args.slo_ttft_s,
+        "not_ready": not_ready,
+    }
+
+
+def _print_table(r: dict) -> None:
+    w = r["workload"]
+    print(f"cost bench: {w['requests']} requests over {w['duration_s']:.0f} s ({w['copies']} overlaid copies of {w['trace']}), "
+          f"{w['kinds']}, {w['routing_rows']} routing rows from {w['routing']} over {w['tenants']} tenant(s)")
+    print(f"tiers: small = {w['small_model']} labels, large = {w['large_model']} labels; router threshold "
+          f"{r['router']['threshold']} ({r['router']['calibration']}); TTFT SLO {r['slo_ttft_s']} s; prices/GPU-h "
+          + ", ".join(f"{k} ${v}" for k, v in r["prices_per_gpu_hour"].items()))
+    print(f"{'step':<22}{'dollars':>9}{'gpu_h':>8}{'cost_red':>9}{'quality':>9}{'slo':>8}{'drop':>6}{'small%':>8}"
+          f"{'exact%':>8}{'sem%':>7}{'wrong':>6}  replicas")
+    for b in r["breakdown"]:
+        print(f"{b['step']:<22}{b['dollars']:>9.2f}{b['gpu_hours']:>8.2f}{b['cost_reduction']:>9.3f}{b['quality_retained']:>9.3f}"
+              f"{b['slo_attainment']:>8.4f}{b['dropped']:>6}{100 * b['small_share']:>8.1f}{100 * b['exact_hit_rate']:>8.1f}"
+              f"{100 * b['semantic_hit_rate']:>7.1f}{b['wrong_hits']:>6}  {b['replicas']}{'  ' + b['note'] if b.get('note') else ''}")
+    for line in r["not_ready"]:
+        print(f"NOT READY: {line}")
+    print(f"headline: cost_reduction {r['cost_reduction']:.3f}, quality_retained {r['quality_retained']:.3f}, "
+          f"slo_attainment {r['slo_attainment']:.4f} (goal >= 0.60 at >= 0.95 quality and >= 0.99 SLO)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""`thrifty bench cost` runs end to end on a small slice of the real data files.
+
+The router is trained in the test on the slice's training half with the hashed n-gram
+encoder (real `train_router`, no model download); everything else is the shipped code:
+verifier, caches, simulator, autoscaler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from thrifty.bench import cost
+from thrifty.bench._cost_fleet import RoundRobinTier
+from thrifty.bench._cost_workload import build_questions
+from thrifty.controller.simfleet import TraceRequest
+from thrifty.engine.profiles import get_profile
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+TRACE = DATA / "traces" / "azure_conv_2023.csv"
+ROUTING = DATA / "routing" / "routellm_mmlu.csv"
+PAIRS = DATA / "cache" / "qqp_pairs_dev.jsonl"
+ENCODER = "hashed-ngrams:64"
+
+needs_data = pytest.mark.skipif(not (TRACE.exists() and ROUTING.exists() and PAIRS.exists()),
+                                reason="../shared/data (Azure trace, RouteLLM MMLU, QQP pairs) is not present")
+
+
+def _head(src: Path, dst: Path, lines: int) -> Path:
+    with src.open(encoding="utf-8") as f:
+        dst.write_text("".join(itertools.islice(f, lines)), encoding="utf-8")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def small_inputs(tmp_path_factory) -> dict[str, Path]:
+    from thrifty.proxy.embedder import HashedNgramEncoder
+    from thrifty.proxy.router import load_labelled, train_router
+
+    tmp = tmp_path_factory.mktemp("cost")
+    routing = _head(ROUTING, tmp / "routing.csv", 301)
+    encoder = HashedNgramEncoder(64)
+    model = train_router([load_labelled(routing)], encoder.encode, embedder_name=encoder.name)
+    model.save(tmp / "router.npz")
+    return {
+        "trace": _head(TRACE, tmp / "trace.csv", 401),
+        "routing": routing,
+        "pairs": _head(PAIRS, tmp / "pairs.jsonl", 300),
+        "router": tmp / "router.npz",
+    }
+
+
+def _run(capsys, inputs: dict[str, Path], *extra: str) -> tuple[int, dict | None, str]:
+    argv = ["--trace", str(inputs["trace"]), "--routing", str(inputs["routing"]), "--encoder", ENCODER,
+            "--router-artifact", str(inputs["router"]), "--copies", "1", "--max-rows", "120", *extra]
+    rc = cost.main(argv)
+    out = capsys.readouterr()
+    lines = out.out.strip().splitlines()
+    return rc, (json.loads(lines[-1]) if rc == 0 else None), out.out + out.err
+
+
+@needs_data
+def test_bench_runs_and_reports_each_lever(capsys, small_inputs):
+    rc, report, text = _run(capsys, small_inputs, "--cache-pairs", str(small_inputs["pairs"]), "--repeat-share", "0.3",
+                            "--strong-share", "0.5")
+    assert rc == 0, text
+    assert {"cost_reduction", "quality_retained", "slo_attainment", "breakdown"} <= set(report)
+    steps = [b["step"] for b in report["breakdown"]]
+    assert steps == [s.name for s in cost.STEPS]
+    base, routed, exact = report["breakdown"][:3]
+    assert base["replicas"].keys() == {"large"} and base["quality_retained"] == 1.0 and base["dollars"] > 0
+    assert routed["small_share"] > 0 and "small" in routed["replicas"]  # the router moved work to the small tier
+    assert routed["exact_hit_rate"] == 0 and exact["exact_hit_rate"] > 0  # the exact cache answered repeats
+    assert report["workload"]["kinds"]["repeat"] > 0 and report["workload"]["pairs_used"] > 0
+    assert report["breakdown"][-1]["profiles"]["small"] == "a100-llama3-8b-fp8"
+    assert report["router"]["calibration"].startswith("strong share")
+    assert "headline:" in text
+
+
+@needs_data
+def test_missing_router_is_reported_not_faked(capsys, small_inputs, tmp_path):
+    inputs = dict(small_inputs, router=tmp_path / "absent.npz")
+    rc, report, text = _run(capsys, inputs)
+    assert rc == 0, text
+    assert report["not_ready"] and "router" in report["not_ready"][0]
+    assert all(b["small_share"] == 0 for b in report["breakdown"])
+    assert "NOT READY" in text
+
+
+@needs_data
+def test_bad_arguments_give_one_line(capsys, small_inputs, tmp_path):
+    rc, _, text = _run(capsys, small_inputs, "--repeat-share", "1.5")
+    assert rc == 2 and "--repeat-share" in text and "Traceback" not in text
+    rc, _, text = _run(capsys, dict(small_inputs, trace=tmp_path / "nope.csv"))
+    assert rc == 2 and "cannot read" in text and "Traceback" not in text
+
+
+def test_round_robin_spreads_evenly():
+    tier = RoundRobinTier("t", get_profile("a100-llama3-8b"))  # the baseline's tiers
+    tier.start(3, 0.0)
+    for i in range(9):
+        tier.submit(0.0, 100, 50, 0.0, tag=i)
+    assert [p.inflight for p in tier.pods] == [3, 3, 3]
+
+
+def test_questions_repeat_and_paraphrase_consistently():
+    trace = [TraceRequest(float(i), 100, 10) for i in range(400)]
+    prompts = [f"question number {i}" for i in range(50)]
+    pairs = [(f"a{i}", f"b{i}", i % 2) for i in range(40)]
+    qs, tenants, used = build_questions(trace, list(range(50)), prompts, pairs, repeat_share=0.4, seed=1)
+    again, _, _ = build_questions(trace, list(range(50)), prompts, pairs, repeat_share=0.4, seed=1)
+    assert [(q.text, q.qid) for q in qs] == [(q.text, q.qid) for q in again]  # deterministic
+    assert tenants >= 2 and used > 0
+    for i, q in enumerate(qs):
+        if q.kind == "repeat":
+            assert any(p.text == q.text and p.qid == q.qid and p.tenant == q.tenant for p in qs[:i])
+        if q.kind in ("paraphrase", "lookalike"):
+            k = int(q.text[1:])
+            # the request rewritten to this pair's text_a: earlier, same tenant (caches never cross tenants)
+            original = [p for p in qs[:i] if p.text == f"a{k}" and p.tenant == q.tenant][-1]
+            assert (original.qid == q.qid) == (q.kind == "paraphrase") == (pairs[k][2] == 1)
+    fresh_rows = [(q.tenant, q.row) for q in qs if q.kind == "fresh"]
+    assert len(fresh_rows) == len(set(fresh_rows))  # a row is asked fresh once per tenant
