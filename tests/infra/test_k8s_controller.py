@@ -107,7 +107,9 @@ def test_conflict_is_retried_on_fresh_data(kube_api: KubeApi) -> None:
     act.apps.read_namespaced_deployment_scale = read_then_race  # type: ignore[method-assign]
     act.apps.replace_namespaced_deployment_scale = replace  # type: ignore[method-assign]
     res = act.scale("large", 4, "test")
-    assert calls["conflicts"] == 1 and calls["read"] == 2
+    # The kube-controller-manager may also bump the Deployment (status) while it settles,
+    # so more than one conflict can happen; each must be followed by a fresh read.
+    assert calls["conflicts"] >= 1 and calls["read"] == calls["conflicts"] + 1
     assert res.from_replicas == 2 and res.applied  # re-read after the conflict
     assert act.replicas("large")[0] == 4
 
