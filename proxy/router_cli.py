@@ -43,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ver.add_argument("--precision", type=float, default=0.95, help="precision target on the calibration split")
     ver.add_argument("--floor", type=float, default=0.80, help="cosine floor for candidates")
     ver.add_argument("--embed-cache", help="npz file to reuse embeddings between runs")
+    ver.add_argument("--max-pairs", type=int, default=9000, help="sample this many fit/calibrate pairs (0: all); held-out pairs are never read")
 
 
 def _fail(message: str) -> int:
@@ -149,11 +150,20 @@ def _train_verifier(args: argparse.Namespace) -> int:
                     labels.append(int(row["label"]))
                 except KeyError as exc:
                     raise ValueError(f"{args.data}:{n}: missing {exc}") from None
+    from thrifty.proxy.verifier import pair_hash, split_of
+
+    usable = np.array([i for i, p in enumerate(pairs) if split_of(p) != "heldout"])
+    not_held_out = frozenset(pair_hash(*pairs[i]) for i in usable)  # benches never score these
+    if args.max_pairs and len(usable) > args.max_pairs:
+        usable = np.random.default_rng(1).choice(usable, args.max_pairs, replace=False)
+    pairs = [pairs[i] for i in usable]
+    labels = [labels[i] for i in usable]
     encoder = MiniLMEncoder(threads=2)
     a = encode_with_disk_cache(encoder, [p[0] for p in pairs], args.embed_cache)
     b = encode_with_disk_cache(encoder, [p[1] for p in pairs], args.embed_cache)
     cosines = np.einsum("ij,ij->i", a, b)
     verifier = train_verifier(pairs, cosines, np.array(labels), similarity_floor=args.floor, precision_target=args.precision)
+    verifier.trained_pairs = not_held_out
     out = args.out or ARTIFACT
     verifier.save(out)
     print(f"verifier written to {out}: threshold {verifier.threshold:.3f}, floor {verifier.similarity_floor}, {verifier.meta}")

@@ -6,7 +6,13 @@ above 0.95. The verifier looks at what cosine blurs — numbers, negations, name
 entities, the question word, word order, the words only one side has — and combines
 them with the cosine in a logistic regression trained on labelled duplicate pairs
 (QQP development pairs, a hash split; the held-out part sets the threshold for a
-precision target). Scoring a pair is pure Python on two short strings (~30 us).
+precision target). Scoring a pair is pure Python on two short strings (~70 us CPU).
+
+Measured on 3,000 held-out QQP dev pairs (`thrifty bench cache`): precision 0.865 at
+recall 0.207, against 0.848 at 0.205 for cosine >= 0.95 alone. Most remaining "false"
+hits are label noise (e.g. "difference between milk and dark chocolate" / "how is dark
+chocolate different from milk chocolate" is labelled different), which caps precision
+near 0.94 whatever the model.
 
 The artifact (`verifier_model.npz`) carries weights, the calibrated threshold, the
 cosine floor for candidates, and 64-bit hashes of the pairs it saw, so benches leave
@@ -53,7 +59,20 @@ FEATURE_NAMES = (
     "length_ratio",
     "same_after_normalising",
     "contrast_word_differs",
+    "only_in_query_stemmed",
+    "only_in_candidate_stemmed",
+    "cosine_above_0.9",
+    "cosine_above_0.95",
+    "cosine_x_content_jaccard",
 )
+
+
+def _stem(word: str) -> str:
+    """Crude suffix stripping: enough to match exercise/exercises, learn/learning."""
+    for suffix in ("ing", "ies", "es", "ed", "ly", "s"):
+        if len(word) > len(suffix) + 2 and word.endswith(suffix):
+            return word[: -len(suffix)]
+    return word
 
 
 def _words(text: str) -> list[str]:
@@ -99,6 +118,7 @@ def pair_features(a: str, b: str, cosine: float) -> np.ndarray:
     first_a = next((w for w in wa if w in QUESTION_WORDS), "")
     first_b = next((w for w in wb if w in QUESTION_WORDS), "")
     only_one = len(ca ^ cb)
+    sta, stb = {_stem(w) for w in ca}, {_stem(w) for w in cb}
     return np.array(
         [
             cosine,
@@ -115,6 +135,11 @@ def pair_features(a: str, b: str, cosine: float) -> np.ndarray:
             min(len(wa), len(wb)) / max(len(wa), len(wb), 1),
             float(wa == wb),
             float(bool((sa ^ sb) & CONTRAST)),
+            np.log1p(len(sta - stb)),
+            np.log1p(len(stb - sta)),
+            float(cosine >= 0.9),
+            float(cosine >= 0.95),
+            cosine * _jaccard(ca, cb),
         ],
         dtype=np.float64,
     )
@@ -124,7 +149,7 @@ def pair_hash(a: str, b: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{a}\x00{b}".encode(), digest_size=8).digest(), "little")
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 30) -> tuple[np.ndarray, float]:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 30) -> tuple[np.ndarray, float]:  # noqa: D401
     """L2-regularised logistic regression by Newton's method (few features, exact)."""
     n, d = x.shape
     xb = np.hstack([x, np.ones((n, 1))])

@@ -1,0 +1,262 @@
+"""`thrifty bench routing --data FILE --target-quality 0.95`: cost vs quality of the learned router.
+
+Reads a RouteLLM (`prompt,<weak>,<strong>`, bool or 0-1 scores) or RouterBench
+(score and `|total_cost` per model) CSV. Prompts the shipped router was trained on
+are dropped (the artifact keeps their hashes), so on the development files only
+their held-out halves are scored, and unseen files are scored whole.
+
+The operating point is chosen WITHOUT the file's labels: the router predicts each
+model's chance of answering correctly, and the bench takes the cheapest policy whose
+*predicted* quality keeps the target share of the strongest model's *predicted*
+quality. The labels only measure what that choice achieved. For reference the table
+also reads the cheapest point off the labelled curve (how RouteLLM reports savings),
+random routing (best mix of one cheaper model with the strongest, generous: picked on
+labels) and the oracle (cheapest model that gets each prompt right).
+
+Costs: the file's `|total_cost` columns (real dollars); otherwise `--cost MODEL=DOLLARS`
+per call; otherwise the RouteLLM paper's prices for its two models (GPT-4 $24.7,
+Mixtral $0.24 per million tokens, equal tokens assumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DEFAULT_PRICES = {"gpt-4-1106-preview": 24.7, "mistralai/Mixtral-8x7B-Instruct-v0.1": 0.24}
+
+
+@dataclass(slots=True)
+class Point:
+    quality: float
+    cost: float
+    strong_share: float
+    predicted_quality: float = float("nan")
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="thrifty bench routing", description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="RouteLLM or RouterBench format CSV")
+    p.add_argument("--target-quality", type=float, default=0.95, help="share of the strongest model's quality to keep")
+    p.add_argument("--cost", action="append", default=[], metavar="MODEL=DOLLARS", help="price per call, when the file has no |total_cost")
+    p.add_argument("--artifact", help="router artifact (default: the shipped one)")
+    p.add_argument("--max-rows", type=int, default=3000, help="score at most this many held-out rows (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embed-cache", help="npz file to reuse prompt embeddings between runs")
+    return p.parse_args(argv)
+
+
+def _costs(data, overrides: list[str]) -> np.ndarray:
+    n, m = data.scores.shape
+    if data.costs is not None:
+        costs = data.costs.copy()
+        col_means = np.nanmean(costs, axis=0)
+        return np.where(np.isnan(costs), col_means, costs)
+    prices = dict(DEFAULT_PRICES)
+    for item in overrides:
+        name, _, value = item.partition("=")
+        try:
+            prices[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--cost {item!r}: expected MODEL=DOLLARS") from None
+    missing = [m_ for m_ in data.models if m_ not in prices]
+    if missing:
+        raise ValueError(f"no price for {missing}: the file has no |total_cost columns; pass --cost MODEL=DOLLARS")
+    return np.tile(np.array([prices[m_] for m_ in data.models]), (n, 1))
+
+
+def _evaluate(choice: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int, predicted: np.ndarray | None) -> Point:
+    rows = np.arange(len(choice))
+    return Point(
+        quality=float(scores[rows, choice].mean()),
+        cost=float(costs[rows, choice].sum()),
+        strong_share=float((choice == strong).mean()),
+        predicted_quality=float(predicted[rows, choice].mean()) if predicted is not None else float("nan"),
+    )
+
+
+def router_curve(predicted: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int) -> list[Point]:
+    """Policies argmax_m (p_m - lam * price_m / price_max) over a sweep of lam, plus all-strongest."""
+    price = costs.mean(axis=0)
+    rel = price / price.max()
+    points = [_evaluate(np.full(len(scores), strong), scores, costs, strong, predicted)]
+    for lam in np.concatenate([[0.0], np.logspace(-4, 2, 240)]):
+        choice = np.argmax(predicted - lam * rel[None, :], axis=1)
+        points.append(_evaluate(choice, scores, costs, strong, predicted))
+    return points
+
+
+def ease_curve(ease: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int, weak: int) -> list[Point]:
+    """Two tiers, unknown models: the weak one answers when ease >= t, over a sweep of t."""
+    points = []
+    for t in np.concatenate([[1.1], np.quantile(ease, np.linspace(0, 1, 201))]):
+        choice = np.where(ease >= t, weak, strong)
+        points.append(_evaluate(choice, scores, costs, strong, None))
+    return points
+
+
+def apgr(points: list[Point], low: Point, high: Point) -> float:
+    """Average performance gap recovered over the normalised cost axis [low.cost, high.cost]."""
+    span_q = high.quality - low.quality
+    span_c = high.cost - low.cost
+    if span_q <= 0 or span_c <= 0:
+        return float("nan")
+    grid = np.linspace(0, 1, 101)
+    xs = np.array([(p.cost - low.cost) / span_c for p in points])
+    qs = np.array([p.quality for p in points])
+    best = []
+    for g in grid:  # best quality reachable at no more than this cost (the upper envelope)
+        ok = xs <= g + 1e-12
+        best.append(((qs[ok].max() if ok.any() else low.quality) - low.quality) / span_q)
+    return float(np.trapezoid(best, grid))
+
+
+def cheapest_meeting(points: list[Point], goal: float, key: str = "quality") -> Point | None:
+    ok = [p for p in points if getattr(p, key) >= goal]
+    return min(ok, key=lambda p: p.cost) if ok else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _run(args)
+    except (OSError, ValueError) as exc:
+        print(f"thrifty bench routing: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from thrifty.proxy.embedder import encode_with_disk_cache, encoder_for
+    from thrifty.proxy.router import ARTIFACT, RouterModel, load_labelled, strongest
+
+    if not 0 < args.target_quality <= 1:
+        raise ValueError("--target-quality must be in (0, 1]")
+    model = RouterModel.load(args.artifact or ARTIFACT)
+    data = load_labelled(args.data)
+    seen = model.trained_on(data.prompts)
+    complete = ~np.isnan(data.scores).any(axis=1)
+    rows = np.where(~seen & complete)[0]
+    if len(rows) == 0:
+        raise ValueError(f"{args.data}: every row was used to train the router artifact; nothing held out to score")
+    rng = np.random.default_rng(args.seed)
+    if args.max_rows and len(rows) > args.max_rows:
+        rows = np.sort(rng.choice(rows, args.max_rows, replace=False))
+    data = data.subset(rows)
+    costs = _costs(data, args.cost)
+    scores = data.scores
+    strong = strongest(data)  # the reference the target is defined against
+    all_strong = Point(float(scores[:, strong].mean()), float(costs[:, strong].sum()), 1.0)
+    goal = args.target_quality * all_strong.quality
+
+    encoder = encoder_for(model.embedder, threads=2)
+    vectors = encode_with_disk_cache(encoder, data.prompts, args.embed_cache)
+    known = all(m in model.heads for m in data.models)
+    if known:
+        scorer = "per-model heads"
+        predicted = model.correctness(vectors, data.prompts, data.models)
+        curve = router_curve(predicted, scores, costs, strong)
+        predicted_goal = args.target_quality * float(predicted[:, strong].mean())
+        chosen = cheapest_meeting(curve, predicted_goal, key="predicted_quality") or curve[0]
+    else:
+        scorer = "ease (two tiers)"
+        if len(data.models) != 2:
+            raise ValueError(f"models {data.models} are unknown to the router artifact; only two-model files can use the generic ease score")
+        weak = 1 - strong
+        ease = model.ease_scores(vectors, data.prompts)
+        curve = ease_curve(ease, scores, costs, strong, weak)
+        # label-free: the artifact's calibrated threshold (set on its own training rows)
+        choice = np.where(ease >= model.threshold, weak, strong)
+        chosen = _evaluate(choice, scores, costs, strong, None)
+
+    cheapest_model = int(np.argmin(costs.mean(axis=0)))
+    low = Point(float(scores[:, cheapest_model].mean()), float(costs[:, cheapest_model].sum()), 0.0)
+    read_off = cheapest_meeting(curve, goal)
+
+    # random routing: for each cheaper model, mix it with the strongest just enough to meet the goal
+    random_best: Point | None = None
+    for m in range(len(data.models)):
+        if m == strong:
+            continue
+        qm, cm = scores[:, m].mean(), costs[:, m].sum()
+        if qm >= goal:
+            p = 0.0
+        elif all_strong.quality > qm:
+            p = (goal - qm) / (all_strong.quality - qm)
+        else:
+            continue
+        candidate = Point(qm + p * (all_strong.quality - qm), (1 - p) * cm + p * all_strong.cost, p)
+        if random_best is None or candidate.cost < random_best.cost:
+            random_best = candidate
+    random_best = random_best or all_strong
+    random_low = min(((scores[:, m].mean(), costs[:, m].sum()) for m in range(len(data.models))), key=lambda qc: qc[1])
+    random_points = [Point(random_low[0] + p * (all_strong.quality - random_low[0]), (1 - p) * random_low[1] + p * all_strong.cost, p) for p in np.linspace(0, 1, 51)]
+
+    best_per_row = scores.max(axis=1)
+    oracle_choice = np.array([min(np.where(scores[i] >= best_per_row[i])[0], key=lambda m: costs[i, m]) for i in range(len(scores))])
+    oracle = _evaluate(oracle_choice, scores, costs, strong, None)
+
+    def summary(p: Point | None, curve_points: list[Point] | None = None) -> dict:
+        if p is None:
+            return {"cost_reduction": None, "quality_retained": None, "strong_share": None, "apgr": None}
+        out = {
+            "cost_reduction": round(1 - p.cost / all_strong.cost, 4),
+            "quality_retained": round(p.quality / all_strong.quality, 4),
+            "strong_share": round(p.strong_share, 4),
+            "quality": round(p.quality, 4),
+        }
+        out["apgr"] = round(apgr(curve_points, low, all_strong), 4) if curve_points else None
+        return out
+
+    router = summary(chosen, curve)
+    result = {
+        "bench": "routing",
+        "data": args.data,
+        "rows_scored": int(len(scores)),
+        "rows_excluded_seen_in_training": int(seen.sum()),
+        "models": data.models,
+        "strongest": data.models[strong],
+        "scorer": scorer,
+        "target_quality": args.target_quality,
+        "calibration": "label-free: predicted quality on the scored prompts" if known else "artifact threshold (its training rows)",
+        **router,
+        "read_off_labelled_curve": summary(read_off, curve),
+        "random": summary(random_best, random_points),
+        "oracle": summary(oracle),
+        "all_strongest": {"quality": round(all_strong.quality, 4), "cost_dollars": round(all_strong.cost, 6)},
+        "curve": [{"cost_reduction": round(1 - p.cost / all_strong.cost, 4), "quality_retained": round(p.quality / all_strong.quality, 4), "strong_share": round(p.strong_share, 4)} for p in _thin(curve, 12)],
+    }
+    _print_table(result)
+    print(json.dumps(result))
+    return 0
+
+
+def _thin(points: list[Point], k: int) -> list[Point]:
+    """Pareto points (cheaper and not worse), k of them spread over cost."""
+    pareto = []
+    for p in sorted(points, key=lambda p: (p.cost, -p.quality)):
+        if not pareto or p.quality > pareto[-1].quality:
+            pareto.append(p)
+    if len(pareto) <= k:
+        return pareto
+    idx = np.unique(np.linspace(0, len(pareto) - 1, k).round().astype(int))
+    return [pareto[i] for i in idx]
+
+
+def _print_table(r: dict) -> None:
+    print(f"routing bench: {r['data']}  ({r['rows_scored']} rows scored, {r['rows_excluded_seen_in_training']} excluded as seen in training)")
+    print(f"strongest: {r['strongest']}  quality {r['all_strongest']['quality']}   target: {r['target_quality']:.0%} of it   scorer: {r['scorer']}")
+    print(f"{'policy':<34}{'cost_reduction':>16}{'quality_retained':>18}{'strong_share':>14}{'apgr':>8}")
+    rows = [("router (label-free threshold)", r), ("router (read off labelled curve)", r["read_off_labelled_curve"]), ("random (best mix, on labels)", r["random"]), ("oracle", r["oracle"])]
+    for name, s in rows:
+        cells = [s.get(k) for k in ("cost_reduction", "quality_retained", "strong_share", "apgr")]
+        print(f"{name:<34}" + "".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(cells, (16, 18, 14, 8), strict=True)))
+    print("curve (pareto points): " + ", ".join(f"{p['cost_reduction']:.2f}->{p['quality_retained']:.3f}" for p in r["curve"]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Router: data formats, training on a small labelled set, calibration, tier cascade."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from thrifty.proxy.embedder import HashedNgramEncoder
+from thrifty.proxy.router import (
+    DataFormatError,
+    LabelledSet,
+    RouterModel,
+    load_labelled,
+    next_tier_up,
+    pick_tier,
+    threshold_for_quality,
+    threshold_for_strong_share,
+    tier_thresholds,
+    train_router,
+)
+
+ENC = HashedNgramEncoder(64)
+
+
+def small_set(n: int = 400, seed: int = 0) -> LabelledSet:
+    """Arithmetic prompts both models get right; proof prompts only the strong one does."""
+    rng = np.random.default_rng(seed)
+    prompts, scores = [], []
+    for i in range(n):
+        if i % 2:
+            prompts.append(f"What is {rng.integers(1, 99)} plus {rng.integers(1, 99)}? case {i}")
+            scores.append([1.0, 1.0])
+        else:
+            prompts.append(f"Prove that the group of order {rng.integers(2, 999)} is abelian, lemma {i}")
+            scores.append([float(rng.random() < 0.2), 1.0])
+    return LabelledSet(source="synthetic", prompts=prompts, models=["weak", "strong"], scores=np.array(scores), costs=None)
+
+
+def test_training_learns_which_prompts_are_easy(tmp_path: Path) -> None:
+    model = train_router([small_set()], ENC.encode, embedder_name=ENC.name, l2=1.0)
+    easy, hard = "What is 12 plus 30? case 9001", "Prove that the group of order 77 is abelian, lemma 9002"
+    v = ENC.encode([easy, hard])
+    assert model.ease_score(v[0], easy) > 0.7 > 0.4 > model.ease_score(v[1], hard)
+    p = model.correctness(v, [easy, hard], ["weak", "strong"])
+    assert p[0, 0] > p[1, 0] and p[1, 1] > 0.8
+    path = tmp_path / "r.npz"
+    model.save(path)
+    again = RouterModel.load(path)
+    assert again.ease_score(v[0], easy) == pytest.approx(model.ease_score(v[0], easy))
+    assert again.trained_on([small_set().prompts[0]]).dtype == bool
+
+
+def test_calibration_meets_quality_on_training_rows() -> None:
+    model = train_router([small_set()], ENC.encode, embedder_name=ENC.name, l2=1.0)
+    ease, weak, strong = model.calibration.T
+    t = threshold_for_quality(model.calibration, 0.95)
+    assert np.where(ease >= t, weak, strong).mean() >= 0.95 * strong.mean()
+    assert (ease >= t).mean() > 0.3  # and it actually saves something
+    scores = np.linspace(0, 1, 101)
+    assert (scores < threshold_for_strong_share(scores, 0.3)).mean() == pytest.approx(0.3, abs=0.02)
+
+
+def test_cascade_over_three_tiers() -> None:
+    tiers = ["small", "medium", "large"]
+    assert tier_thresholds(0.6, 3) == [0.6, 0.3, 0.0]
+    assert pick_tier(0.9, tiers, 0.6) == "small"
+    assert pick_tier(0.4, tiers, 0.6) == "medium"
+    assert pick_tier(0.1, tiers, 0.6) == "large"
+    assert pick_tier(0.5, ["small", "large"], 0.6) == "large"
+    assert next_tier_up("small", tiers) == "medium" and next_tier_up("large", tiers) is None
+
+
+def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def test_loads_both_formats(tmp_path: Path) -> None:
+    routellm = tmp_path / "r.csv"
+    _write(routellm, ["subject", "prompt", "weak-model", "strong-model"], [["math", "1+1?", "True", "True"], ["math", "prove", "False", "0.5"]])
+    data = load_labelled(routellm)
+    assert data.models == ["weak-model", "strong-model"] and data.costs is None
+    assert data.scores.tolist() == [[1.0, 1.0], [0.0, 0.5]]
+    bench = tmp_path / "b.csv"
+    _write(bench, ["", "sample_id", "prompt", "eval_name", "a", "b", "a|model_response", "b|model_response", "a|total_cost", "b|total_cost", "oracle_model_to_route_to"],
+           [["0", "s0", "q", "arc", "1.0", "0.0", "x", "y", "0.1", "2.0", "a"]])
+    data = load_labelled(bench)
+    assert data.models == ["a", "b"] and data.costs.tolist() == [[0.1, 2.0]] and data.groups == ["arc"]
+
+
+def test_bad_files_give_one_line_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    _write(bad, ["question", "x"], [["a", "b"]])
+    with pytest.raises(DataFormatError, match="no 'prompt' column"):
+        load_labelled(bad)
+    _write(bad, ["prompt", "m1", "m2"], [["a", "7", "1"]])
+    with pytest.raises(DataFormatError, match="outside"):
+        load_labelled(bad)
+    with pytest.raises(DataFormatError, match="cannot read"):
+        load_labelled(tmp_path / "missing.csv")
