@@ -179,7 +179,9 @@ def run_autoscaled(specs: list[TierSpec], arrivals: dict[str, list[Arrival]], in
         TierPolicy(
             s.name, min_replicas=1, max_replicas=max_replicas[s.name], startup_s=settings.startup_s,
             target_concurrency=max(1.0, 0.25 * s.profile.max_num_seqs), slo_ttft_s=settings.slo_ttft_s,
-            **engine_costs(s.profile),
+            # a full batch, as `bench autoscale` configures it: the prior at 64 sequences
+            # under-rates a replica ~2x and the autoscaler then holds a spare large replica
+            **engine_costs(s.profile, batch=s.profile.max_num_seqs),
         )
         for s in specs
     ]

@@ -14,7 +14,10 @@ file, and, with `--cache-pairs`, a stated share of exact repeats and QQP paraphr
   +quantization/speculative profiles (FP8 small tier, speculative decoding on the large).
 
 Engines are `thrifty.engine.sim_model` replicas on a virtual clock; dollars = GPU-hours
-x the stated price per GPU type. quality_retained = mean answer quality / the baseline's
+x the stated price per GPU type. Every step is also costed both ways, fixed at its own
+peak and under the autoscaler (`static` / `autoscaled` in the breakdown): with a few
+whole replicas per tier, a lever that removes 10% of the load saves nothing at a static
+peak, while the autoscaler turns it into GPU-hours. quality_retained = mean answer quality / the baseline's
 (labels of the model that produced each answer; a cache hit for a different question
 scores 0). slo_attainment = share of requests answered within the TTFT SLO (cache hits
 count as answered at once; shed requests as misses). Nothing is tuned on the scored
@@ -262,16 +265,20 @@ def _run(args: argparse.Namespace) -> int:
         specs = [spec_for(t, step.profiles) for t in (SMALL, LARGE) if by_tier[t]]
         fleet_settings = FleetSettings(balancer=step.balancer, autoscale=step.autoscale,
                                        startup_s=args.startup_s, slo_ttft_s=args.slo_ttft_s)
-        if step.autoscale:
-            caps = {s.name: max(4, 3 * static_counts.get(s.name, 1)) for s in specs}
-            fleet: FleetRun = run_autoscaled(specs, by_tier, static_counts, fleet_settings, caps)
-        else:
-            # caches and the balancer only ever lower a tier's peak: search down from the last count
-            hints = static_counts if step.exact or step.balancer else None
-            fleet = run_static_fleet(specs, by_tier, fleet_settings, hints)
-            static_counts = {n: t.replicas for n, t in fleet.tiers.items()}
-        results.append(_summarise(step, outcomes, fleet, specs))
-        print(f"  {step.name}: ${fleet.dollars:.2f}", file=sys.stderr, flush=True)
+        # Every step is costed both ways: fixed at its own peak (whole replicas, so a lever
+        # that trims 10% of a 3-replica tier's load saves nothing) and under the autoscaler
+        # (which turns any load removed into GPU-hours). The step's row uses the
+        # provisioning its lever set includes; the other is reported beside it.
+        static = run_static_fleet(specs, by_tier, fleet_settings, static_counts or None)
+        static_counts = {n: t.replicas for n, t in static.tiers.items()}
+        caps = {s.name: max(4, 3 * static_counts.get(s.name, 1)) for s in specs}
+        scaled = run_autoscaled(specs, by_tier, static_counts, fleet_settings, caps)
+        row = _summarise(step, outcomes, scaled if step.autoscale else static, specs)
+        row["static"] = _provisioning(outcomes, static)
+        row["autoscaled"] = _provisioning(outcomes, scaled)
+        results.append(row)
+        print(f"  {step.name}: ${row['dollars']:.2f} (static peak ${static.dollars:.2f}, autoscaled ${scaled.dollars:.2f})",
+              file=sys.stderr, flush=True)
 
     if router is None:
         results[1]["note"] = "router not ready: same as baseline routing"
@@ -305,6 +312,16 @@ def _summarise(step: Step, outcomes: list, fleet, specs) -> dict:
     }
 
 
+def _provisioning(outcomes: list, fleet) -> dict:
+    """One provisioning's dollars, GPU-hours, SLO attainment and replicas (for the side columns)."""
+    hits = sum(1 for o in outcomes if o.cache is not None)
+    within = sum(t.within_slo for t in fleet.tiers.values()) + hits
+    return {"dollars": fleet.dollars, "gpu_hours": fleet.gpu_hours,
+            "slo_attainment": within / len(outcomes) if outcomes else 1.0,
+            "dropped": sum(t.dropped for t in fleet.tiers.values()),
+            "replicas": {n: t.replicas for n, t in fleet.tiers.items()}}
+
+
 def _report(results, args, trace, questions, tenants, pairs_used, rows, data, small, large, threshold,
             threshold_source, not_ready, spec_for) -> dict:
     base = results[0]
@@ -326,6 +343,11 @@ def _report(results, args, trace, questions, tenants, pairs_used, rows, data, sm
             "replicas": r["replicas"],
             "scale_actions": r["scale_actions"],
             "profiles": r["profiles"],
+            **{kind: {"dollars": round(r[kind]["dollars"], 2), "gpu_hours": round(r[kind]["gpu_hours"], 2),
+                      "cost_reduction": round(1 - r[kind]["dollars"] / base["dollars"], 4) if base["dollars"] else 0.0,
+                      "slo_attainment": round(r[kind]["slo_attainment"], 5), "dropped": r[kind]["dropped"],
+                      "replicas": r[kind]["replicas"]}
+               for kind in ("static", "autoscaled")},
             **({"note": r["note"]} if r.get("note") else {}),
         })
     final = breakdown[-1]
@@ -364,11 +386,14 @@ def _print_table(r: dict) -> None:
           f"{r['router']['threshold']} ({r['router']['calibration']}); TTFT SLO {r['slo_ttft_s']} s; prices/GPU-h "
           + ", ".join(f"{k} ${v}" for k, v in r["prices_per_gpu_hour"].items()))
     print(f"{'step':<22}{'dollars':>9}{'gpu_h':>8}{'cost_red':>9}{'quality':>9}{'slo':>8}{'drop':>6}{'small%':>8}"
-          f"{'exact%':>8}{'sem%':>7}{'wrong':>6}  replicas")
+          f"{'exact%':>8}{'sem%':>7}{'wrong':>6}{'static':>8}{'autosc':>8}  replicas")
     for b in r["breakdown"]:
         print(f"{b['step']:<22}{b['dollars']:>9.2f}{b['gpu_hours']:>8.2f}{b['cost_reduction']:>9.3f}{b['quality_retained']:>9.3f}"
               f"{b['slo_attainment']:>8.4f}{b['dropped']:>6}{100 * b['small_share']:>8.1f}{100 * b['exact_hit_rate']:>8.1f}"
-              f"{100 * b['semantic_hit_rate']:>7.1f}{b['wrong_hits']:>6}  {b['replicas']}{'  ' + b['note'] if b.get('note') else ''}")
+              f"{100 * b['semantic_hit_rate']:>7.1f}{b['wrong_hits']:>6}{b['static']['cost_reduction']:>8.3f}"
+              f"{b['autoscaled']['cost_reduction']:>8.3f}  {b['replicas']}{'  ' + b['note'] if b.get('note') else ''}")
+    print("static / autosc: the step's cost_reduction with replicas fixed at its own peak / under the autoscaler "
+          "(the row uses the autoscaler from '+autoscaler' on)")
     for line in r["not_ready"]:
         print(f"NOT READY: {line}")
     print(f"headline: cost_reduction {r['cost_reduction']:.3f}, quality_retained {r['quality_retained']:.3f}, "

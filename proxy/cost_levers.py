@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 TIER_HEADER = "x-thrifty-tier"
 CACHE_HEADER = "x-thrifty-cache"
 _NOT_CONTEXT = frozenset({"messages", "prompt", "stream", "stream_options", "user"})
-_STORABLE_FINISH = frozenset({"stop", "tool_calls", "function_call"})
+_STORABLE_FINISH = frozenset({"stop", "length", "tool_calls", "function_call"})  # same max_tokens is in the key
 
 
 class LeverMetrics:

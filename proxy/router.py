@@ -277,7 +277,7 @@ def train_router(
     embed: Callable[[list[str]], np.ndarray],
     *,
     embedder_name: str,
-    l2: float = 3.0,
+    l2: float = 30.0,
     quality_target: float = 0.95,
 ) -> RouterModel:
     """Fit per-model heads and the ease head on each file's training half (prompt-hash split)."""

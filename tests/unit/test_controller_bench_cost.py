@@ -76,6 +76,10 @@ def test_bench_runs_and_reports_each_lever(capsys, small_inputs):
     assert routed["exact_hit_rate"] == 0 and exact["exact_hit_rate"] > 0  # the exact cache answered repeats
     assert report["workload"]["kinds"]["repeat"] > 0 and report["workload"]["pairs_used"] > 0
     assert report["breakdown"][-1]["profiles"]["small"] == "a100-llama3-8b-fp8"
+    for b in report["breakdown"]:  # every step costed both ways; the row takes the autoscaler once it is a lever
+        assert b["static"]["dollars"] > 0 and b["autoscaled"]["dollars"] > 0
+        chosen = b["autoscaled"] if b["step"] in ("+autoscaler", "+quant/spec profiles") else b["static"]
+        assert b["dollars"] == chosen["dollars"] and b["replicas"] == chosen["replicas"]
     assert report["router"]["calibration"].startswith("strong share")
     assert "headline:" in text
 

@@ -30,7 +30,12 @@ def test_router_train_calibrate_and_routing_bench(tmp_path: Path, capsys) -> Non
     _routellm_csv(train, 300, seed=1)
     _routellm_csv(scored, 120, seed=2)
     assert thrifty_main(["router", "train", "--data", str(train), "--out", str(artifact), "--encoder", "hashed-ngrams:64", "--l2", "1"]) == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"What is {i} plus {i}?" if i % 2 else f"Prove lemma {i} about groups" for i in range(40)))
+    assert thrifty_main(["router", "calibrate", "--artifact", str(artifact), "--strong-share", "0.5", "--prompts", str(prompts)]) == 0
+    assert "strong share 0.500" in capsys.readouterr().out
     assert thrifty_main(["router", "calibrate", "--artifact", str(artifact), "--target-quality", "0.9"]) == 0
+    assert thrifty_main(["router", "calibrate", "--artifact", str(artifact), "--strong-share", "0.5"]) == 2  # needs --prompts
     capsys.readouterr()
     assert routing_bench.main(["--data", str(scored), "--artifact", str(artifact), "--cost", "weak=1", "--cost", "strong=10"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

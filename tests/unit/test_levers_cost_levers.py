@@ -228,3 +228,17 @@ async def test_router_disabled_keeps_requested_tier(encoder, router_model) -> No
     c = ctx("What is 3 plus 4? case 77")
     assert await levers.route(c, TIERS) == "large"
     assert metric(reg, "thrifty_router_decisions_total", tier="large", reason="disabled") == 1
+
+
+async def test_only_complete_answers_are_stored(encoder, router_model) -> None:
+    levers, _ = make(encoder, router_model)
+    broken = answer("half")
+    broken["choices"][0]["finish_reason"] = None
+    c = ctx("store me?")
+    await levers.lookup(c)
+    await levers.store(c, broken)
+    assert len(levers.exact) == 0
+    truncated = answer("cut at max_tokens")
+    truncated["choices"][0]["finish_reason"] = "length"  # same max_tokens is part of the key
+    await levers.store(c, truncated)
+    assert len(levers.exact) == 1
