@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from thrifty.proxy.router import fit_logistic
+
 ARTIFACT = Path(__file__).with_name("verifier_model.npz")
 VERSION = 1
 
@@ -149,24 +151,6 @@ def pair_hash(a: str, b: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{a}\x00{b}".encode(), digest_size=8).digest(), "little")
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 30) -> tuple[np.ndarray, float]:  # noqa: D401
-    """L2-regularised logistic regression by Newton's method (few features, exact)."""
-    n, d = x.shape
-    xb = np.hstack([x, np.ones((n, 1))])
-    w = np.zeros(d + 1)
-    reg = np.full(d + 1, l2)
-    reg[-1] = 0.0
-    for _ in range(iterations):
-        p = 1 / (1 + np.exp(-np.clip(xb @ w, -30, 30)))
-        grad = xb.T @ (p - y) + reg * w
-        hess = (xb * (p * (1 - p))[:, None]).T @ xb + np.diag(reg + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return w[:-1], float(w[-1])
-
-
 @dataclass(slots=True)
 class Verifier:
     weights: np.ndarray
@@ -252,7 +236,8 @@ def train_verifier(
     fit_rows = candidates & (split == "fit")
     mean = x[fit_rows].mean(axis=0)
     scale = x[fit_rows].std(axis=0) + 1e-6
-    weights, bias = fit_logistic((x[fit_rows] - mean) / scale, labels[fit_rows].astype(float))
+    fitted = fit_logistic((x[fit_rows] - mean) / scale, labels[fit_rows].astype(float), l2=1.0, iterations=30)
+    weights, bias = fitted[:-1], float(fitted[-1])
     verifier = Verifier(weights=weights, bias=bias, mean=mean, scale=scale, threshold=0.5, similarity_floor=similarity_floor)
     cal_rows = candidates & (split == "calibrate")
     cal_scores = 1 / (1 + np.exp(-(((x[cal_rows] - mean) / scale) @ weights + bias)))

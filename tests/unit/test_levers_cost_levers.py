@@ -15,24 +15,9 @@ from thrifty.proxy.embedder import Embedder, HashedNgramEncoder
 from thrifty.proxy.levers import RequestContext
 from thrifty.proxy.semantic_cache import NumpyIndex
 from thrifty.proxy.verifier import Verifier
+from tests.unit.test_levers_router import small_set
 
 TIERS = ["small", "large"]
-
-
-def small_set(n: int = 400):
-    """Arithmetic prompts both models get right; proof prompts only the strong one does."""
-    from thrifty.proxy.router import LabelledSet
-
-    rng = np.random.default_rng(0)
-    prompts, scores = [], []
-    for i in range(n):
-        if i % 2:
-            prompts.append(f"What is {rng.integers(1, 99)} plus {rng.integers(1, 99)}? case {i}")
-            scores.append([1.0, 1.0])
-        else:
-            prompts.append(f"Prove that the group of order {rng.integers(2, 999)} is abelian, lemma {i}")
-            scores.append([float(rng.random() < 0.2), 1.0])
-    return LabelledSet(source="synthetic", prompts=prompts, models=["weak", "strong"], scores=np.array(scores), costs=None)
 
 
 class CountingEncoder(HashedNgramEncoder):
