@@ -9,6 +9,7 @@ the shipped router artifact and the shipped verifier are used.
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 
 import openai
@@ -22,9 +23,23 @@ from thrifty.proxy.server import Sidecar, bound_port, serve
 pytestmark = pytest.mark.engine
 
 
+def _metric_sum(text: str, name: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.MULTILINE))
+
+
 def _engine_requests(url: str) -> float:
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", text, re.MULTILINE))
+    """Finished requests, once the engine is idle and its counter has settled: the engine
+    is shared by the session, and vLLM updates its counters a moment after answering."""
+    deadline, last = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        busy = _metric_sum(text, "vllm:num_requests_running") + _metric_sum(text, "vllm:num_requests_waiting")
+        done = _metric_sum(text, "vllm:request_success_total")
+        if busy == 0 and done == last:
+            return done
+        last = done
+        time.sleep(0.5)
+    raise TimeoutError("the engine's request counter did not settle")
 
 
 async def test_cache_hit_skips_engine_and_router_picks_tier(vllm_engine) -> None:
