@@ -12,7 +12,7 @@ detection method (CUSUM, Page-Hinkley, EWMA), all on the same windows.
 Injected drifts (each at minute 30 of an hour, in `--repeats` replays with different
 seeds):
 - `cost_step`: dollars per request +20% from one minute on (e.g. a price or a
-  tokens-per-request change); caught on `cost_per_request` or `savings_ratio`;
+  tokens-per-request change); caught on `cost_index`, `cost_per_request` or `savings_ratio`;
 - `ttft_ramp`: every tier's TTFT grows linearly to +30% over 10 minutes (a replica
   degrading); caught on `ttft_p95` of any tier;
 - `cache_collapse`: the semantic cache's hit rate drops to a fifth (an embedding
@@ -63,7 +63,7 @@ HIT_TTFT_S = 0.008
 DRIFTS = ("cost_step", "ttft_ramp", "cache_collapse", "routing_shift")
 # Which alerts count as catching each drift: (signal, direction).
 CATCHES = {
-    "cost_step": {("cost_per_request", "up"), ("savings_ratio", "down")},
+    "cost_step": {("cost_per_request", "up"), ("cost_index", "up"), ("savings_ratio", "down")},
     "ttft_ramp": {("ttft_per_1k_prompt", "up"), ("ttft_p95", "up")},
     "cache_collapse": {("cache_hit_rate_semantic", "down")},
     "routing_shift": {("routing_share", "down"), ("routing_share", "up")},
@@ -192,10 +192,10 @@ class Detectors:
 
 
 # -- the runs -------------------------------------------------------------------------
-def clean_day(clean: list[Record], hours: int, period: float) -> dict[str, list[Alert]]:
+def clean_day(clean: list[Record], hours: int, period: float, seed: int = 0) -> dict[str, list[Alert]]:
     det = Detectors()
     for h in range(hours):
-        for w in windows(bootstrap(clean, seed=1000 + h), h * period, Injection(), period):
+        for w in windows(bootstrap(clean, seed=1000 + 1000 * seed + h), h * period, Injection(), period):
             det.feed(w)
     return {m: mon.alerts for m, mon in det.monitors.items()}
 
@@ -229,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="replays (seeds) per injected drift (default 3)")
     p.add_argument("--method", choices=METHODS, default="cusum", help="the method the headline JSON reports")
     p.add_argument("--limit", type=int, help="use only the first N requests of the trace")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the router/cache draws and the replays' resampling (default 0); "
+                        "other seeds check that the figures are not one draw's luck")
     args = p.parse_args(argv)
-    if args.hours < 1 or args.repeats < 1:
-        print("thrifty bench drift: --hours and --repeats must be >= 1", file=sys.stderr)
+    if args.hours < 1 or args.repeats < 1 or args.seed < 0:
+        print("thrifty bench drift: --hours and --repeats must be >= 1, --seed >= 0", file=sys.stderr)
         return 2
     try:
         trace = load_azure_trace(args.trace, args.limit)
@@ -245,21 +248,22 @@ def main(argv: list[str] | None = None) -> int:
 
     inject_at = min(INJECT_AT_S, math.floor(span / 2 / BUCKET_S) * BUCKET_S)
     base_share, base_hit = (lambda t: SMALL_SHARE), (lambda t: SEMANTIC_HIT)
-    clean = simulate(trace, small_share=base_share, semantic_hit=base_hit)
+    clean = simulate(trace, small_share=base_share, semantic_hit=base_hit, seed=args.seed)
     simulated = {
         "cost_step": (clean, Injection(dollars=step(inject_at, 1.0, 1.2))),
         "ttft_ramp": (clean, Injection(ttft=ramp(inject_at, 600.0, 0.3))),
-        "cache_collapse": (simulate(trace, small_share=base_share,
+        "cache_collapse": (simulate(trace, small_share=base_share, seed=args.seed,
                                     semantic_hit=step(inject_at, SEMANTIC_HIT, SEMANTIC_HIT / 5)), Injection()),
-        "routing_shift": (simulate(trace, small_share=step(inject_at, SMALL_SHARE, 0.45), semantic_hit=base_hit),
-                          Injection()),
+        "routing_shift": (simulate(trace, small_share=step(inject_at, SMALL_SHARE, 0.45), semantic_hit=base_hit,
+                                   seed=args.seed), Injection()),
     }
     delays: dict[str, dict[str, list[float | None]]] = {m: {d: [] for d in DRIFTS} for m in METHODS}
     for drift, (records, inject) in simulated.items():
         for r in range(args.repeats):
-            for m, d in drift_run(records, drift, inject, r, span, inject_at).items():
+            replay_seed = r if args.seed == 0 else 100 * args.seed + r  # 0 = the simulated records as they are
+            for m, d in drift_run(records, drift, inject, replay_seed, span, inject_at).items():
                 delays[m][drift].append(d)
-    false = clean_day(clean, args.hours, span)
+    false = clean_day(clean, args.hours, span, args.seed)
     days = args.hours * span / 86400.0
 
     results = {}

@@ -93,10 +93,11 @@ class HoltForecast:
         self.level: float | None = None
         self.trend = 0.0  # per second
         self.last_t = 0.0
+        self.first_t = 0.0
 
     def update(self, t: float, x: float) -> None:
         if self.level is None:
-            self.level, self.last_t = x, t
+            self.level, self.last_t, self.first_t = x, t, t
             return
         dt = max(t - self.last_t, 1e-9)
         prev = self.level
@@ -105,18 +106,26 @@ class HoltForecast:
         self.last_t = t
 
     def forecast(self, horizon_s: float) -> float:
+        """Level plus trend; a trend seen over less than the horizon is extrapolated only as
+        far as it was seen (a few samples after start-up are no basis for a 90 s projection)."""
         if self.level is None:
             return 0.0
-        return max(0.0, self.level + self.trend * horizon_s)
+        reach = min(horizon_s, self.last_t - self.first_t)
+        return max(0.0, self.level + self.trend * reach)
 
 
 class CapacityEstimator:
     """Tokens/s one replica of a tier serves, learned from its own telemetry.
 
     Samples are per-replica served tokens/s averaged over `sample_s` (bursts shorter than
-    that say nothing about sustained capacity). A sample taken while requests stayed queued
-    the whole time (engine waiting or the sidecar's admission queue) is the replica's
-    capacity at the current mix: the estimate moves toward it, down as well as up. A sample
+    that say nothing about sustained capacity), over windows in which the ready count did
+    not change: a replica that has just become ready, or is draining, serves less than a
+    full one and would drag the per-replica figure down (then the fleet grows, the new
+    replicas look slow again, and the estimate spirals down). A sample taken while every
+    replica had a queue the whole time (engine waiting at least one per ready replica, or
+    requests held in the sidecar's admission queue) is the replica's capacity at the
+    current mix: the estimate moves toward it, down as well as up; one replica queueing
+    behind a long prompt while the others idle says nothing about the tier's capacity. A sample
     taken while everything was served within the SLO only proves capacity is at least that;
     such proofs are remembered for `memory_s` (the mix drifts) and one above a later
     saturated measurement is dropped. Before any measurement the prior stands.
@@ -127,12 +136,16 @@ class CapacityEstimator:
         self.measured: float | None = None  # EWMA of saturated samples
         self._proven: deque[tuple[float, float]] = deque()  # (time, tokens/s served within the SLO)
         self._window: deque[tuple[float, float, bool]] = deque()  # (time, per-replica tokens/s, queued)
+        self._window_ready = 0  # the ready count the current window was taken at
 
     def observe(self, now: float, o: TierObservation, slo_ttft_s: float) -> None:
-        if o.served_token_rate is None or o.ready <= 0:
+        if o.served_token_rate is None or o.ready <= 0 or o.ready != self._window_ready:
             self._window.clear()
-            return
-        self._window.append((now, o.served_token_rate / o.ready, o.waiting + o.queue_depth > 0))
+            self._window_ready = o.ready if o.served_token_rate is not None else 0
+            if o.served_token_rate is None or o.ready <= 0:
+                return
+        every_replica_queued = o.waiting >= o.ready or o.queue_depth > 0
+        self._window.append((now, o.served_token_rate / o.ready, every_replica_queued))
         if now - self._window[0][0] < self.sample_s:
             return
         sustained = sum(r for _, r, _ in self._window) / len(self._window)

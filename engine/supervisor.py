@@ -192,23 +192,26 @@ class Supervisor:
         self._watch = asyncio.create_task(self._watch_loop())
 
     async def _watch_loop(self) -> None:
-        backoff = {id(e): 1.0 for e in self.engines}
+        """One watcher per engine, so one engine's restart back-off never delays another's checks."""
+        await asyncio.gather(*(self._watch_one(e) for e in self.engines))
+
+    async def _watch_one(self, e: EngineProcess) -> None:
+        backoff = 1.0
         while True:
             await asyncio.sleep(self.health_interval_s)
-            for e in self.engines:
-                if e._stopping or e.proc is None:
-                    continue
-                if e.proc.returncode is None:
-                    e.healthy = await e.check_health(self.session)
-                    if e.healthy:
-                        backoff[id(e)] = 1.0
-                    continue
-                delay = backoff[id(e)]
-                log.warning("engine %s[%d] exited (%s); restarting in %.0f s", e.spec.tier, e.spec.index, e.proc.returncode, delay)
-                await asyncio.sleep(delay)
-                backoff[id(e)] = min(delay * 2, self.max_backoff_s)
-                e.restarts += 1
-                await e.start()
+            if e._stopping or e.proc is None:
+                continue
+            if e.proc.returncode is None:
+                e.healthy = await e.check_health(self.session)
+                if e.healthy:
+                    backoff = 1.0
+                continue
+            e.healthy = False
+            log.warning("engine %s[%d] exited (%s); restarting in %.0f s", e.spec.tier, e.spec.index, e.proc.returncode, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff_s)
+            e.restarts += 1
+            await e.start()
 
     async def stop(self, drain_timeout_s: float = 30) -> None:
         if self._watch is not None:

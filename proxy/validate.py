@@ -54,24 +54,24 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _int_range(body: dict[str, Any], key: str, lo: int, hi: int) -> None:
+def _in_range(body: dict[str, Any], key: str, lo: float, hi: float, *, integer: bool) -> None:
+    """`body[key]`, when present, is an integer (or any number) within [lo, hi]."""
     v = body.get(key)
     if v is None:
         return
-    if not _is_int(v):
-        raise ApiError(400, f"'{key}' must be an integer, got {type(v).__name__}", param=key)
+    if not (_is_int(v) if integer else _is_number(v)):
+        kind = "an integer" if integer else "a number"
+        raise ApiError(400, f"'{key}' must be {kind}, got {type(v).__name__}", param=key)
     if not lo <= v <= hi:
         raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}", param=key)
+
+
+def _int_range(body: dict[str, Any], key: str, lo: int, hi: int) -> None:
+    _in_range(body, key, lo, hi, integer=True)
 
 
 def _number_range(body: dict[str, Any], key: str, lo: float, hi: float) -> None:
-    v = body.get(key)
-    if v is None:
-        return
-    if not _is_number(v):
-        raise ApiError(400, f"'{key}' must be a number, got {type(v).__name__}", param=key)
-    if not lo <= v <= hi:
-        raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}", param=key)
+    _in_range(body, key, lo, hi, integer=False)
 
 
 def _check_messages(messages: Any) -> None:

@@ -89,6 +89,21 @@ def test_capacity_is_learned_from_saturated_replicas_and_bounded_by_slo_proofs()
     assert 6000 <= est.capacity(5000) < 6500
 
 
+def test_capacity_ignores_windows_with_a_changing_fleet_or_one_queued_replica() -> None:
+    est = CapacityEstimator(sample_s=30)
+    for i in range(40):  # 3 replicas, one queued behind a long prompt, the rest idle: no saturation
+        est.observe(i * 5.0, _served(i * 5.0, 3, 3000, waiting=1), slo_ttft_s=10)
+    assert est.measured is None
+    t = 200.0
+    for i in range(40):  # saturated, but a new replica becomes ready every 25 s: never a stable window
+        ready = 2 + i // 5
+        est.observe(t + i * 5.0, _served(t + i * 5.0, ready, 12000, waiting=4 * ready), slo_ttft_s=2)
+    assert est.measured is None
+    for i in range(40, 60):  # the fleet holds still: now the saturated samples count
+        est.observe(t + i * 5.0, _served(t + i * 5.0, 10, 60000, waiting=40), slo_ttft_s=2)
+    assert est.measured is not None and 5900 <= est.measured <= 6100
+
+
 def test_token_demand_over_capacity_sets_the_target() -> None:
     p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=0.8,
                    target_concurrency=1000)

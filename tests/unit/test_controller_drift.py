@@ -93,3 +93,39 @@ def test_bucket_signals_from_fleet() -> None:
     assert sig[("savings_ratio", None)] == pytest.approx(1 - 7.8 / 24)
     assert sig[("routing_share", "small")] == pytest.approx(0.75)
     assert sig[("cache_hit_rate_exact", None)] == pytest.approx(18 / 240)
+
+
+def test_threshold_follows_the_false_alarm_budget() -> None:
+    from thrifty.controller.drift import cusum_arl, threshold_for
+    h = threshold_for(0.25, 12, 60.0)
+    assert cusum_arl(1.0, h) == pytest.approx(2 * 12 * 1440 / 0.25, rel=1e-3)
+    assert threshold_for(0.1, 12, 60.0) > h > threshold_for(1.0, 12, 60.0)  # fewer alarms -> higher bar
+    with pytest.raises(ValueError):
+        threshold_for(0.0, 12, 60.0)
+
+
+def test_autocorrelated_noise_widens_the_scale() -> None:
+    from collections import deque
+
+    from thrifty.controller.drift import autocorrelation_inflation
+    rng = random.Random(3)
+    white = deque(rng.gauss(0, 1) for _ in range(400))
+    ar, x = deque(), 0.0
+    for _ in range(400):
+        x = 0.6 * x + rng.gauss(0, 0.8)
+        ar.append(x)
+    assert autocorrelation_inflation(white, 1.0) < 1.3
+    assert 2.5 < autocorrelation_inflation(ar, 1.0) < 6.0  # (1 + 0.6) / (1 - 0.6) = 4
+
+
+def test_persistent_wander_is_not_drift_but_a_step_is() -> None:
+    rng = random.Random(5)
+    mon, x, raised = DriftMonitor(), 0.0, []
+    for i in range(1500):  # AR(1) noise, rho 0.5: minutes-long excursions, no change
+        x = 0.5 * x + rng.gauss(0, 0.03)
+        raised += mon.observe(i * 60.0, {("ttft_per_1k_prompt", "small"): 1.0 + x})
+    assert raised == []
+    for i in range(1500, 1520):
+        x = 0.5 * x + rng.gauss(0, 0.03)
+        raised += mon.observe(i * 60.0, {("ttft_per_1k_prompt", "small"): 1.4 + x})
+    assert raised and raised[0].direction == "up" and raised[0].detected_time <= 1500 * 60 + 300
