@@ -32,6 +32,7 @@ class Outcome:
     cache: str | None  # "exact" | "semantic" | None
     quality: float  # the answer's quality (label of the model that produced it)
     wrong_hit: bool = False  # a cache answered a different question
+    source: str | None = None  # the tier whose answer this is (for a hit: the tier that produced the stored one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +97,11 @@ def run_levers(
                 hit, kind = found.body, "semantic"
                 same = hit["qid"] == q.qid or found.cached_text == q.text
         if hit is not None:
-            outcomes.append(Outcome(None, kind, hit["quality"] if same else 0.0, wrong_hit=not same))
+            outcomes.append(Outcome(None, kind, hit["quality"] if same else 0.0, wrong_hit=not same, source=hit["tier"]))
             continue
         t_idx = int(tier_of_row[q.row])
         quality = float(quality_of[q.row, t_idx])
-        outcomes.append(Outcome(tiers[t_idx], None, quality))
+        outcomes.append(Outcome(tiers[t_idx], None, quality, source=tiers[t_idx]))
         if exact is not None or semantic is not None:
             stored = {
                 "object": "chat.completion",
@@ -108,6 +109,7 @@ def run_levers(
                              "finish_reason": "stop"}],
                 "qid": q.qid,
                 "quality": quality,
+                "tier": tiers[t_idx],
             }
             heapq.heappush(pending, (t + settings.store_delay_s, i, key, partition, stored, q))
     return outcomes

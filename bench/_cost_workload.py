@@ -19,7 +19,6 @@ are partitioned by tenant, so a reused row is a fresh request, never a cache hit
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -53,23 +52,10 @@ def load_pairs(path: str | Path, *, exclude: frozenset[int], max_pairs: int, see
     """QQP-format pairs the verifier never saw, in a seeded hash order, at most `max_pairs`."""
     from thrifty.proxy.verifier import pair_hash
 
-    pairs: list[tuple[str, str, int]] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    a, b, label = str(row["text_a"]), str(row["text_b"]), int(row["label"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    raise WorkloadError(f"{path}:{n}: expected a JSON object with text_a, text_b, label") from None
-                if label not in (0, 1):
-                    raise WorkloadError(f"{path}:{n}: label must be 0 or 1")
-                if a.strip() and b.strip() and a != b and pair_hash(a, b) not in exclude:
-                    pairs.append((a, b, label))
-    except OSError as exc:
-        raise WorkloadError(f"{path}: cannot read: {exc.strerror}") from None
+    from thrifty.proxy.qqp_pairs import read_pairs
+
+    pairs = [(a, b, label) for a, b, label in read_pairs(path, error=WorkloadError)
+             if a.strip() and b.strip() and a != b and pair_hash(a, b) not in exclude]
     if not pairs:
         raise WorkloadError(f"{path}: no usable pairs (all were used to train the verifier, or the file is empty)")
     pairs.sort(key=lambda p: _order(seed, p[0] + "\x00" + p[1]))

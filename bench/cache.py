@@ -42,20 +42,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def load_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray]:
-    pairs, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                pairs.append((str(row["text_a"]), str(row["text_b"])))
-                labels.append(int(row["label"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}:{n}: not a {{text_a, text_b, label}} object ({exc})") from None
-    if not pairs:
-        raise ValueError(f"{path}: no pairs")
-    return pairs, np.array(labels)
+    """All pairs of a QQP-format file and their labels (errors: one-line ValueError)."""
+    from thrifty.proxy.qqp_pairs import read_pairs
+
+    rows = read_pairs(path)
+    return [(r.text_a, r.text_b) for r in rows], np.array([r.label for r in rows])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

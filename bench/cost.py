@@ -11,7 +11,9 @@ file, and, with `--cache-pairs`, a stated share of exact repeats and QQP paraphr
   `RouterModel`, its own label-free threshold, small tier = the file's cheaper model),
   +exact cache, +semantic cache (shipped verifier), +balancer (least-loaded instead of
   round-robin), +autoscaler (the controller's `Autoscaler`, both tiers coupled), and
-  +quantization/speculative profiles (FP8 small tier, speculative decoding on the large).
+  +quantization/speculative profiles (FP8 small tier; FP8 large tier on half the GPUs, with
+  speculative decoding). Quantized tiers' answers are scored at their published quality
+  recovery (the profile's `quality_recovery`, from the FP8 model cards), not as free.
 
 Engines are `thrifty.engine.sim_model` replicas on a virtual clock; dollars = GPU-hours
 x the stated price per GPU type. Every step is also costed both ways, fixed at its own
@@ -63,7 +65,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--large-model", help="label column for the large tier (default: the file's strongest model)")
     p.add_argument("--small-profile", default="a100-llama3-8b-fp8", help="small tier with quantization (default a100-llama3-8b-fp8)")
     p.add_argument("--small-base-profile", default="a100-llama3-8b", help="small tier before quantization (default a100-llama3-8b)")
-    p.add_argument("--large-profile", default="h100-llama3-70b-tp4", help="large tier (default h100-llama3-70b-tp4)")
+    p.add_argument("--large-profile", default="h100-llama3-70b-tp4", help="large tier before quantization (default h100-llama3-70b-tp4)")
+    p.add_argument("--large-quant-profile", default="h100-llama3-70b-fp8-tp2",
+                   help="large tier with quantization (default h100-llama3-70b-fp8-tp2: FP8, half the GPUs)")
     p.add_argument("--spec-tokens", type=int, default=4, help="large tier speculative tokens (config default 4; 0 = off)")
     p.add_argument("--spec-acceptance", type=float, default=0.6, help="draft acceptance rate (config default 0.6)")
     p.add_argument("--gpu-hour-usd", action="append", default=[], metavar="PROFILE=USD",
@@ -148,7 +152,8 @@ def _run(args: argparse.Namespace) -> int:
     from thrifty.engine.profiles import get_profile
     from thrifty.engine.sim_model import SpeculativeSim
     from thrifty.proxy.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
-    from thrifty.proxy.router import ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, strongest, threshold_for_strong_share
+    from thrifty.proxy.router import (ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, router_view, strongest,
+                                      threshold_for_strong_share)
     from thrifty.proxy.verifier import ARTIFACT as VERIFIER_ARTIFACT
     from thrifty.proxy.verifier import Verifier
 
@@ -202,9 +207,9 @@ def _run(args: argparse.Namespace) -> int:
         return dict(zip(texts, encode_with_disk_cache(encoders[name], texts, cache_file), strict=True))
 
     vectors = embed(cache_encoder_name, sorted({q.text for q in questions}))
-    router_vectors: dict[str, np.ndarray] = {}
+    router_vectors: dict[str, np.ndarray] = {}  # keyed by router_view(prompt), what the router embeds
     if router is not None:
-        row_texts = sorted({data.prompts[r] for r in rows})
+        row_texts = sorted({router_view(data.prompts[r]) for r in rows})
         if router.embedder == cache_encoder_name:
             missing = [t for t in row_texts if t not in vectors]
             if missing:
@@ -218,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
     threshold_source = "none"
     threshold = float("nan")
     if router is not None:
-        ease = router.ease_scores(np.stack([router_vectors[data.prompts[r]] for r in rows]), [data.prompts[r] for r in rows])
+        ease = router.ease_scores(np.stack([router_vectors[router_view(data.prompts[r])] for r in rows]), [data.prompts[r] for r in rows])
         if args.router_threshold is not None:
             threshold, threshold_source = args.router_threshold, "--router-threshold"
         elif args.strong_share is not None:
@@ -249,7 +254,10 @@ def _run(args: argparse.Namespace) -> int:
 
     # -- engines -----------------------------------------------------------------
     def spec_for(tier: str, quantized: bool) -> TierSpec:
-        name = args.large_profile if tier == LARGE else args.small_profile if quantized else args.small_base_profile
+        if tier == LARGE:
+            name = args.large_quant_profile if quantized else args.large_profile
+        else:
+            name = args.small_profile if quantized else args.small_base_profile
         prof = get_profile(name)
         spec = SpeculativeSim(args.spec_tokens, args.spec_acceptance) if tier == LARGE and quantized and args.spec_tokens else None
         return TierSpec(tier, prof, spec, prices.get(name, prof.gpu_hour_usd))
@@ -293,13 +301,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _summarise(step: Step, outcomes: list, fleet, specs) -> dict:
     total = len(outcomes)
+    recovery = {s.name: s.profile.quality_recovery for s in specs}  # quantized models answer a little worse
     hits = {k: sum(1 for o in outcomes if o.cache == k) for k in ("exact", "semantic")}
     within = sum(t.within_slo for t in fleet.tiers.values()) + hits["exact"] + hits["semantic"]
     return {
         "step": step.name,
         "dollars": fleet.dollars,
         "gpu_hours": fleet.gpu_hours,
-        "quality": float(np.mean([o.quality for o in outcomes])) if outcomes else 0.0,
+        "quality": float(np.mean([o.quality * recovery.get(o.source or "", 1.0) for o in outcomes])) if outcomes else 0.0,
         "slo_attainment": within / total if total else 1.0,
         "dropped": sum(t.dropped for t in fleet.tiers.values()),
         "wrong_hits": sum(1 for o in outcomes if o.wrong_hit),

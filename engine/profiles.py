@@ -45,11 +45,14 @@ class GpuProfile:
     num_gpus: int = 1
     gpu_hour_usd: float = 0.0  # price hint per GPU-hour (on-demand list prices vary)
     spec_overhead_frac: float = 0.15  # extra step cost of a speculative verify step (drafting, rejection sampling)
+    quality_recovery: float = 1.0  # answer quality kept vs the unquantized model (published eval average ratio)
 
     def __post_init__(self) -> None:
         for field in ("step_overhead_s", "prefill_token_s", "decode_token_s", "context_token_s", "gpu_hour_usd"):
             if getattr(self, field) < 0:
                 raise ValueError(f"GpuProfile {self.name}: {field} must be >= 0")
+        if not 0 < self.quality_recovery <= 1.05:
+            raise ValueError(f"GpuProfile {self.name}: quality_recovery must be in (0, 1.05]")
         for field in ("kv_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_tokens", "num_gpus"):
             if getattr(self, field) < 1:
                 raise ValueError(f"GpuProfile {self.name}: {field} must be >= 1")
@@ -105,10 +108,11 @@ PROFILES: dict[str, GpuProfile] = {
     # reduction in model memory requirements and up to a 1.6x improvement in throughput",
     # https://docs.vllm.ai/en/v0.32.0/features/quantization/llm_compressor/fp8/);
     # prefill stays compute bound in 16-bit with a small dequant cost; 8 GB more for KV => ~29k blocks.
+    # Quality: the model card reports OpenLLM v1 average 68.22 vs 68.71 unquantized (99.28%).
     "a100-llama3-8b-fp8": GpuProfile(
         name="a100-llama3-8b-fp8", model="neuralmagic/Meta-Llama-3-8B-Instruct-FP8", hardware="1x A100-SXM-80GB",
         step_overhead_s=0.0058, prefill_token_s=0.000095, decode_token_s=0.00012, context_token_s=6.5e-8,
-        kv_blocks=29_000, max_model_len=8192, gpu_hour_usd=1.79,
+        kv_blocks=29_000, max_model_len=8192, gpu_hour_usd=1.79, quality_recovery=0.9928,
     ),
     # Llama-3(.1)-70B-Instruct, BF16, tensor parallel over 4x H100-SXM.
     # vLLM v0.6.0 performance update (https://blog.vllm.ai/2024/09/05/perf-update.html): 70B on
@@ -123,6 +127,21 @@ PROFILES: dict[str, GpuProfile] = {
         name="h100-llama3-70b-tp4", model="meta-llama/Meta-Llama-3-70B-Instruct", hardware="4x H100-SXM-80GB",
         step_overhead_s=0.014, prefill_token_s=0.000080, decode_token_s=0.00015, context_token_s=2.5e-8,
         kv_blocks=26_000, max_model_len=8192, num_gpus=4, gpu_hour_usd=2.99,
+    ),
+    # The same 70B with FP8 weights and activations (W8A8, H100 FP8 tensor cores), tensor parallel
+    # over 2x H100-SXM: the usual way to halve a 70B replica's GPUs. 70 GB of weights => 35 GB per
+    # GPU, as in BF16 over 4 GPUs, so the memory-bound decode step keeps its ~10.5 ms floor; a
+    # 2-way all-reduce is cheaper than 4-way => ~13 ms. Prefill: 140 GFLOP/token over 2x 1979
+    # TFLOPS FP8 at ~45% => ~0.08 ms/token, as before. KV stays BF16: 160 KiB/token per GPU (twice
+    # tp4's), so decode attention reads twice the bytes per context token and per GPU
+    # 72 GB - 35 GB - 3 GB = 34 GB holds ~212k tokens => ~13k blocks (half of tp4's).
+    # vLLM's FP8 docs: "2x reduction in model memory requirements and up to a 1.6x improvement in
+    # throughput with minimal impact on accuracy". Quality: the model card
+    # (neuralmagic/Meta-Llama-3-70B-Instruct-FP8) reports OpenLLM v1 average 79.16 vs 79.51 (99.56%).
+    "h100-llama3-70b-fp8-tp2": GpuProfile(
+        name="h100-llama3-70b-fp8-tp2", model="neuralmagic/Meta-Llama-3-70B-Instruct-FP8", hardware="2x H100-SXM-80GB",
+        step_overhead_s=0.013, prefill_token_s=0.000080, decode_token_s=0.00015, context_token_s=5.0e-8,
+        kv_blocks=13_000, max_model_len=8192, num_gpus=2, gpu_hour_usd=2.99, quality_recovery=0.9956,
     ),
     # Llama-3-8B-Instruct AWQ (INT4, Marlin kernels) on one L4 24GB (300 GB/s, 121 TFLOPS BF16).
     # L4 + vLLM AWQ-Marlin peaks at ~452 output tok/s (https://bench.bereketlemma.com/, vLLM 0.16,

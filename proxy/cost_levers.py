@@ -36,7 +36,7 @@ from thrifty.config import Config, ConfigError
 from thrifty.proxy.embedder import Embedder, MiniLMEncoder
 from thrifty.proxy.exact_cache import ExactCache, cached_body_as_sse, is_deterministic, request_key
 from thrifty.proxy.levers import CachedAnswer, RequestContext
-from thrifty.proxy.router import RouterModel, next_tier_up, pick_tier
+from thrifty.proxy.router import RouterModel, next_tier_up, pick_tier, router_view
 from thrifty.proxy.semantic_cache import PairVerifier, SemanticCache, partition_key
 from thrifty.proxy.verifier import Verifier
 
@@ -195,6 +195,13 @@ class CostLevers:
                 ctx.embedding = await self.embedder.embed(text)
         return ctx.embedding
 
+    async def _router_embedding(self, ctx: RequestContext, text: str | None) -> np.ndarray | None:
+        """The router's vector: the request's own embedding unless the prompt is long enough
+        that the router reads only its tail (`router_view`), which then costs a second pass."""
+        if text is None or self.embedder is None or router_view(text) == text:
+            return await self._ensure_embedding(ctx)
+        return await self.embedder.embed(router_view(text))
+
     async def _lookup_semantic(self, ctx: RequestContext) -> CachedAnswer | None:
         text = query_text(ctx)
         if self.semantic is None or text is None:
@@ -221,7 +228,7 @@ class CostLevers:
             return self._decide(ctx, ctx.requested_tier or allowed[-1], "disabled")
         text = query_text(ctx)
         try:
-            vector = await self._ensure_embedding(ctx)
+            vector = await self._router_embedding(ctx, text)
             if vector is None or text is None:
                 return self._decide(ctx, allowed[-1], "disabled")
             score = self.router_model.ease_score(vector, text)

@@ -14,7 +14,13 @@ of n-1 cheaper tiers answers when ease >= t * (1 - i/(n-1))), so a lower score w
 up one tier at a time and the strongest tier takes whatever is left.
 
 Nothing in serving uses labels: the threshold comes from the artifact's calibration
-(out-of-fold scores on its training rows) or from `thrifty router calibrate`.
+(out-of-fold scores on its training rows) or from `thrifty router calibrate`. Over
+known models with prices, `choose_policy` picks a label-free operating point with a
+safety margin cross-validated at training time (`meta["margin_cv"]`).
+
+Regenerate the shipped artifact (deterministic given the data):
+  thrifty router train --data ../shared/data/routing/routellm_mmlu.csv \
+    ../shared/data/routing/routerbench_{arc_challenge,mbpp,winogrande}_train.csv
 """
 
 from __future__ import annotations
@@ -31,9 +37,14 @@ from pathlib import Path
 import numpy as np
 
 ARTIFACT = Path(__file__).with_name("router_model.npz")
-VERSION = 1
+VERSION = 2
+VIEW_CHARS = 1000  # MiniLM reads ~256 tokens from the start; few-shot prompts put the question last
 TRAIN_BUCKETS = 50  # prompts whose hash % 100 < 50 train the router; the rest stay held out
 CHEAP_FEATURES = ("log_chars", "log_words", "digit_share", "code_markers", "log_lines", "choices", "math_symbols", "question")
+
+# Per-call prices for files without `|total_cost` columns (RouteLLM's paper prices, $/1M
+# tokens, equal tokens assumed): the margin cross-validation and `thrifty bench routing` use them.
+REFERENCE_PRICES = {"gpt-4-1106-preview": 24.7, "mistralai/Mixtral-8x7B-Instruct-v0.1": 0.24}
 
 _CHOICE = re.compile(r"^\s*[A-E][.)]\s", re.MULTILINE)
 _CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|;\s*$|\{|\}|\bfunction\b", re.MULTILINE)
@@ -42,6 +53,15 @@ _MATH = re.compile(r"[=+\-*/^<>]")
 
 def prompt_hash(prompt: str) -> int:
     return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "little")
+
+
+def router_view(text: str) -> str:
+    """The part of a prompt the router embeds: its last VIEW_CHARS characters.
+
+    Benchmark prompts (RouterBench) carry a few-shot prefix identical across a task; the
+    encoder truncates from the start, so embedding the whole prompt gives one vector per
+    task and no per-prompt signal. Short prompts (most chat traffic) are embedded whole."""
+    return text if len(text) <= VIEW_CHARS else text[-VIEW_CHARS:]
 
 
 def is_training_prompt(prompt: str) -> bool:
@@ -226,6 +246,11 @@ class RouterModel:
         x = self.features(vectors, texts)
         return np.stack([_sigmoid(x @ self.heads[m][:-1] + self.heads[m][-1]) for m in models], axis=1)
 
+    def margin_for(self, n_models: int) -> float:
+        """The cross-validated margin for a policy over `n_models` (0 for older artifacts)."""
+        margins = self.meta.get("operating_margin", {})
+        return float(margins.get("two_models" if n_models <= 2 else "more_models", 0.0)) if isinstance(margins, dict) else 0.0
+
     def trained_on(self, prompts: Sequence[str]) -> np.ndarray:
         hashes = np.array([prompt_hash(p) for p in prompts], dtype=np.uint64)
         return np.isin(hashes, self.trained_prompts)
@@ -284,22 +309,15 @@ def train_router(
     train = [s.subset(np.array([i for i, p in enumerate(s.prompts) if is_training_prompt(p)], dtype=int)) for s in sets]
     train = [t for t in train if t.prompts]
     all_prompts = [p for t in train for p in t.prompts]
-    vectors = embed(all_prompts)
+    vectors = embed([router_view(p) for p in all_prompts])
     cheap = np.stack([cheap_features(p) for p in all_prompts])
     mean, scale = cheap.mean(axis=0), cheap.std(axis=0) + 1e-6
     x = np.hstack([vectors.astype(np.float64), (cheap - mean) / scale])
     offsets = np.cumsum([0] + [len(t.prompts) for t in train])
 
-    heads: dict[str, np.ndarray] = {}
-    for name in sorted({m for t in train for m in t.models}):
-        xs, ys = [], []
-        for t, start in zip(train, offsets, strict=False):
-            if name in t.models:
-                col = t.scores[:, t.models.index(name)]
-                ok = ~np.isnan(col)
-                xs.append(x[start : start + len(t.prompts)][ok])
-                ys.append(col[ok])
-        heads[name] = fit_logistic(np.vstack(xs), np.concatenate(ys), l2)
+    heads = _fit_heads(train, x, offsets, l2)
+    folds = [np.array([prompt_hash(p) % 2 for p in t.prompts]) for t in train]
+    margin, margin_cv = _cross_validate_margin(train, x, offsets, folds, l2, quality_target)
 
     ease_x, ease_y, weak_q, strong_q, fold = [], [], [], [], []
     costs: dict[str, list[float]] = {}
@@ -337,7 +355,66 @@ def train_router(
     )
     model.threshold = threshold_for_quality(calibration, quality_target)
     model.meta["calibrated_for"] = {"quality_target": quality_target}
+    model.meta["operating_margin"] = margin
+    model.meta["margin_cv"] = margin_cv
     return model
+
+
+MARGINS = tuple(round(0.005 * i, 3) for i in range(13))  # 0 .. 0.06
+
+
+def _fit_heads(train: Sequence[LabelledSet], x: np.ndarray, offsets: np.ndarray, l2: float, keep: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """One logistic head per model over every file that scores it (rows in `keep` only)."""
+    heads: dict[str, np.ndarray] = {}
+    for name in sorted({m for t in train for m in t.models}):
+        xs, ys = [], []
+        for i, (t, start) in enumerate(zip(train, offsets, strict=False)):
+            if name in t.models:
+                col = t.scores[:, t.models.index(name)]
+                ok = ~np.isnan(col) & (True if keep is None else keep[i])
+                xs.append(x[start : start + len(t.prompts)][ok])
+                ys.append(col[ok])
+        heads[name] = fit_logistic(np.vstack(xs), np.concatenate(ys), l2)
+    return heads
+
+
+def _cross_validate_margin(
+    train: Sequence[LabelledSet], x: np.ndarray, offsets: np.ndarray, folds: Sequence[np.ndarray], l2: float, target: float
+) -> tuple[dict[str, float], dict]:
+    """Per policy kind (two models, or more), the smallest margin for `choose_policy` whose
+    realised quality, averaged over the training files of that kind with equal weight,
+    keeps `target`; measured on out-of-fold predictions (2 folds by prompt hash within the
+    training half). Choosing among many models' noisy predictions favours the over-estimated
+    ones (the winner's curse), so the many-model policy needs a larger margin."""
+    oof = [np.zeros((len(t.prompts), len(t.models))) for t in train]
+    for k in (0, 1):
+        heads = _fit_heads(train, x, offsets, l2, keep=[f != k for f in folds])
+        for i, (t, start) in enumerate(zip(train, offsets, strict=False)):
+            xt = x[start : start + len(t.prompts)][folds[i] == k]
+            oof[i][folds[i] == k] = np.stack([_sigmoid(xt @ heads[m][:-1] + heads[m][-1]) for m in t.models], axis=1)
+    table: dict[str, list[list[float]]] = {}
+    for i, t in enumerate(train):
+        ok = ~np.isnan(t.scores).any(axis=1)
+        if t.costs is not None:
+            costs = np.where(np.isnan(t.costs), np.nanmean(t.costs, axis=0), t.costs)[ok]
+        elif all(m in REFERENCE_PRICES for m in t.models):
+            costs = np.tile([REFERENCE_PRICES[m] for m in t.models], (int(ok.sum()), 1))
+        else:
+            continue  # no prices: the policy has nothing to trade quality against
+        if ok.sum() < 20:
+            continue
+        scores = t.scores[ok]
+        strong, rows = int(np.argmax(scores.mean(axis=0))), np.arange(int(ok.sum()))
+        table[t.source] = []
+        for margin in MARGINS:
+            choice = choose_policy(oof[i][ok], costs.mean(axis=0), target, margin)
+            table[t.source].append([margin, round(float(scores[rows, choice].mean() / scores[:, strong].mean()), 4), round(float(1 - costs[rows, choice].sum() / costs[:, strong].sum()), 4)])
+    chosen: dict[str, float] = {}
+    for group in ("two_models", "more_models"):
+        files = [v for t, v in ((t, table.get(t.source)) for t in train) if v is not None and (len(t.models) <= 2) == (group == "two_models")]
+        if files:  # equal weight per dataset: the mean held-out file should keep the target
+            chosen[group] = next((m for j, m in enumerate(MARGINS) if np.mean([v[j][1] for v in files]) >= target), MARGINS[-1])
+    return chosen, {"target": target, "columns": ["margin", "quality_retained", "cost_reduction"], "out_of_fold": table}
 
 
 def threshold_for_quality(calibration: np.ndarray, target: float) -> float:
@@ -353,6 +430,39 @@ def threshold_for_quality(calibration: np.ndarray, target: float) -> float:
             best = float(t)
         else:
             break
+    return best
+
+
+def choose_policy(predicted: np.ndarray, price: np.ndarray, target: float, margin: float) -> np.ndarray:
+    """Label-free operating point over known models: per prompt, argmax_m (p_m - lam * price_m),
+    with the cheapest lam whose mean predicted quality keeps (target + margin) of the
+    predicted-strongest model's. `margin` is the artifact's cross-validated safety margin:
+    predicted quality on an unseen file is miscalibrated, and the margin is what made the
+    realised quality hold the target across held-out datasets. Returns the model index per row."""
+    strong = int(np.argmax(predicted.mean(axis=0)))
+    goal = min(target + margin, 1.0) * predicted[:, strong].mean()
+    rel = price / price.max()
+    rows = np.arange(len(predicted))
+    best, best_cost = np.full(len(predicted), strong), float(price[strong]) * len(predicted)
+    cheaper: np.ndarray | None = None  # the next cheaper policy, which misses the goal
+    for lam in np.logspace(-4, 2, 160):
+        choice = np.argmax(predicted - lam * rel[None, :], axis=1)
+        if predicted[rows, choice].mean() >= goal:
+            if price[choice].sum() < best_cost:
+                best, best_cost = choice, float(price[choice].sum())
+        elif price[choice].sum() < best_cost and (cheaper is None or price[choice].sum() > price[cheaper].sum()):
+            cheaper = choice
+    if cheaper is not None:  # mix: move the prompts that lose least quality per dollar saved
+        loss = predicted[rows, best] - predicted[rows, cheaper]
+        saved = price[best] - price[cheaper]
+        movable = np.where(saved > 0)[0]
+        order = movable[np.argsort(loss[movable] / saved[movable], kind="stable")]
+        slack = (predicted[rows, best].mean() - goal) * len(predicted)
+        spent = np.cumsum(loss[order])
+        mixed = best.copy()
+        take = order[: int(np.searchsorted(spent, slack + 1e-12, side="right"))]
+        mixed[take] = cheaper[take]
+        best = mixed
     return best
 
 

@@ -140,16 +140,11 @@ def _train_verifier(args: argparse.Namespace) -> int:
     from thrifty.proxy.embedder import MiniLMEncoder, encode_with_disk_cache
     from thrifty.proxy.verifier import ARTIFACT, train_verifier
 
-    pairs, labels = [], []
-    with open(args.data, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if line.strip():
-                row = json.loads(line)
-                try:
-                    pairs.append((str(row["text_a"]), str(row["text_b"])))
-                    labels.append(int(row["label"]))
-                except KeyError as exc:
-                    raise ValueError(f"{args.data}:{n}: missing {exc}") from None
+    from thrifty.proxy.qqp_pairs import read_pairs
+
+    rows = read_pairs(args.data)
+    pairs = [(r.text_a, r.text_b) for r in rows]
+    labels = [r.label for r in rows]
     from thrifty.proxy.verifier import pair_hash, split_of
 
     usable = np.array([i for i, p in enumerate(pairs) if split_of(p) != "heldout"])

@@ -33,8 +33,9 @@ _VECTOR_OVERHEAD = 64  # index bookkeeping per entry, bytes (approximate)
 class PairVerifier(Protocol):
     threshold: float
 
-    def score(self, query: str, candidate: str, cosine: float) -> float:
-        """Chance that `query` and `candidate` ask the same thing."""
+    def score_many(self, pairs: list[tuple[str, str]], cosines: np.ndarray) -> np.ndarray:
+        """For each (query, candidate): the chance that the two ask the same thing (one call
+        for all of a lookup's candidates, so a model's fixed cost is paid once)."""
 
 
 class VectorIndex(Protocol):
@@ -200,7 +201,7 @@ class SemanticCache:
             return None
         keys, sims = index.search(vector, self.candidates)
         now = self._clock()
-        best: SemanticHit | None = None
+        found: list[tuple[int, float, _Entry]] = []
         for key, sim in zip(keys.tolist(), sims.tolist(), strict=True):
             if sim < self.similarity_floor:
                 continue
@@ -210,12 +211,19 @@ class SemanticCache:
             if entry.expires_at <= now:
                 self._drop(key)
                 continue
-            score = self.verifier.score(text, entry.text, sim) if self.verifier else sim
-            accepted = score >= self.verifier.threshold if self.verifier else True
-            if accepted and (best is None or score > best.verifier_score):
-                best = SemanticHit(body=entry.body, similarity=sim, verifier_score=score, cached_text=entry.text)
-                self._entries.move_to_end(key)
-        return best
+            found.append((key, sim, entry))
+        if not found:
+            return None
+        if self.verifier is not None:
+            scores = self.verifier.score_many([(text, e.text) for _, _, e in found], np.array([s for _, s, _ in found])).tolist()
+            threshold = self.verifier.threshold
+        else:
+            scores, threshold = [s for _, s, _ in found], -np.inf
+        score, (key, sim, entry) = max(zip(scores, found, strict=True), key=lambda pair: pair[0])
+        if score < threshold:
+            return None
+        self._entries.move_to_end(key)
+        return SemanticHit(body=entry.body, similarity=sim, verifier_score=score, cached_text=entry.text)
 
     def put(self, partition: str, text: str, vector: np.ndarray, body: dict[str, Any]) -> bool:
         size = len(canonical_json(body).encode()) + len(text.encode()) + vector.nbytes + _VECTOR_OVERHEAD

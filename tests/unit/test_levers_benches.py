@@ -66,3 +66,43 @@ def test_cache_bench_runs(tmp_path: Path, capsys) -> None:
     assert {"precision", "recall", "false_hit_rate", "lookup_p99_ms", "embed_p50_ms"} <= result.keys()
     assert set(result["baseline"]) >= {"precision", "recall"}
     assert result["false_hit_rate"] <= result["baseline"]["false_hit_rate"] + 1e-9
+
+
+def test_qqp_reader_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    from thrifty.bench._cost_workload import WorkloadError
+    from thrifty.bench._cost_workload import load_pairs as workload_pairs
+
+    cases = {
+        "notjson.jsonl": '{"text_a": "a", "text_b": "b", "label": 1}\nnot json\n',
+        "nolabel.jsonl": '{"text_a": "a", "text_b": "b"}\n',
+        "badlabel.jsonl": '{"text_a": "a", "text_b": "b", "label": 2}\n',
+        "empty.jsonl": "\n\n",
+    }
+    for name, text in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        assert cache_bench.main(["--data", str(path), "--encoder", "hashed-ngrams:64"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("thrifty bench cache: ") and str(path) in err and "\n" not in err
+        try:
+            workload_pairs(path, exclude=frozenset(), max_pairs=0, seed=0)
+        except WorkloadError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc)
+        else:
+            raise AssertionError(f"{name}: accepted")
+    assert cache_bench.main(["--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_qqp_readers_agree(tmp_path: Path) -> None:
+    """The cache bench keeps every pair; the workload drops blank, identical and excluded ones."""
+    from thrifty.bench._cost_workload import load_pairs as workload_pairs
+    from thrifty.proxy.verifier import pair_hash
+
+    rows = [("How do I cook rice?", "How to cook rice?", 1), ("same", "same", 1), (" ", "x", 0), ("Is Mars red?", "Is Venus red?", 0)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps({"text_a": a, "text_b": b, "label": y}) for a, b, y in rows) + "\n\n")
+    pairs, labels = cache_bench.load_pairs(str(path))
+    assert pairs == [(a, b) for a, b, _ in rows] and labels.tolist() == [1, 1, 0, 0]
+    kept = workload_pairs(path, exclude=frozenset({pair_hash("Is Mars red?", "Is Venus red?")}), max_pairs=0, seed=0)
+    assert kept == [("How do I cook rice?", "How to cook rice?", 1)]

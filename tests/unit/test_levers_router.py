@@ -10,12 +10,16 @@ import pytest
 
 from thrifty.proxy.embedder import HashedNgramEncoder
 from thrifty.proxy.router import (
+    MARGINS,
+    VIEW_CHARS,
     DataFormatError,
     LabelledSet,
     RouterModel,
+    choose_policy,
     load_labelled,
     next_tier_up,
     pick_tier,
+    router_view,
     threshold_for_quality,
     threshold_for_strong_share,
     tier_thresholds,
@@ -103,3 +107,45 @@ def test_bad_files_give_one_line_errors(tmp_path: Path) -> None:
         load_labelled(bad)
     with pytest.raises(DataFormatError, match="cannot read"):
         load_labelled(tmp_path / "missing.csv")
+
+
+def test_router_view_keeps_the_question_of_few_shot_prompts() -> None:
+    shots = "Q: which gas do plants take in?\nA) oxygen B) carbon dioxide\nAnswer: B\n\n" * 40
+    a, b = shots + "Q: what melts ice?\nAnswer:", shots + "Q: why is the sky blue?\nAnswer:"
+    assert router_view(a) != router_view(b) and router_view(a).endswith("what melts ice?\nAnswer:")
+    assert len(router_view(a)) == VIEW_CHARS and router_view("short prompt") == "short prompt"
+
+
+def test_choose_policy_meets_predicted_target_and_margin_only_costs_more() -> None:
+    rng = np.random.default_rng(3)
+    predicted = np.column_stack([rng.uniform(0.2, 1.0, 500), rng.uniform(0.2, 0.9, 500), np.full(500, 0.95)])
+    price = np.array([1.0, 3.0, 100.0])
+    rows = np.arange(500)
+    spent = []
+    for margin in (0.0, 0.02, 0.04):
+        choice = choose_policy(predicted, price, 0.9, margin)
+        assert predicted[rows, choice].mean() >= (0.9 + margin) * 0.95 - 1e-9
+        spent.append(price[choice].sum())
+    assert spent[0] < 0.5 * 100 * 500 and spent[0] <= spent[1] <= spent[2]
+
+
+def test_training_cross_validates_the_margin_on_costed_files() -> None:
+    data = small_set()
+    data.costs = np.tile([1.0, 20.0], (len(data.prompts), 1))
+    model = train_router([data], ENC.encode, embedder_name=ENC.name, l2=1.0)
+    margin = model.meta["operating_margin"]["two_models"]
+    assert margin in MARGINS and model.margin_for(2) == margin and model.margin_for(11) == 0.0
+    table = model.meta["margin_cv"]["out_of_fold"]["synthetic"]
+    kept = dict((m, q) for m, q, _ in table)
+    assert kept[margin] >= 0.95 or margin == MARGINS[-1]
+    assert [row[2] for row in table] == sorted((row[2] for row in table), reverse=True)  # a margin never saves more
+
+
+def test_choose_policy_mixes_tiers_when_predictions_are_flat() -> None:
+    # no per-prompt signal (one task prior per model): an all-or-nothing policy would send
+    # everything to the strong model; mixing routes just enough prompts to the cheap one
+    predicted = np.tile([0.80, 0.90], (1000, 1))
+    choice = choose_policy(predicted, np.array([1.0, 10.0]), 0.95, 0.0)
+    cheap_share = (choice == 0).mean()
+    assert 0.3 < cheap_share < 0.5  # (0.90 - 0.855) / (0.90 - 0.80) = 0.45
+    assert np.array([0.80, 0.90])[choice].mean() >= 0.95 * 0.90 - 1e-9
