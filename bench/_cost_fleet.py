@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from thrifty.bench.autoscale import TierProbe, engine_costs
-from thrifty.controller.autoscaler import Autoscaler, TierPolicy
+from thrifty.bench.autoscale import TierProbe, engine_costs, thrifty_tier_policy
+from thrifty.controller.autoscaler import Autoscaler
 from thrifty.controller.simfleet import SimPod, SimTier, replay
 from thrifty.engine.profiles import GpuProfile
 from thrifty.engine.sim_model import SpeculativeSim
@@ -175,16 +175,8 @@ def run_autoscaled(specs: list[TierSpec], arrivals: dict[str, list[Arrival]], in
             submit(arrival, prompt, output, now, tag, hashes)
 
         tier.submit = noted  # type: ignore[method-assign]
-    policies = [
-        TierPolicy(
-            s.name, min_replicas=1, max_replicas=max_replicas[s.name], startup_s=settings.startup_s,
-            target_concurrency=max(1.0, 0.25 * s.profile.max_num_seqs), slo_ttft_s=settings.slo_ttft_s,
-            # a full batch, as `bench autoscale` configures it: the prior at 64 sequences
-            # under-rates a replica ~2x and the autoscaler then holds a spare large replica
-            **engine_costs(s.profile, batch=s.profile.max_num_seqs),
-        )
-        for s in specs
-    ]
+    policies = [thrifty_tier_policy(s.name, s.profile, settings.startup_s, settings.slo_ttft_s, max_replicas[s.name])
+                for s in specs]
     scaler = Autoscaler(policies, initial={n: len(t.active()) for n, t in tiers.items()})
     peak = {n: len(t.active()) for n, t in tiers.items()}
 

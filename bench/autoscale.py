@@ -211,18 +211,25 @@ def smallest_static(trace: list[TraceRequest], profile: GpuProfile, hi: int, com
     return best
 
 
-def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int):
-    # One consistent engine model: the capacity prior assumes full batches (max_num_seqs), so
-    # the concurrency floor allows them too (a quarter of the batch made the floor escalate
-    # under a burst: in-flight sequences grow with latency, Little's law, while replicas
-    # start). The bench has no ITL SLO to cap the batch. Capacity is the replicas'
-    # saturated throughput and queueing margin comes from the TTFT/backlog rule, so no
-    # second margin below 100% of it.
-    policy = TierPolicy(
-        TIER, min_replicas=1, max_replicas=max_r, startup_s=startup_s,
+def thrifty_tier_policy(name: str, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int) -> TierPolicy:
+    """The Thrifty policy for a simulated tier; `bench cost` builds its tiers with it too.
+
+    One consistent engine model: the capacity prior assumes full batches (max_num_seqs), so
+    the concurrency floor allows them too (a quarter of the batch made the floor escalate
+    under a burst: in-flight sequences grow with latency, Little's law, while replicas
+    start). The benches have no ITL SLO to cap the batch. Capacity is the replicas'
+    saturated throughput and queueing margin comes from the TTFT/backlog rule, so no
+    second margin below 100% of it.
+    """
+    return TierPolicy(
+        name, min_replicas=1, max_replicas=max_r, startup_s=startup_s,
         target_concurrency=float(profile.max_num_seqs), slo_ttft_s=slo_ttft_s, target_utilization=1.0,
         **engine_costs(profile, batch=profile.max_num_seqs),
     )
+
+
+def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int):
+    policy = thrifty_tier_policy(TIER, profile, startup_s, slo_ttft_s, max_r)
     scaler = Autoscaler([policy])
     started = [False]
 

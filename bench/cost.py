@@ -8,7 +8,10 @@ file, and, with `--cache-pairs`, a stated share of exact repeats and QQP paraphr
 - baseline: every request on the largest tier, no caches, round-robin, replicas fixed at
   the smallest count that meets the SLO at the trace's peak;
 - then each lever added in turn, the last row being Thrifty: +router (the shipped
-  `RouterModel`, its own label-free threshold, small tier = the file's cheaper model),
+  `RouterModel`, small tier = the file's cheaper model, threshold from a quality budget:
+  the artifact's out-of-fold training rows must keep (target + its cross-validated
+  margin) / the quantized tiers' published recovery, so the fleet as a whole keeps the
+  target; the same threshold in every row),
   +exact cache, +semantic cache (shipped verifier), +balancer (least-loaded instead of
   round-robin), +autoscaler (the controller's `Autoscaler`, both tiers coupled), and
   +quantization/speculative profiles (FP8 small tier; FP8 large tier on half the GPUs, with
@@ -54,7 +57,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="distinct routing prompts to draw from (embedding cost; 0: all unseen rows; default 2000)")
     p.add_argument("--max-pairs", type=int, default=1000, help="distinct QQP pairs to draw from (default 1000)")
     p.add_argument("--router-artifact", help="router artifact (default: the shipped proxy/router_model.npz)")
-    p.add_argument("--router-threshold", type=float, help="override the artifact's calibrated threshold")
+    p.add_argument("--target-quality", type=float, default=0.95,
+                   help="end-to-end quality to keep (default 0.95): the router is calibrated for it plus the artifact's "
+                        "cross-validated margin, divided by the quantized tiers' published quality recovery")
+    p.add_argument("--router-threshold", type=float, help="override the quality-budget threshold")
     p.add_argument("--strong-share", type=float,
                    help="label-free calibration instead: threshold sending this share of the scored prompts to the large tier")
     p.add_argument("--verifier", help="semantic-cache verifier artifact (default: the shipped one)")
@@ -126,6 +132,15 @@ def _prices(overrides: list[str]) -> dict[str, float]:
     return out
 
 
+def _router_quality_target(args: argparse.Namespace, router, quantized_profiles: list) -> float:
+    """The share of the strongest model's quality the router must keep so the whole fleet keeps
+    `--target-quality`: quantized tiers answer at their published recovery (the worst one
+    is budgeted), and the artifact's cross-validated margin covers the router's own error
+    on unseen prompts. Training data and model cards only; never the scored file's labels."""
+    recovery = min(p.quality_recovery for p in quantized_profiles)
+    return min(1.0, (args.target_quality + router.margin_for(2)) / recovery)
+
+
 def _validate(args: argparse.Namespace) -> None:
     if not 0 <= args.repeat_share < 1:
         raise ValueError("--repeat-share must be in [0, 1)")
@@ -137,6 +152,8 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError("--limit must be >= 1")
     if args.strong_share is not None and not 0 <= args.strong_share <= 1:
         raise ValueError("--strong-share must be in [0, 1]")
+    if not 0 < args.target_quality <= 1:
+        raise ValueError("--target-quality must be in (0, 1]")
     if args.router_threshold is not None and not 0 <= args.router_threshold <= 1:
         raise ValueError("--router-threshold must be in [0, 1]")
     if not 0 <= args.spec_acceptance <= 1 or args.spec_tokens < 0:
@@ -153,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
     from thrifty.engine.sim_model import SpeculativeSim
     from thrifty.proxy.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
     from thrifty.proxy.router import (ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, router_view, strongest,
-                                      threshold_for_strong_share)
+                                      threshold_for_quality, threshold_for_strong_share)
     from thrifty.proxy.verifier import ARTIFACT as VERIFIER_ARTIFACT
     from thrifty.proxy.verifier import Verifier
 
@@ -218,6 +235,16 @@ def _run(args: argparse.Namespace) -> int:
         else:
             router_vectors = embed(router.embedder, row_texts)
 
+    # -- engines -----------------------------------------------------------------
+    def spec_for(tier: str, quantized: bool) -> TierSpec:
+        if tier == LARGE:
+            name = args.large_quant_profile if quantized else args.large_profile
+        else:
+            name = args.small_profile if quantized else args.small_base_profile
+        prof = get_profile(name)
+        spec = SpeculativeSim(args.spec_tokens, args.spec_acceptance) if tier == LARGE and quantized and args.spec_tokens else None
+        return TierSpec(tier, prof, spec, prices.get(name, prof.gpu_hour_usd))
+
     # -- the router's label-free decision per routing row ----------------------------
     tier_of_row = np.ones(len(data.prompts), dtype=int)  # index into [SMALL, LARGE]: 1 = large
     threshold_source = "none"
@@ -232,7 +259,10 @@ def _run(args: argparse.Namespace) -> int:
             threshold = threshold_for_strong_share(asked, args.strong_share)
             threshold_source = f"strong share {args.strong_share} on the scored prompts (unlabelled)"
         else:
-            threshold, threshold_source = router.threshold, "artifact calibration (its own training rows)"
+            router_target = _router_quality_target(args, router, [spec_for(t, True).profile for t in (SMALL, LARGE)])
+            threshold = threshold_for_quality(router.calibration, router_target)
+            threshold_source = (f"quality budget: router keeps {router_target:.4f} on the artifact's out-of-fold "
+                                f"training rows = ({args.target_quality} + margin {router.margin_for(2)}) / quantized recovery")
         for r, score in zip(rows, ease, strict=True):
             tier_of_row[r] = 0 if pick_tier(float(score), [SMALL, LARGE], threshold) == SMALL else 1
     quality_of = np.nan_to_num(data.scores[:, [small, large]])
@@ -251,16 +281,6 @@ def _run(args: argparse.Namespace) -> int:
                 LeverSettings(exact_cache=key[1], semantic_cache=key[2], store_delay_s=args.store_delay_s),
                 verifier, verifier.similarity_floor if verifier is not None else 1.0)
         return lever_cache[key]
-
-    # -- engines -----------------------------------------------------------------
-    def spec_for(tier: str, quantized: bool) -> TierSpec:
-        if tier == LARGE:
-            name = args.large_quant_profile if quantized else args.large_profile
-        else:
-            name = args.small_profile if quantized else args.small_base_profile
-        prof = get_profile(name)
-        spec = SpeculativeSim(args.spec_tokens, args.spec_acceptance) if tier == LARGE and quantized and args.spec_tokens else None
-        return TierSpec(tier, prof, spec, prices.get(name, prof.gpu_hour_usd))
 
     results = []
     static_counts: dict[str, int] = {}
