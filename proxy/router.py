@@ -210,7 +210,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 25) 
     return w
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
 
 
@@ -237,14 +237,14 @@ class RouterModel:
 
     def ease_scores(self, vectors: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         x = self.features(vectors, texts)
-        return _sigmoid(x @ self.ease[:-1] + self.ease[-1])
+        return sigmoid(x @ self.ease[:-1] + self.ease[-1])
 
     def ease_score(self, vector: np.ndarray, text: str) -> float:
         return float(self.ease_scores(vector[None, :], [text])[0])
 
     def correctness(self, vectors: np.ndarray, texts: Sequence[str], models: Sequence[str]) -> np.ndarray:
         x = self.features(vectors, texts)
-        return np.stack([_sigmoid(x @ self.heads[m][:-1] + self.heads[m][-1]) for m in models], axis=1)
+        return np.stack([sigmoid(x @ self.heads[m][:-1] + self.heads[m][-1]) for m in models], axis=1)
 
     def margin_for(self, n_models: int) -> float:
         """The cross-validated margin for a policy over `n_models` (0 for older artifacts)."""
@@ -338,7 +338,7 @@ def train_router(
     oof = np.zeros(len(ey))
     for k in (0, 1):  # out-of-fold ease scores: the calibration never sees its own fit
         w = fit_logistic(ex[fold_all != k], ey[fold_all != k], l2)
-        oof[fold_all == k] = _sigmoid(ex[fold_all == k] @ w[:-1] + w[-1])
+        oof[fold_all == k] = sigmoid(ex[fold_all == k] @ w[:-1] + w[-1])
     calibration = np.stack([oof, np.concatenate(weak_q), np.concatenate(strong_q)], axis=1)
     model = RouterModel(
         embedder=embedder_name,
@@ -391,7 +391,7 @@ def _cross_validate_margin(
         heads = _fit_heads(train, x, offsets, l2, keep=[f != k for f in folds])
         for i, (t, start) in enumerate(zip(train, offsets, strict=False)):
             xt = x[start : start + len(t.prompts)][folds[i] == k]
-            oof[i][folds[i] == k] = np.stack([_sigmoid(xt @ heads[m][:-1] + heads[m][-1]) for m in t.models], axis=1)
+            oof[i][folds[i] == k] = np.stack([sigmoid(xt @ heads[m][:-1] + heads[m][-1]) for m in t.models], axis=1)
     table: dict[str, list[list[float]]] = {}
     for i, t in enumerate(train):
         ok = ~np.isnan(t.scores).any(axis=1)

@@ -8,8 +8,9 @@ word, word order (of all words and of content words), the words only one side ha
 how rare they are (IDF from the development pairs' texts), character 3-grams, the
 longest common word subsequence — and combines them with the cosine in small
 gradient-boosted trees (200 trees of 15 leaves, fitted with scikit-learn at training
-time, evaluated here with numpy alone). Scoring one candidate is ~0.5 ms on this
-shared 2-core machine (features in Python, trees in numpy).
+time, evaluated here with numpy alone). A lookup scores all its candidates in one call:
+~0.24 ms for one, ~0.66 ms for four on this 2-core machine (features in Python, one
+pass of the trees in numpy).
 
 Trained on the QQP development pairs outside the held-out 40% (`split_of`, a pair hash);
 the threshold is set for a precision target on out-of-fold scores of those same pairs
@@ -43,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from thrifty.proxy.router import sigmoid
 
 ARTIFACT = Path(__file__).with_name("verifier_model.npz")
 VERSION = 2
@@ -311,10 +314,6 @@ class TreeEnsemble:
         return cls(feature, threshold, left, right, value, float(np.ravel(model._baseline_prediction)[0]), depth)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
-
-
 @dataclass(slots=True)
 class Verifier:
     trees: TreeEnsemble
@@ -328,14 +327,14 @@ class Verifier:
         if _words(query) == _words(candidate):  # the same words in the same order: the same question
             return 1.0
         x = pair_features(query, candidate, cosine, self.document_frequency)
-        return float(_sigmoid(self.trees.log_odds(x[None, :]))[0])
+        return float(sigmoid(self.trees.log_odds(x[None, :]))[0])
 
     def score_many(self, pairs: list[tuple[str, str]], cosines: np.ndarray) -> np.ndarray:
         if not pairs:
             return np.zeros(0)
         x = np.stack([pair_features(a, b, float(c), self.document_frequency) for (a, b), c in zip(pairs, cosines, strict=True)])
         same = np.array([_words(a) == _words(b) for a, b in pairs])
-        return np.where(same, 1.0, _sigmoid(self.trees.log_odds(x)))
+        return np.where(same, 1.0, sigmoid(self.trees.log_odds(x)))
 
     def save(self, path: Path | str = ARTIFACT) -> None:
         meta = {"version": VERSION, "features": list(FEATURE_NAMES), "threshold": self.threshold, "similarity_floor": self.similarity_floor,
@@ -426,7 +425,7 @@ def train_verifier(
     for k in range(FOLDS):
         out_of_fold[fold == k] = _fit_trees(x[fold != k], y[fold != k]).log_odds(x[fold == k])
     same = np.array([_words(pairs[i][0]) == _words(pairs[i][1]) for i in rows])
-    probabilities = np.where(same, 1.0, _sigmoid(out_of_fold))
+    probabilities = np.where(same, 1.0, sigmoid(out_of_fold))
     threshold = threshold_for_precision(probabilities, y, precision_target)
     accepted = probabilities >= threshold
     verifier = Verifier(trees=_fit_trees(x, y), document_frequency=df, threshold=threshold, similarity_floor=similarity_floor)
