@@ -214,17 +214,20 @@ def smallest_static(trace: list[TraceRequest], profile: GpuProfile, hi: int, com
 def thrifty_tier_policy(name: str, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int) -> TierPolicy:
     """The Thrifty policy for a simulated tier; `bench cost` builds its tiers with it too.
 
-    One consistent engine model: the capacity prior assumes full batches (max_num_seqs), so
-    the concurrency floor allows them too (a quarter of the batch made the floor escalate
+    One consistent engine model: the capacity prior assumes full batches, so the
+    concurrency floor allows them too (a quarter of the batch made the floor escalate
     under a burst: in-flight sequences grow with latency, Little's law, while replicas
-    start). The benches have no ITL SLO to cap the batch. Capacity is the replicas'
-    saturated throughput and queueing margin comes from the TTFT/backlog rule, so no
-    second margin below 100% of it.
+    start). A full batch is what the replica can hold: max_num_seqs, or fewer when its KV
+    cache fills first at the prior's 2048-token contexts (a 70B on two GPUs holds ~100).
+    The benches have no ITL SLO to cap the batch. Capacity is the replicas' saturated
+    throughput and queueing margin comes from the TTFT/backlog rule, so no second margin
+    below 100% of it.
     """
+    batch = max(1, min(profile.max_num_seqs, profile.kv_tokens // PRIOR_CONTEXT_TOKENS))
     return TierPolicy(
         name, min_replicas=1, max_replicas=max_r, startup_s=startup_s,
-        target_concurrency=float(profile.max_num_seqs), slo_ttft_s=slo_ttft_s, target_utilization=1.0,
-        **engine_costs(profile, batch=profile.max_num_seqs),
+        target_concurrency=float(batch), slo_ttft_s=slo_ttft_s, target_utilization=1.0,
+        **engine_costs(profile, batch=batch, context=PRIOR_CONTEXT_TOKENS),
     )
 
 
@@ -243,7 +246,10 @@ def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max
     return decide
 
 
-def engine_costs(profile: GpuProfile, batch: int = 64, context: int = 2048) -> dict[str, float]:
+PRIOR_CONTEXT_TOKENS = 2048  # context per sequence the capacity prior assumes
+
+
+def engine_costs(profile: GpuProfile, batch: int = 64, context: int = PRIOR_CONTEXT_TOKENS) -> dict[str, float]:
     """Per-token engine seconds from the profile's step model (a decode step shared by `batch`).
 
     The autoscaler turns them into its capacity prior at the observed prompt/output mix and

@@ -128,3 +128,18 @@ def test_questions_repeat_and_paraphrase_consistently():
             assert (original.qid == q.qid) == (q.kind == "paraphrase") == (pairs[k][2] == 1)
     fresh_rows = [(q.tenant, q.row) for q in qs if q.kind == "fresh"]
     assert len(fresh_rows) == len(set(fresh_rows))  # a row is asked fresh once per tenant
+
+
+def test_router_budget_covers_the_worst_quantized_tier_and_the_cv_margin():
+    class Router:
+        def margin_for(self, n_models: int) -> float:
+            return 0.005 if n_models <= 2 else 0.025
+
+    args = cost.parse_args(["--trace", "t.csv", "--routing", "r.csv", "--target-quality", "0.95"])
+    profiles = [get_profile("a100-llama3-8b-fp8"), get_profile("h100-llama3-70b-fp8-tp2")]
+    target = cost._router_quality_target(args, Router(), profiles)
+    assert target == pytest.approx(0.955 / 0.9928)  # the 8B's 99.28% is the worse recovery
+    unquantized = cost._router_quality_target(args, Router(), [get_profile("h100-llama3-70b-tp4")])
+    assert unquantized == pytest.approx(0.955)
+    strict = cost.parse_args(["--trace", "t.csv", "--routing", "r.csv", "--target-quality", "0.999"])
+    assert cost._router_quality_target(strict, Router(), profiles) == 1.0  # capped: all-strong at worst
