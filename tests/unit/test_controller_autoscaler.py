@@ -31,6 +31,20 @@ def test_scale_down_waits_for_the_stabilisation_window() -> None:
     assert a.target("large") <= 2
 
 
+def test_no_scale_down_while_ttft_uses_over_half_the_slo() -> None:
+    p = TierPolicy("large", min_replicas=1, max_replicas=20, target_concurrency=10, down_stabilization_s=120, slo_ttft_s=2.0)
+    a = Autoscaler([p], initial={"large": 6})
+    decisions = []
+    for i in range(60):  # light load, but requests already wait 1.2 s for their first token
+        t = i * 5.0
+        decisions += a.decide(t, {"large": _obs(t, a.target("large"), 10, 500, ttft_p95_s=1.2)})
+    assert decisions == [] and a.target("large") == 6
+    for i in range(60, 120):  # the same load with TTFT back to 0.4 s: now it releases replicas
+        t = i * 5.0
+        decisions += a.decide(t, {"large": _obs(t, a.target("large"), 10, 500, ttft_p95_s=0.4)})
+    assert decisions and all(d.direction == "down" for d in decisions) and a.target("large") <= 2
+
+
 def test_bounds_pin_and_pause() -> None:
     a = Autoscaler([TierPolicy("t", min_replicas=1, max_replicas=3, target_concurrency=1)], initial={"t": 1})
     a.decide(0, {"t": _obs(0, 1, 50, 100)})
