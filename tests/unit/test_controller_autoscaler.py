@@ -125,3 +125,23 @@ def test_token_demand_over_capacity_sets_the_target() -> None:
     for i in range(6):  # steady 16k tok/s: 16000 / (4000 x 0.8) = 5 replicas
         a.decide(i * 5.0, {"t": _obs(i * 5.0, a.target("t"), 10, 16000)})
     assert a.target("t") == 5
+
+
+def test_demand_is_the_recent_burst_level_not_the_last_reading() -> None:
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
+                   target_concurrency=1000, down_stabilization_s=30, burst_window_s=600, burst_quantile=0.9)
+    a = Autoscaler([p], initial={"t": 1})
+    t = 0.0
+    for i in range(120):  # 10 minutes at 8k tok/s with a 16k tok/s burst every minute (10 s of it)
+        t = i * 5.0
+        rate = 16000.0 if i % 12 == 0 else 8000.0
+        a.decide(t, {"t": _obs(t, a.target("t"), 10, rate, input_rate=rate / 2, output_rate=rate / 2)})
+    # 16k tok/s is 1 reading in 12: the 90th percentile stays at the 8k level => 2 replicas...
+    assert a.target("t") == 2
+    held = []
+    for i in range(120, 240):  # ...10 s of burst every 45 s is a level to provision for, between bursts too
+        t = i * 5.0
+        rate = 16000.0 if i % 9 in (0, 1) else 8000.0
+        a.decide(t, {"t": _obs(t, a.target("t"), 10, rate, input_rate=rate / 2, output_rate=rate / 2)})
+        held.append(a.target("t"))
+    assert min(held[-60:]) >= 4
