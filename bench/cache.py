@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from thrifty.proxy.qqp_pairs import pairs_and_labels as load_pairs
+
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="thrifty bench cache", description=__doc__.splitlines()[0])
@@ -39,14 +41,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--encoder", help="embedding model name (default: all-MiniLM-L6-v2; 'hashed-ngrams:256' needs no model)")
     p.add_argument("--embed-cache", help="npz file to reuse embeddings between runs")
     return p.parse_args(argv)
-
-
-def load_pairs(path: str) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """All pairs of a QQP-format file and their labels (errors: one-line ValueError)."""
-    from thrifty.proxy.qqp_pairs import read_pairs
-
-    rows = read_pairs(path)
-    return [(r.text_a, r.text_b) for r in rows], np.array([r.label for r in rows])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 
 class LabelledPair(NamedTuple):
     text_a: str
@@ -45,3 +47,9 @@ def read_pairs(path: str | Path, *, error: type[Exception] = ValueError) -> list
     if not pairs:
         raise error(f"{path}: no pairs")
     return pairs
+
+
+def pairs_and_labels(path: str | Path) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Every pair as (text_a, text_b), and the labels as an array (errors: one-line ValueError)."""
+    rows = read_pairs(path)
+    return [(r.text_a, r.text_b) for r in rows], np.array([r.label for r in rows])

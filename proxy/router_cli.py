@@ -140,24 +140,22 @@ def _train_verifier(args: argparse.Namespace) -> int:
     from thrifty.proxy.embedder import MiniLMEncoder, encode_with_disk_cache
     from thrifty.proxy.verifier import ARTIFACT, train_verifier
 
-    from thrifty.proxy.qqp_pairs import read_pairs
-
-    rows = read_pairs(args.data)
-    pairs = [(r.text_a, r.text_b) for r in rows]
-    labels = [r.label for r in rows]
+    from thrifty.proxy.qqp_pairs import pairs_and_labels
     from thrifty.proxy.verifier import pair_hash, split_of
 
-    usable = np.array([i for i, p in enumerate(pairs) if split_of(p) != "heldout"])
+    pairs, labels = pairs_and_labels(args.data)
+
+    usable = np.array([i for i, p in enumerate(pairs) if split_of(p) != "heldout"], dtype=int)
     not_held_out = frozenset(pair_hash(*pairs[i]) for i in usable)  # benches never score these
     if args.max_pairs and len(usable) > args.max_pairs:
         usable = np.random.default_rng(1).choice(usable, args.max_pairs, replace=False)
     pairs = [pairs[i] for i in usable]
-    labels = [labels[i] for i in usable]
+    labels = labels[usable]
     encoder = MiniLMEncoder(threads=2)
     a = encode_with_disk_cache(encoder, [p[0] for p in pairs], args.embed_cache)
     b = encode_with_disk_cache(encoder, [p[1] for p in pairs], args.embed_cache)
     cosines = np.einsum("ij,ij->i", a, b)
-    verifier = train_verifier(pairs, cosines, np.array(labels), similarity_floor=args.floor, precision_target=args.precision)
+    verifier = train_verifier(pairs, cosines, labels, similarity_floor=args.floor, precision_target=args.precision)
     verifier.trained_pairs = not_held_out
     out = args.out or ARTIFACT
     verifier.save(out)
