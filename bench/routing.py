@@ -67,7 +67,6 @@ class Point:
     quality: float
     cost: float
     strong_share: float
-    predicted_quality: float = float("nan")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -101,13 +100,12 @@ def _costs(data, overrides: list[str]) -> np.ndarray:
     return np.tile(np.array([prices[m_] for m_ in data.models]), (n, 1))
 
 
-def _evaluate(choice: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int, predicted: np.ndarray | None) -> Point:
+def _evaluate(choice: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: int) -> Point:
     rows = np.arange(len(choice))
     return Point(
         quality=float(scores[rows, choice].mean()),
         cost=float(costs[rows, choice].sum()),
         strong_share=float((choice == strong).mean()),
-        predicted_quality=float(predicted[rows, choice].mean()) if predicted is not None else float("nan"),
     )
 
 
@@ -115,10 +113,10 @@ def router_curve(predicted: np.ndarray, scores: np.ndarray, costs: np.ndarray, s
     """Policies argmax_m (p_m - lam * price_m / price_max) over a sweep of lam, plus all-strongest."""
     price = costs.mean(axis=0)
     rel = price / price.max()
-    points = [_evaluate(np.full(len(scores), strong), scores, costs, strong, predicted)]
+    points = [_evaluate(np.full(len(scores), strong), scores, costs, strong)]
     for lam in np.concatenate([[0.0], np.logspace(-4, 2, 240)]):
         choice = np.argmax(predicted - lam * rel[None, :], axis=1)
-        points.append(_evaluate(choice, scores, costs, strong, predicted))
+        points.append(_evaluate(choice, scores, costs, strong))
     return points
 
 
@@ -127,7 +125,7 @@ def ease_curve(ease: np.ndarray, scores: np.ndarray, costs: np.ndarray, strong: 
     points = []
     for t in np.concatenate([[1.1], np.quantile(ease, np.linspace(0, 1, 201))]):
         choice = np.where(ease >= t, weak, strong)
-        points.append(_evaluate(choice, scores, costs, strong, None))
+        points.append(_evaluate(choice, scores, costs, strong))
     return points
 
 
@@ -147,8 +145,8 @@ def apgr(points: list[Point], low: Point, high: Point) -> float:
     return float(np.trapezoid(best, grid))
 
 
-def cheapest_meeting(points: list[Point], goal: float, key: str = "quality") -> Point | None:
-    ok = [p for p in points if getattr(p, key) >= goal]
+def cheapest_meeting(points: list[Point], goal: float) -> Point | None:
+    ok = [p for p in points if p.quality >= goal]
     return min(ok, key=lambda p: p.cost) if ok else None
 
 
@@ -193,7 +191,7 @@ def _run(args: argparse.Namespace) -> int:
         curve = router_curve(predicted, scores, costs, strong)
         margin = model.margin_for(len(data.models))
         choice = choose_policy(predicted, costs.mean(axis=0), args.target_quality, margin)
-        chosen = _evaluate(choice, scores, costs, strong, predicted)
+        chosen = _evaluate(choice, scores, costs, strong)
     else:
         scorer = "ease (two tiers)"
         if len(data.models) != 2:
@@ -203,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         curve = ease_curve(ease, scores, costs, strong, weak)
         # label-free: the artifact's calibrated threshold (set on its own training rows)
         choice = np.where(ease >= model.threshold, weak, strong)
-        chosen = _evaluate(choice, scores, costs, strong, None)
+        chosen = _evaluate(choice, scores, costs, strong)
 
     cheapest_model = int(np.argmin(costs.mean(axis=0)))
     low = Point(float(scores[:, cheapest_model].mean()), float(costs[:, cheapest_model].sum()), 0.0)
@@ -230,7 +228,7 @@ def _run(args: argparse.Namespace) -> int:
 
     best_per_row = scores.max(axis=1)
     oracle_choice = np.array([min(np.where(scores[i] >= best_per_row[i])[0], key=lambda m: costs[i, m]) for i in range(len(scores))])
-    oracle = _evaluate(oracle_choice, scores, costs, strong, None)
+    oracle = _evaluate(oracle_choice, scores, costs, strong)
 
     def summary(p: Point | None, curve_points: list[Point] | None = None) -> dict:
         if p is None:

@@ -148,11 +148,13 @@ class CapacityEstimator:
         self._window_ready = 0  # the ready count the current window was taken at
 
     def observe(self, now: float, o: TierObservation, slo_ttft_s: float) -> None:
-        if o.served_token_rate is None or o.ready <= 0 or o.ready != self._window_ready:
+        if o.served_token_rate is None or o.ready <= 0:
             self._window.clear()
-            self._window_ready = o.ready if o.served_token_rate is not None else 0
-            if o.served_token_rate is None or o.ready <= 0:
-                return
+            self._window_ready = 0
+            return
+        if o.ready != self._window_ready:  # the fleet changed: start a new window
+            self._window.clear()
+            self._window_ready = o.ready
         every_replica_queued = o.waiting >= o.ready or o.queue_depth > 0
         self._window.append((now, o.served_token_rate / o.ready, every_replica_queued))
         if now - self._window[0][0] < self.sample_s:

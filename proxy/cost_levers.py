@@ -198,9 +198,10 @@ class CostLevers:
     async def _router_embedding(self, ctx: RequestContext, text: str | None) -> np.ndarray | None:
         """The router's vector: the request's own embedding unless the prompt is long enough
         that the router reads only its tail (`router_view`), which then costs a second pass."""
-        if text is None or self.embedder is None or router_view(text) == text:
+        view = router_view(text) if text is not None else None
+        if view is None or self.embedder is None or view == text:
             return await self._ensure_embedding(ctx)
-        return await self.embedder.embed(router_view(text))
+        return await self.embedder.embed(view)
 
     async def _lookup_semantic(self, ctx: RequestContext) -> CachedAnswer | None:
         text = query_text(ctx)
