@@ -47,7 +47,9 @@ def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+            output = proc.communicate()[0] if proc.stdout is not None else ""
+            tail = "\n".join((output or "").splitlines()[-20:])
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}:\n{tail}")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
