@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from thrifty.bench.autoscale import TierProbe, engine_costs, thrifty_tier_policy
+from thrifty.bench.autoscale import TierProbe, thrifty_tier_policy
 from thrifty.controller.autoscaler import Autoscaler
 from thrifty.controller.simfleet import SimPod, SimTier, replay
-from thrifty.engine.profiles import GpuProfile
+from thrifty.engine.profiles import GpuProfile, engine_costs
 from thrifty.engine.sim_model import SpeculativeSim
 
 TICK_S = 5.0

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
 from thrifty.controller.simfleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
-from thrifty.engine.profiles import GpuProfile, get_profile
+from thrifty.engine.profiles import PRIOR_CONTEXT_TOKENS, GpuProfile, engine_costs, get_profile
 from thrifty.engine.sim_model import SimReplica, SimRequest
 
 TIER = "llm"
@@ -244,20 +244,6 @@ def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max
         return scaler.target(TIER)
 
     return decide
-
-
-PRIOR_CONTEXT_TOKENS = 2048  # context per sequence the capacity prior assumes
-
-
-def engine_costs(profile: GpuProfile, batch: int = 64, context: int = PRIOR_CONTEXT_TOKENS) -> dict[str, float]:
-    """Per-token engine seconds from the profile's step model (a decode step shared by `batch`).
-
-    The autoscaler turns them into its capacity prior at the observed prompt/output mix and
-    then learns the real capacity from served tokens; a full batch of 2048-token contexts
-    is a conservative start for chat traffic (longer contexts than most requests carry).
-    """
-    decode = profile.step_time(0, batch, batch * context) / batch
-    return {"prefill_s_per_token": profile.prefill_token_s, "decode_s_per_token": decode}
 
 
 @dataclass(slots=True)

@@ -5,7 +5,9 @@ The main signal is token throughput: desired = ceil(forecast token arrival rate 
 replicas actually serve (`CapacityEstimator`): a replica's sustained tokens/s while its
 queue is non-empty is its capacity at the current prompt/output mix; tokens/s served
 within the SLO is a lower bound. Until telemetry says otherwise a conservative prior from
-the tier's performance profile stands in. The arrival rate is projected one start-up
+the tier's performance profile stands in, where the tier names one (`capacity_profile`, or
+`sim_profile` for a simulated tier); without one the concurrency, KV and backlog rules
+below act alone until capacity has been measured. The arrival rate is projected one start-up
 delay ahead with Holt's linear forecast, because a replica asked for now only helps after
 it has started, and never taken below the 90th percentile of the last ten minutes' rates:
 bursts shorter than a start-up delay cannot be chased, only provisioned for (on a

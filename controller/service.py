@@ -25,6 +25,7 @@ from thrifty.controller.fleet import FleetView
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
 from thrifty.controller.stats import StatsWindow
+from thrifty.engine.profiles import engine_costs, get_profile
 
 log = logging.getLogger(__name__)
 VIEW_SPAN_S = 60.0  # "now" in the fleet view and the autoscaler's arrival rate
@@ -32,14 +33,20 @@ DRIFT_BUCKET_S = 60.0
 
 
 def tier_policies(config: Config) -> list[TierPolicy]:
-    return [
-        TierPolicy(
+    """One policy per tier. Target concurrency is a quarter of max_num_seqs (room for the
+    ITL SLO); the capacity prior, where the tier names a performance profile, is the
+    profile's per-token cost at that batch, so it errs low until served tokens say more."""
+    policies = []
+    for t in config.tiers:
+        concurrency = max(1.0, 0.25 * t.engine.max_num_seqs)
+        profile = t.engine.prior_profile()
+        costs = engine_costs(get_profile(profile), batch=int(concurrency)) if profile else {}
+        policies.append(TierPolicy(
             name=t.name, min_replicas=t.replicas.min, max_replicas=t.replicas.max,
-            scale_to_zero=t.replicas.scale_to_zero, target_concurrency=max(1.0, 0.25 * t.engine.max_num_seqs),
-            slo_ttft_s=config.slo.ttft_p95_ms / 1000,
-        )
-        for t in config.tiers
-    ]
+            scale_to_zero=t.replicas.scale_to_zero, target_concurrency=concurrency,
+            slo_ttft_s=config.slo.ttft_p95_ms / 1000, **costs,
+        ))
+    return policies
 
 
 @dataclass(slots=True)

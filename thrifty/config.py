@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from thrifty.engine.profiles import PROFILES
 
 NonNegative = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
@@ -87,7 +89,22 @@ class EngineSettings(_Strict):
     extra_args: list[str] = Field(default_factory=list)
     # Simulator: which performance profile stands in for this tier's GPU + model.
     sim_profile: str = "a100-llama3-8b"
+    # The autoscaler's capacity prior before telemetry: a performance profile describing this
+    # tier's real GPU + model (`thrifty engine profiles` lists them). Unset: sim tiers use
+    # sim_profile; other tiers start with no prior and learn capacity from served tokens.
+    capacity_profile: str | None = None
     base_port: Annotated[int, Field(ge=1, le=65535)] = 8100
+
+    @field_validator("sim_profile", "capacity_profile")
+    @classmethod
+    def _known_profile(cls, name: str | None) -> str | None:
+        if name is not None and name not in PROFILES:
+            raise ValueError(f"unknown performance profile {name!r}; known: {', '.join(sorted(PROFILES))}")
+        return name
+
+    def prior_profile(self) -> str | None:
+        """The profile the autoscaler's capacity prior comes from, if any."""
+        return self.capacity_profile or (self.sim_profile if self.kind == "sim" else None)
 
 
 class Replicas(_Strict):

@@ -145,3 +145,31 @@ def test_demand_is_the_recent_burst_level_not_the_last_reading() -> None:
         a.decide(t, {"t": _obs(t, a.target("t"), 10, rate, input_rate=rate / 2, output_rate=rate / 2)})
         held.append(a.target("t"))
     assert min(held[-60:]) >= 4
+
+
+def test_production_policies_take_their_capacity_prior_from_the_named_profile() -> None:
+    """A tier naming a performance profile starts with that profile's per-token costs at its
+    target concurrency; a real engine without one has no prior (capacity is learned)."""
+    from thrifty.config import parse_config
+    from thrifty.controller.service import tier_policies
+    from thrifty.engine.profiles import engine_costs, get_profile
+
+    tiers = [
+        {"name": "simulated", "model": "m", "price": {"gpu_hour": 1.0},
+         "engine": {"kind": "sim", "sim_profile": "a100-llama3-8b-fp8", "max_num_seqs": 128}},
+        {"name": "real", "model": "m2", "price": {"gpu_hour": 1.0}, "engine": {"kind": "vllm"}},
+        {"name": "named", "model": "m3", "price": {"gpu_hour": 1.0},
+         "engine": {"kind": "external", "capacity_profile": "h100-llama3-70b-fp8-tp2"}},
+    ]
+    policies = {p.name: p for p in tier_policies(parse_config({"tiers": tiers}))}
+    expected = engine_costs(get_profile("a100-llama3-8b-fp8"), batch=32)
+    assert policies["simulated"].target_concurrency == 32
+    assert policies["simulated"].decode_s_per_token == pytest.approx(expected["decode_s_per_token"])
+    assert policies["real"].prefill_s_per_token == 0 and policies["real"].decode_s_per_token == 0
+    tp2 = get_profile("h100-llama3-70b-fp8-tp2")
+    assert policies["named"].prefill_s_per_token == tp2.prefill_token_s
+    # the prior turns into a compute-side replica count before any telemetry
+    scaler = Autoscaler([policies["named"]])
+    obs = TierObservation(time=0.0, ready=1, token_rate=20000.0, input_rate=18000.0, output_rate=2000.0)
+    scaler.decide(0.0, {"named": obs})
+    assert scaler.target("named") > 1
