@@ -40,6 +40,13 @@ RouterBench task the 11-model label-free point is NOT trustworthy: add a labelle
 sample of that task to `thrifty router train`, or run two tiers with
 `thrifty router calibrate --strong-share` on its unlabelled prompts.
 
+A response-based cascade does not close the gap either (scratch experiment on the
+files' `|model_response` columns, not shipped: answer with a cheap model, ask a second
+cheap model too, escalate to GPT-4 when the two responses' MiniLM embeddings disagree;
+logistic fit on the training halves, best point read off the held-out labelled curve,
+probe calls paid for): arc 0.83, mbpp 0.29-0.47 (150 rows, noisy), winogrande 0.14.
+On winogrande neither the prompt nor the cheap answers say when a cheap model is wrong.
+
 Prompts are embedded through `router.router_view` (their last 1,000 characters):
 RouterBench prompts share a long few-shot prefix and the encoder reads only ~256 tokens
 from the start, so whole-prompt embeddings were one vector per task.

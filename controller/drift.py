@@ -8,10 +8,14 @@ buckets old, so a change under way is not learned as normal before it is caught.
 
 Three tests are implemented (two-sided CUSUM, Page-Hinkley, EWMA chart); CUSUM is the
 default, chosen by `thrifty bench drift`. Its threshold h is not a tuned constant: it is
-derived (Siegmund's approximation) from a fleet-wide false-alarm budget (default 0.25 a
-day over 12 watched series, 60 s buckets: h ~ 5.1 at k = 1, tuned for shifts of >= 2
-scale units). That budget only holds if z is N(0, 1)-like, and on the clean replay of the
-public trace it was not (1.03 false alarms/day, all on `ttft_per_1k_prompt[small]`):
+derived (Siegmund's approximation) from a fleet-wide false-alarm budget (default 0.1 a
+day over 12 watched series, 60 s buckets: h ~ 5.6 at k = 1, tuned for shifts of >= 2
+scale units). The budget is set below the goal (1 a day) because z is only roughly
+N(0, 1): at 0.25 (h ~ 5.1) replays of the public trace and of a prefill-heavy variant
+(prompts x3, outputs /3) over four seeds gave 0-1.55 false alarms a day, at 0.1 they
+gave 0-0.52, with median delays 180-270 s instead of 180-240 s.
+That budget only holds if z is N(0, 1)-like, and on the clean replay of the
+public trace it first was not (1.03 false alarms/day, all on `ttft_per_1k_prompt[small]`):
 - the scale was the MAD of the last 30 values, itself ~20% off at that size, so z had
   sd 1.11-1.14, not 1; the scale is now the MAD of the last 180 residuals from the
   rolling median (the noise level moves more slowly than the level);
@@ -29,7 +33,11 @@ Signals fed by `bucket_signals` are the mix-robust ones: the bench showed per-re
 cost and TTFT p95 swinging +-40% and 2.5x within an hour of the public trace with the
 prompt-length mix, so cost drift is watched through the savings ratio (dollars over the
 baseline's dollars for the same tokens) and latency drift through TTFT seconds per 1k
-prompt tokens (CV ~7% per minute); ITL p95 is steady and kept. Proportions get an
+prompt tokens (CV ~7% per minute). Decode speed is watched on the ITL median, not p95:
+the p95 is set by the decode steps that share the GPU with long prefills, so it follows
+the prompt-token load (per-minute correlation 0.83-0.90 in the bench's replays) and on
+the prefill-heavy variant it raised 73 false alarms a day; the median moves when decoding
+itself slows. (The fleet view still reports ITL p95 against the SLO.) Proportions get an
 absolute scale floor (0.03 for cache hit rates) matching their binomial noise.
 """
 
@@ -67,7 +75,7 @@ SIGNALS: dict[str, SignalSpec] = {
         SignalSpec("cost_index", 0.02, 1e-6, 0.08),
         SignalSpec("ttft_p95", 0.08, 0.005, 0.15),
         SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.2),
-        SignalSpec("itl_p95", 0.08, 0.001, 0.15),
+        SignalSpec("itl_p50", 0.08, 0.001, 0.15),
         SignalSpec("error_rate", 0.0, 0.01, 0.02, relative=False),
         SignalSpec("cache_hit_rate_exact", 0.0, 0.03, 0.05, relative=False),
         SignalSpec("cache_hit_rate_semantic", 0.0, 0.03, 0.05, relative=False),
@@ -320,7 +328,7 @@ class DriftMonitor:
     """Runs one sequential test per (signal, tier) and keeps the alerts."""
 
     def __init__(self, method: Method = "cusum", *, warmup: int = 10, baseline_size: int = 30, lag: int = 6,
-                 bucket_s: float = 60.0, false_alarms_per_day: float = 0.25, series: int = 12) -> None:
+                 bucket_s: float = 60.0, false_alarms_per_day: float = 0.1, series: int = 12) -> None:
         self.cusum_h = threshold_for(false_alarms_per_day, series, bucket_s)
         make_test(method)  # validate early
         self.method = method
@@ -481,7 +489,7 @@ def bucket_signals(fleet: FleetView, end: float, span_s: float,
         enough = s.requests >= 20
         out[("ttft_per_1k_prompt", name)] = (
             1000.0 * s.ttft.sum / s.input_tokens if enough and s.input_tokens > 0 and s.ttft.count else None)
-        out[("itl_p95", name)] = s.itl_p95 if enough else None
+        out[("itl_p50", name)] = s.itl.quantile(0.5) if enough else None
         out[("spec_acceptance", name)] = s.spec_acceptance if s.spec_draft_tokens >= 200 else None
         if multi and whole.requests >= 20:
             out[("routing_share", name)] = shares.get(name)

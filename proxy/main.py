@@ -24,7 +24,13 @@ async def build_levers(config: Config, registry: CollectorRegistry) -> Levers:
         return NoLevers()
     from thrifty.proxy.cost_levers import CostLevers
 
-    return await asyncio.to_thread(CostLevers, config, registry)
+    try:
+        return await asyncio.to_thread(CostLevers, config, registry)
+    except (OSError, ValueError) as exc:  # a missing or stale router/verifier artifact
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"cost levers: {exc} (retrain the artifact, see `thrifty router --help`, "
+                          "or disable router/semantic cache in the config)") from None
 
 
 async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[str, list[str]]) -> int:

@@ -270,6 +270,17 @@ class RouterModel:
 
     @classmethod
     def load(cls, path: str | Path = ARTIFACT) -> "RouterModel":
+        try:
+            return cls._load(path)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            if str(path) in str(exc):
+                raise
+            raise ValueError(f"{path}: not a router artifact ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+    @classmethod
+    def _load(cls, path: str | Path) -> "RouterModel":
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
             if meta.get("version") != VERSION or meta.get("cheap_features") != list(CHEAP_FEATURES):

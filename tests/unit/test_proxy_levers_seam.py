@@ -29,3 +29,21 @@ async def test_exact_cache_hit_served_without_upstream_and_accounted() -> None:
         reg = s.sidecar.metrics.registry
         assert reg.get_sample_value("thrifty_requests_total", {"tier": "small", "outcome": "ok", "cache": "exact"}) == 2
         assert reg.get_sample_value("thrifty_savings_dollars_total", {"lever": "cache_exact"}) > 0
+
+
+async def test_unusable_router_artifact_is_a_one_line_config_error(tmp_path) -> None:
+    """A missing or stale artifact stops the sidecar with one line naming it, not a traceback."""
+    import pytest
+    from prometheus_client import CollectorRegistry
+
+    from thrifty.config import ConfigError
+    from thrifty.proxy.main import build_levers
+
+    stale = tmp_path / "router.npz"
+    stale.write_bytes(b"not an npz")
+    for artifact in (stale, tmp_path / "missing.npz"):
+        config = config_for({"small": ["http://127.0.0.1:9"], "large": ["http://127.0.0.1:9"]},
+                            router={"enabled": True, "artifact": str(artifact)})
+        with pytest.raises(ConfigError) as info:
+            await build_levers(config, CollectorRegistry())
+        assert artifact.name in str(info.value) and "\n" not in str(info.value)
