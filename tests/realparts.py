@@ -6,7 +6,9 @@ THRIFTY_REQUIRE_REAL=1 (set by scripts/test.sh, so CI never silently skips).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -41,6 +43,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_block(count: int, low: int = 20000, high: int = 32000) -> int:
+    """First of `count` consecutive free ports, below Linux's ephemeral range (32768+).
+
+    A tier's replica i listens on base_port + i. A base from bind(0) sits in the ephemeral
+    range, where the next ports can be taken by any outbound connection on the machine
+    (the sidecar's own to its replicas included) before the replica binds them."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(low, high - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports in [{low}, {high})")
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import yaml
 
-from tests.realparts import free_port, wait_http
+from tests.realparts import free_port, free_port_block, wait_http
 
 DEMO = Path(__file__).resolve().parents[2] / "thrifty" / "configs" / "local-cpu.yaml"
 
@@ -28,7 +28,7 @@ def test_up_serves_openai_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     raw["listen"] = {"host": "127.0.0.1", "port": ports["sidecar"]}
     raw["controller"] = {"listen_grpc": f"127.0.0.1:{ports['grpc']}", "listen_http": f"127.0.0.1:{ports['http']}"}
     for tier in raw["tiers"]:
-        tier["engine"]["base_port"] = free_port()
+        tier["engine"]["base_port"] = free_port_block(tier["replicas"]["max"])
     config = tmp_path / "fleet.yaml"
     config.write_text(yaml.safe_dump(raw))
     proc = subprocess.Popen(
