@@ -12,7 +12,9 @@ the verifier threshold, the index's lookup latency at `--index-entries` entries,
 and the embedding latency of one query on one core.
 
 Pairs the shipped verifier was fitted or calibrated on are dropped (the artifact keeps
-their hashes); nothing is tuned on the scored file.
+their hashes); nothing is tuned on the scored file. With the default MiniLM encoder the
+verifier runs both stages (embedding MLP, then trees); with another `--encoder` (the
+hashed n-grams of the unit tests) it uses its text-only trees (`verifier_stages` says which).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     n_positive = int(labels.sum())
 
     encoder = encoder_for(args.encoder or MODEL_NAME, threads=1)
+    verifier = verifier.for_encoder(encoder.name)  # stage 1 only on the vectors it was trained on
     queries = [b for _, b in pairs]
     one_by_one = []
     for q in queries[:100]:  # one query at a time, one core: what a lone request waits
@@ -120,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
     # precision/recall curve over the verifier threshold, pairwise
     cosines = np.einsum("ij,ij->i", pair_a_vectors, b_vectors)
-    scores = np.where(cosines >= verifier.similarity_floor, verifier.score_many(pairs, cosines), -1.0)
+    scores = np.where(cosines >= verifier.similarity_floor, verifier.score_many(pairs, cosines, pair_a_vectors, b_vectors), -1.0)
     curve = []
     for t in (0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95):
         m = _measure([a if s >= t else None for (a, _), s in zip(pairs, scores, strict=True)], queries, positives, n_positive)
@@ -134,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         "pairs_excluded_seen_in_training": int((~unseen).sum()),
         "positives": n_positive,
         "threshold": {"cosine_floor": verifier.similarity_floor, "verifier": round(verifier.threshold, 4)},
+        "verifier_stages": "embedding MLP + trees" if verifier.stage1 is not None else "trees on text features",
         "precision": ours["precision"],
         "recall": ours["recall"],
         "false_hit_rate": ours["false_hit_rate"],

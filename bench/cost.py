@@ -200,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.routing}: every labelled row was used to train the router; nothing unseen to score")
     verifier: Verifier | None = None
     try:
-        verifier = Verifier.load(args.verifier or VERIFIER_ARTIFACT)
+        verifier = Verifier.load(args.verifier or VERIFIER_ARTIFACT).for_encoder(args.encoder or MODEL_NAME)
     except (FileNotFoundError, ValueError) as exc:
         not_ready.append(f"semantic cache: verifier artifact unusable ({exc}); +semantic cache left out")
     seen_pairs = verifier.trained_pairs if verifier is not None else frozenset()

@@ -136,6 +136,7 @@ class CostLevers:
         if semantic.enabled and embedder is not None:
             if verifier is None:
                 verifier = Verifier.load()
+            verifier = verifier.for_encoder(embedder.encoder.name) if isinstance(verifier, Verifier) else verifier
             floor = getattr(verifier, "similarity_floor", 0.8)
             if semantic.threshold is not None:
                 floor = semantic.threshold

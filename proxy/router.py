@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from thrifty.proxy.artifacts import named_load_errors
+
 ARTIFACT = Path(__file__).with_name("router_model.npz")
 VERSION = 2
 VIEW_CHARS = 1000  # MiniLM reads ~256 tokens from the start; few-shot prompts put the question last
@@ -270,14 +272,8 @@ class RouterModel:
 
     @classmethod
     def load(cls, path: str | Path = ARTIFACT) -> "RouterModel":
-        try:
+        with named_load_errors(path, "router"):
             return cls._load(path)
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, KeyError) as exc:
-            if str(path) in str(exc):
-                raise
-            raise ValueError(f"{path}: not a router artifact ({type(exc).__name__}: {str(exc)[:120]})") from None
 
     @classmethod
     def _load(cls, path: str | Path) -> "RouterModel":

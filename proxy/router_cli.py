@@ -155,7 +155,7 @@ def _train_verifier(args: argparse.Namespace) -> int:
     a = encode_with_disk_cache(encoder, [p[0] for p in pairs], args.embed_cache)
     b = encode_with_disk_cache(encoder, [p[1] for p in pairs], args.embed_cache)
     cosines = np.einsum("ij,ij->i", a, b)
-    verifier = train_verifier(pairs, cosines, labels, similarity_floor=args.floor, precision_target=args.precision)
+    verifier = train_verifier(pairs, cosines, labels, similarity_floor=args.floor, precision_target=args.precision, vectors=(a, b), embedder=encoder.name)
     verifier.trained_pairs = not_held_out
     out = args.out or ARTIFACT
     verifier.save(out)

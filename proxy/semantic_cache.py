@@ -4,8 +4,9 @@ Entries live in partitions keyed by a hash of tenant + context (system prompt, e
 turns, tools, generation parameters, model alias), so a tenant never sees another
 tenant's answers and one conversation never receives another's: the nearest-neighbour
 search only ever runs inside one partition. A lookup takes the few nearest stored
-questions above a cosine floor and lets a second-stage `Verifier` decide, because
-cosine alone cannot tell "how to lose weight" from "how to gain weight".
+questions above a cosine floor and lets a second-stage `Verifier` decide (from both
+texts and both vectors: each entry keeps its vector), because cosine alone cannot tell
+"how to lose weight" from "how to gain weight".
 
 Indexing: exact numpy search while a partition is small, usearch HNSW (int8, cosine)
 once it grows past `HNSW_FROM` entries. Measured here (2 shared cores, 384-d): numpy
@@ -33,9 +34,11 @@ _VECTOR_OVERHEAD = 64  # index bookkeeping per entry, bytes (approximate)
 class PairVerifier(Protocol):
     threshold: float
 
-    def score_many(self, pairs: list[tuple[str, str]], cosines: np.ndarray) -> np.ndarray:
+    def score_many(self, pairs: list[tuple[str, str]], cosines: np.ndarray, query_vectors: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
         """For each (query, candidate): the chance that the two ask the same thing (one call
-        for all of a lookup's candidates, so a model's fixed cost is paid once)."""
+        for all of a lookup's candidates, so a model's fixed cost is paid once).
+        query_vectors: the query's embedding, (d,) or one row per pair; candidate_vectors:
+        (pairs, d), the stored questions' embeddings (a verifier may look at both)."""
 
 
 class VectorIndex(Protocol):
@@ -154,6 +157,7 @@ class SemanticHit:
 class _Entry:
     partition: str
     text: str
+    vector: np.ndarray  # kept for the verifier (already counted in `size`)
     body: dict[str, Any]
     size: int
     expires_at: float
@@ -215,7 +219,8 @@ class SemanticCache:
         if not found:
             return None
         if self.verifier is not None:
-            scores = self.verifier.score_many([(text, e.text) for _, _, e in found], np.array([s for _, s, _ in found])).tolist()
+            scores = self.verifier.score_many([(text, e.text) for _, _, e in found], np.array([s for _, s, _ in found]),
+                                              vector, np.stack([e.vector for _, _, e in found])).tolist()
             threshold = self.verifier.threshold
         else:
             scores, threshold = [s for _, s, _ in found], -np.inf
@@ -234,8 +239,9 @@ class SemanticCache:
         index = self._partitions.get(partition)
         if index is None:
             index = self._partitions[partition] = self._index_factory(self.dim)
-        index.add(key, np.asarray(vector, dtype=np.float32))
-        self._entries[key] = _Entry(partition=partition, text=text, body=body, size=size, expires_at=self._clock() + self.ttl_s)
+        vector = np.array(vector, dtype=np.float32)  # our own copy
+        index.add(key, vector)
+        self._entries[key] = _Entry(partition=partition, text=text, vector=vector, body=body, size=size, expires_at=self._clock() + self.ttl_s)
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))

@@ -47,3 +47,16 @@ async def test_unusable_router_artifact_is_a_one_line_config_error(tmp_path) -> 
         with pytest.raises(ConfigError) as info:
             await build_levers(config, CollectorRegistry())
         assert artifact.name in str(info.value) and "\n" not in str(info.value)
+
+
+def test_corrupt_artifacts_name_their_file(tmp_path) -> None:
+    import pytest
+
+    from thrifty.proxy.router import RouterModel
+    from thrifty.proxy.verifier import Verifier
+
+    for loader, name in ((RouterModel.load, "router.npz"), (Verifier.load, "verifier.npz")):
+        corrupt = tmp_path / name
+        corrupt.write_bytes(b"PK\x03\x04 truncated")
+        with pytest.raises(ValueError, match=name):
+            loader(corrupt)
