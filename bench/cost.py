@@ -19,7 +19,13 @@ file, and, with `--cache-pairs`, a stated share of exact repeats and QQP paraphr
   recovery (the profile's `quality_recovery`, from the FP8 model cards), not as free.
 
 Engines are `thrifty.engine.sim_model` replicas on a virtual clock; dollars = GPU-hours
-x the stated price per GPU type. Every step is also costed both ways, fixed at its own
+x the stated price per GPU type. The small tier answers with the labels of the file's
+cheaper model (Mixtral-8x7B for RouteLLM's MMLU) but runs the Llama-3-8B profile (no
+Mixtral profile is derived here): a stand-in that flatters the small tier's cost per
+answer; `--small-profile` takes another one. The router's threshold comes from its
+calibration pooled over its training files, so on a file whose tasks it prices
+differently the fleet can miss the quality target (a RouterBench arc file routes
+everything to Yi-34B: 0.94); `--strong-share` calibrates on the scored prompts instead. Every step is also costed both ways, fixed at its own
 peak and under the autoscaler (`static` / `autoscaled` in the breakdown): with a few
 whole replicas per tier, a lever that removes 10% of the load saves nothing at a static
 peak, while the autoscaler turns it into GPU-hours. quality_retained = mean answer quality / the baseline's
