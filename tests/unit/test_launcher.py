@@ -43,3 +43,13 @@ def test_prefix_caching_off_and_extra_args() -> None:
     args = vllm_args(tier({"enable_prefix_caching": False, "extra_args": ["--seed", "7"]}), port=1)
     assert "--no-enable-prefix-caching" in args
     assert args[-2:] == ["--seed", "7"]
+
+
+def test_engine_profiles_lists_every_profile(capsys) -> None:
+    """`thrifty engine profiles` prints the names a config's sim_profile/capacity_profile accept."""
+    from thrifty.cli import main
+    from thrifty.engine.profiles import PROFILES
+
+    assert main(["engine", "profiles"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == sorted(PROFILES)
