@@ -74,7 +74,7 @@ SIGNALS: dict[str, SignalSpec] = {
         SignalSpec("savings_ratio", 0.0, 0.02, 0.05, relative=False),
         SignalSpec("cost_index", 0.02, 1e-6, 0.08),
         SignalSpec("ttft_p95", 0.08, 0.005, 0.15),
-        SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.2),
+        SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.15),
         SignalSpec("itl_p50", 0.08, 0.001, 0.15),
         SignalSpec("error_rate", 0.0, 0.01, 0.02, relative=False),
         SignalSpec("cache_hit_rate_exact", 0.0, 0.03, 0.05, relative=False),
