@@ -26,9 +26,9 @@ async def build_levers(config: Config, registry: CollectorRegistry) -> Levers:
 
     try:
         return await asyncio.to_thread(CostLevers, config, registry)
+    except ConfigError:
+        raise
     except (OSError, ValueError) as exc:  # a missing or stale router/verifier artifact
-        if isinstance(exc, ConfigError):
-            raise
         raise ConfigError(f"cost levers: {exc} (retrain the artifact, see `thrifty router --help`, "
                           "or disable router/semantic cache in the config)") from None
 
