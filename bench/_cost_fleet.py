@@ -164,7 +164,7 @@ def run_autoscaled(specs: list[TierSpec], arrivals: dict[str, list[Arrival]], in
                    settings: FleetSettings, max_replicas: dict[str, int]) -> FleetRun:
     """All tiers at once under the controller's Autoscaler, starting from `initial` ready replicas."""
     tiers = {s.name: _make_tier(s, settings.balancer) for s in specs}
-    probes = {name: TierProbe(tier) for name, tier in tiers.items()}
+    probes = {name: TierProbe(tier, slo_ttft_s=settings.slo_ttft_s) for name, tier in tiers.items()}
     for name, tier in tiers.items():
         tier.start(max(1, initial.get(name, 1)), 0.0, ready=True)
         probe, submit = probes[name], tier.submit

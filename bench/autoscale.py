@@ -52,9 +52,10 @@ class RunResult:
 class TierProbe:
     """What the sidecar + Deployment status report about a simulated tier."""
 
-    def __init__(self, tier: SimTier, rate_window_s: float = 30.0, ttft_window_s: float = 60.0) -> None:
+    def __init__(self, tier: SimTier, rate_window_s: float = 30.0, ttft_window_s: float = 60.0,
+                 slo_ttft_s: float = 2.0) -> None:
         self.tier = tier
-        self.rate_window_s, self.ttft_window_s = rate_window_s, ttft_window_s
+        self.rate_window_s, self.ttft_window_s, self.slo_ttft_s = rate_window_s, ttft_window_s, slo_ttft_s
         self.arrivals: deque[tuple[float, int, int]] = deque()
         self.ttfts: deque[tuple[float, float]] = deque()
         self._seen = 0
@@ -77,9 +78,11 @@ class TierProbe:
         while self.arrivals and self.arrivals[0][0] < now - self.rate_window_s:
             self.arrivals.popleft()
         served = self.tier.served
-        for s in served[self._seen:]:
+        fresh = served[self._seen:]
+        for s in fresh:
             self.ttfts.append((s.finish, s.ttft if s.ttft is not None else 1e9))
         self._seen = len(served)
+        missed = sum(1 for s in fresh if s.ttft is None or s.ttft > self.slo_ttft_s)
         while self.ttfts and self.ttfts[0][0] < now - self.ttft_window_s:
             self.ttfts.popleft()
         ttft = sorted(v for _, v in self.ttfts)
@@ -97,7 +100,7 @@ class TierProbe:
             token_rate=sum(a + b for _, a, b in self.arrivals) / span,
             input_rate=sum(a for _, a, _ in self.arrivals) / span,
             output_rate=sum(b for _, _, b in self.arrivals) / span, ttft_p95_s=p95,
-            served_token_rate=self._served_rate(now, pods),
+            served_token_rate=self._served_rate(now, pods), ttft_finished=len(fresh), ttft_missed=missed,
         )
 
 
@@ -147,7 +150,7 @@ def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[
     """One replay under `decide`; None when more than `give_up_misses` requests already missed the SLO."""
     tier = SimTier(TIER, profile, startup_s=startup_s, max_wait_s=max_wait_s)
     tier.start(initial, 0.0, ready=True)
-    probe = TierProbe(tier)
+    probe = TierProbe(tier, slo_ttft_s=slo_ttft_s)
     peak = initial
     seen = misses = 0
 

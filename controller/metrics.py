@@ -49,5 +49,10 @@ class ControllerMetrics:
         self.cost_per_1k = Gauge("thrifty_controller_cost_per_1k_requests_dollars", "cost per 1k requests",
                                  ["tier"], registry=registry)
         self.ttft_p95 = Gauge("thrifty_controller_slo_ttft_p95_seconds", "fleet TTFT p95", ["tier"], registry=registry)
+        self.burn_rate = Gauge("thrifty_controller_slo_burn_rate", "TTFT misses over the last 10 min / what the "
+                               "attainment target allows", ["tier"], registry=registry)
+        self.capacity_factor = Gauge("thrifty_controller_capacity_factor", "per-replica capacity the autoscaler plans "
+                                     "with, relative to its estimate (raised while the SLO budget is underspent)",
+                                     ["tier"], registry=registry)
         self.paused = Gauge("thrifty_controller_autoscaling_paused", "1 when paused", registry=registry)
         self.leader = Gauge("thrifty_controller_is_leader", "1 when this replica holds the Lease", registry=registry)

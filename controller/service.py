@@ -44,7 +44,7 @@ def tier_policies(config: Config) -> list[TierPolicy]:
         policies.append(TierPolicy(
             name=t.name, min_replicas=t.replicas.min, max_replicas=t.replicas.max,
             scale_to_zero=t.replicas.scale_to_zero, target_concurrency=concurrency,
-            slo_ttft_s=config.slo.ttft_p95_ms / 1000, **costs,
+            slo_ttft_s=config.slo.ttft_p95_ms / 1000, slo_target=config.slo.ttft_attainment, **costs,
         ))
     return policies
 
@@ -77,6 +77,7 @@ class ControlPlane:
         self.ready: dict[str, int] = {}
         self.is_leader = actuator is None
         self._drift_until = 0.0
+        self._budget_until: float | None = None  # end of the last bucket counted into the SLO budget
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self.policy: dict[str, Any] = {
             "version": 1, "router_threshold": config.router.threshold,
@@ -123,8 +124,25 @@ class ControlPlane:
         self._push_policy(router_threshold=threshold)
 
     # -- the control round ------------------------------------------------------
+    def _ttft_outcomes(self, now: float) -> dict[str, tuple[int, int]]:
+        """Per tier, (requests finished, of them over the TTFT SLO or failed) in the fleet
+        view's buckets completed since the last round: the SLO budget's spend, each request once."""
+        slo_s = self.config.slo.ttft_p95_ms / 1000
+        start = now - VIEW_SPAN_S if self._budget_until is None else self._budget_until
+        buckets = self.fleet.buckets_between(start, now)
+        out = {}
+        for t in self.config.tiers:
+            parts = [b.tiers[t.name] for b in buckets if t.name in b.tiers]
+            finished = sum(p.ttft.count + p.errors for p in parts)
+            missed = sum(p.ttft.count_above(slo_s) + p.errors for p in parts)
+            out[t.name] = (finished, round(missed))
+        if buckets:
+            self._budget_until = max(b.end for b in buckets)
+        return out
+
     def observations(self, now: float) -> dict[str, TierObservation]:
         out = {}
+        outcomes = self._ttft_outcomes(now)
         for t in self.config.tiers:
             s = self.fleet.summary(t.name, now, VIEW_SPAN_S)
             reps = [r for r, _ in self.fleet.replicas(t.name, now)]
@@ -135,6 +153,7 @@ class ControlPlane:
                 waiting=sum(r.waiting for r in healthy), running=sum(r.running for r in healthy),
                 kv_usage=sum(r.kv_cache_usage for r in healthy), queue_depth=self.fleet.queue_depth(t.name),
                 token_rate=s.tokens_per_s, ttft_p95_s=s.ttft_p95,
+                ttft_finished=outcomes[t.name][0], ttft_missed=outcomes[t.name][1],
             )
         return out
 
@@ -215,6 +234,11 @@ class ControlPlane:
         for t in self.config.tiers:
             s = self.fleet.summary(t.name, now, VIEW_SPAN_S)
             self.metrics.desired.labels(t.name).set(self.autoscaler.target(t.name))
+            budget = self.autoscaler.budget(t.name)
+            self.metrics.capacity_factor.labels(t.name).set(budget.factor)
+            burn = budget.burn_rate(now, budget.window_s, min_requests=1)
+            if burn is not None:
+                self.metrics.burn_rate.labels(t.name).set(burn)
             if t.name in self.ready:
                 self.metrics.ready.labels(t.name).set(self.ready[t.name])
             if s.cost_per_request is not None:
@@ -258,6 +282,7 @@ class ControlPlane:
         s = self.fleet.summary(name, now, VIEW_SPAN_S)
         reps = self.fleet.replicas(name, now)
         lo, hi = self.autoscaler.bounds(name)
+        budget = self.autoscaler.budget(name)
         healthy = [r for r, _ in reps if r.healthy]
         ms = lambda v: None if v is None else v * 1000  # noqa: E731
         return {
@@ -265,6 +290,7 @@ class ControlPlane:
             "replicas_desired": self.autoscaler.target(name),
             "replicas_ready": self.ready.get(name, len(healthy)),
             "min": lo, "max": hi, "pinned": self.autoscaler.pinned(name),
+            "slo_burn_rate": budget.burn_rate(now, budget.window_s, min_requests=1), "capacity_factor": budget.factor,
             "routing_share": share if share is not None else self.fleet.routing_share(now, VIEW_SPAN_S).get(name),
             "ttft_p95_ms": ms(s.ttft_p95), "itl_p95_ms": ms(s.itl_p95),
             "slo_ttft_p95_ms": self.config.slo.ttft_p95_ms, "slo_itl_p95_ms": self.config.slo.itl_p95_ms,

@@ -62,6 +62,22 @@ class Histogram:
         self.sum += other.sum
         self.count += other.count
 
+    def count_above(self, x: float) -> float:
+        """Observations above `x`, linear inside the bucket that holds it (as `quantile` reads
+        buckets); everything in the +Inf bucket counts as above."""
+        above, lower = 0.0, 0.0
+        for i, c in enumerate(self.counts):
+            if i == len(self.bounds):
+                above += c
+                break
+            upper = self.bounds[i]
+            if lower >= x:
+                above += c
+            elif upper > x:
+                above += c * (upper - x) / (upper - lower)
+            lower = upper
+        return above
+
     def quantile(self, q: float) -> float | None:
         """Prometheus-style `histogram_quantile`: linear inside the bucket; None when empty."""
         total = sum(self.counts)

@@ -119,6 +119,11 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             (f"avg(thrifty_controller_cost_per_1k_requests_dollars{{{NT}}})", "cost per 1k ($)"),
         ]),
         panel("TTFT p95 vs SLO headroom", [(f"thrifty_controller_slo_ttft_p95_seconds{{{NT}}}", "{{tier}}")], unit="s"),
+        panel("SLO error budget: burn rate and capacity factor", [
+            (f"thrifty_controller_slo_burn_rate{{{NT}}}", "{{tier}} burn rate"),
+            (f"thrifty_controller_capacity_factor{{{NT}}}", "{{tier}} capacity factor"),
+        ], description="burn rate 1 = TTFT misses exactly at what slo.ttft_attainment allows; the autoscaler "
+                       "plans with capacity x factor, raising it while the burn rate stays under 0.5"),
     ]),
 }
 

@@ -141,6 +141,9 @@ class Tier(_Strict):
 class Slo(_Strict):
     ttft_p95_ms: Positive = 2000
     itl_p95_ms: Positive = 100
+    # Share of requests the autoscaler keeps within ttft_p95_ms; the rest is the error
+    # budget it may spend by running replicas closer to their capacity.
+    ttft_attainment: Annotated[float, Field(gt=0.5, lt=1)] = 0.99
 
 
 class ExactCacheSettings(_Strict):
