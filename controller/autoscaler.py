@@ -312,7 +312,7 @@ class Autoscaler:
                    share: float | None, fleet_rate: float) -> tuple[int, str]:
         p = state.policy
         state.capacity.observe(now, o, p.slo_ttft_s)
-        state.budget.observe(now, o.ttft_finished, o.ttft_missed, o.ttft_p95_s, p.slo_ttft_s)
+        state.budget.observe(now, o.ttft_finished, o.ttft_missed)
         if o.token_rate > 0 or o.queue_depth > 0 or o.running + o.waiting > 0:
             state.last_arrival = now
         if o.ready + o.starting == 0:

@@ -6,12 +6,11 @@ and pays for it in GPU-hours; sizing it on a fixed guess of safe utilisation eit
 wastes capacity or blows the budget, depending on the traffic (on the replays here a
 fixed 1.3x ran at 0.999 attainment on one workload and 0.967 on another). So the budget
 is measured and spent: `SloBudget.factor` multiplies the per-replica capacity the
-autoscaler plans with. While the recent miss rate is well inside the budget and TTFT has
-headroom, the factor creeps up (a few percent a minute); as soon as misses burn the
-budget faster than it is earned it drops back quickly, and far below 1 if the learned
-capacity itself was too optimistic. The SLO headroom rules in the autoscaler still act
-at once on a queue building up; this only sets how close to the edge the steady state
-sits.
+autoscaler plans with. While misses stay under half the budget, the factor creeps up (2%
+a minute, to at most 1.5x); as soon as they burn it faster than it is earned, it falls
+back to 1 within a minute or two. It never goes below 1: a capacity estimate that was too
+optimistic shows up as a queue, which the autoscaler's SLO headroom rule answers at once.
+This only sets how close to the edge the steady state sits.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ class SloBudget:
     _samples: deque[tuple[float, int, int]] = field(default_factory=deque)  # (time, finished, missed)
     _last: float | None = None
 
-    def observe(self, now: float, finished: int, missed: int, ttft_p95_s: float | None, slo_ttft_s: float) -> None:
+    def observe(self, now: float, finished: int, missed: int) -> None:
         """`finished` requests got a first token (or were shed) since the last call; `missed` of them late."""
         if finished > 0:
             self._samples.append((now, finished, missed))

@@ -15,7 +15,7 @@ def _feed(budget: SloBudget, start: float, minutes: float, per_tick: int, missed
     t = start
     for _ in range(int(minutes * 60 / tick_s)):
         t += tick_s
-        budget.observe(t, per_tick, missed, None, 2.0)
+        budget.observe(t, per_tick, missed)
     return t
 
 
