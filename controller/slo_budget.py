@@ -43,23 +43,27 @@ class SloBudget:
             self._samples.popleft()
         dt_min = 0.0 if self._last is None else max(0.0, now - self._last) / 60.0
         self._last = now
-        slow, fast = self.burn_rate(now, self.window_s), self.burn_rate(now, self.fast_window_s)
+        slow, fast = self._burns(now)
         if (slow is not None and slow >= 1.0) or (fast is not None and fast >= 2.0):
             self.factor = max(self.floor, self.factor * (1.0 - self.fall_per_min) ** dt_min)
-        elif self.underspent(now):
+        elif self._underspent(slow, fast):
             self.factor = min(self.ceiling, self.factor * (1.0 + self.rise_per_min) ** dt_min)
-
-    def underspent(self, now: float) -> bool:
-        """Misses under half the budget over the long window, and not beyond it over the short one."""
-        slow, fast = self.burn_rate(now, self.window_s), self.burn_rate(now, self.fast_window_s)
-        return slow is not None and slow < 0.5 and (fast is None or fast < 1.0)
 
     def overspent(self, now: float) -> bool | None:
         """Misses beyond the budget over either window; None when neither has enough requests."""
-        slow, fast = self.burn_rate(now, self.window_s), self.burn_rate(now, self.fast_window_s)
+        slow, fast = self._burns(now)
         if slow is None and fast is None:
             return None
         return (slow is not None and slow >= 1.0) or (fast is not None and fast >= 1.0)
+
+    def _burns(self, now: float) -> tuple[float | None, float | None]:
+        """Burn rates over the long and the short window."""
+        return self.burn_rate(now, self.window_s), self.burn_rate(now, self.fast_window_s)
+
+    @staticmethod
+    def _underspent(slow: float | None, fast: float | None) -> bool:
+        """Misses under half the budget over the long window, and not beyond it over the short one."""
+        return slow is not None and slow < 0.5 and (fast is None or fast < 1.0)
 
     def burn_rate(self, now: float, span_s: float, min_requests: int | None = None) -> float | None:
         """Miss share over the last `span_s` as a multiple of what the target allows; None with
