@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import DataTable, Sparkline, Static
@@ -51,8 +52,25 @@ def sync_rows(table: DataTable, rows: Sequence[Row]) -> None:
         table.add_row(*cells, key=key)
 
 
+class MeasuredDataTable(DataTable):
+    """A DataTable that redraws once its idle pass has measured new cells.
+
+    Textual's DataTable fits column widths to new or updated cells on its idle pass, but
+    caches rendered lines without the widths in the key, so lines drawn before that pass
+    (a busy CPU lets a frame in first) keep the old widths and show truncated cells until
+    some other change (Textualize/textual#3533). Dropping the caches after a measuring
+    pass costs one redraw per update, at most once a poll."""
+
+    async def _on_idle(self, event: events.Idle) -> None:
+        measuring = bool(self._updated_cells or self._require_update_dimensions)
+        await super()._on_idle(event)
+        if measuring:
+            self._clear_caches()
+            self.refresh()
+
+
 def _table(columns: Sequence[tuple[str, str]], table_id: str, *, cursor: bool) -> DataTable:
-    table: DataTable = DataTable(id=table_id, cursor_type="row" if cursor else "none", zebra_stripes=False)
+    table: DataTable = MeasuredDataTable(id=table_id, cursor_type="row" if cursor else "none", zebra_stripes=False)
     for label, key in columns:
         table.add_column(label, key=key)
     return table

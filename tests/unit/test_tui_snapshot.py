@@ -45,14 +45,14 @@ async def _screenshot(ctl: RunningController) -> str:
     async with app.run_test(size=(80, 24)) as pilot:
         while app.polls < 1:
             await pilot.pause(0.02)
-        # Column widths settle on the table's idle pass: wait until two renders agree.
+        # Column widths settle on each table's idle pass: wait until two renders agree.
         shot = ""
-        for _ in range(40):
+        for _ in range(200):
             await pilot.pause(0.05)
             previous, shot = shot, app.export_screenshot()
             if shot == previous:
-                break
-        return shot
+                return shot
+        pytest.fail("the console's layout did not settle within 10 s")
 
 
 def _compare(name: str, svg: str) -> None:
