@@ -9,9 +9,10 @@ file, and, with `--cache-pairs`, a stated share of exact repeats and QQP paraphr
   the smallest count that meets the SLO at the trace's peak;
 - then each lever added in turn, the last row being Thrifty: +router (the shipped
   `RouterModel`, small tier = the file's cheaper model, threshold from a quality budget:
-  the artifact's out-of-fold training rows must keep (target + its cross-validated
-  margin) / the quantized tiers' published recovery, so the fleet as a whole keeps the
-  target; the same threshold in every row),
+  the artifact's out-of-fold training rows must keep (target + its ease margin, the
+  margin cross-validated for heads over the ease score's own features) / the quantized
+  tiers' published recovery, so the fleet as a whole keeps the target; the same
+  threshold in every row),
   +exact cache, +semantic cache (shipped verifier), +balancer (least-loaded instead of
   round-robin), +autoscaler (the controller's `Autoscaler`, both tiers coupled), and
   +quantization/speculative profiles (FP8 small tier; FP8 large tier on half the GPUs, with
@@ -65,7 +66,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--router-artifact", help="router artifact (default: the shipped proxy/router_model.npz)")
     p.add_argument("--target-quality", type=float, default=0.95,
                    help="end-to-end quality to keep (default 0.95): the router is calibrated for it plus the artifact's "
-                        "cross-validated margin, divided by the quantized tiers' published quality recovery")
+                        "cross-validated ease margin, divided by the quantized tiers' published quality recovery")
     p.add_argument("--router-threshold", type=float, help="override the quality-budget threshold")
     p.add_argument("--strong-share", type=float,
                    help="label-free calibration instead: threshold sending this share of the scored prompts to the large tier")
@@ -141,10 +142,10 @@ def _prices(overrides: list[str]) -> dict[str, float]:
 def _router_quality_target(args: argparse.Namespace, router, quantized_profiles: list) -> float:
     """The share of the strongest model's quality the router must keep so the whole fleet keeps
     `--target-quality`: quantized tiers answer at their published recovery (the worst one
-    is budgeted), and the artifact's cross-validated margin covers the router's own error
-    on unseen prompts. Training data and model cards only; never the scored file's labels."""
+    is budgeted), and the artifact's cross-validated ease margin covers the threshold's own
+    error on unseen prompts. Training data and model cards only; never the scored file's labels."""
     recovery = min(p.quality_recovery for p in quantized_profiles)
-    return min(1.0, (args.target_quality + router.margin_for(2)) / recovery)
+    return min(1.0, (args.target_quality + router.ease_margin()) / recovery)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -268,7 +269,7 @@ def _run(args: argparse.Namespace) -> int:
             router_target = _router_quality_target(args, router, [spec_for(t, True).profile for t in (SMALL, LARGE)])
             threshold = threshold_for_quality(router.calibration, router_target)
             threshold_source = (f"quality budget: router keeps {router_target:.4f} on the artifact's out-of-fold "
-                                f"training rows = ({args.target_quality} + margin {router.margin_for(2)}) / quantized recovery")
+                                f"training rows = ({args.target_quality} + ease margin {router.ease_margin()}) / quantized recovery")
         for r, score in zip(rows, ease, strict=True):
             tier_of_row[r] = 0 if pick_tier(float(score), [SMALL, LARGE], threshold) == SMALL else 1
     quality_of = np.nan_to_num(data.scores[:, [small, large]])

@@ -13,32 +13,42 @@ from the cheapest feasible policy to the next cheaper one, least predicted loss 
 dollar first, until the predicted goal is met). The margin ships in the artifact:
 `thrifty router train` cross-validates it on out-of-fold predictions over its own
 training halves (two folds by prompt hash), per policy kind, as the smallest margin
-whose equal-weight mean over datasets keeps the target: 0.005 for two-model files,
-0.025 for 11-model files (out-of-fold quality_retained at those margins: MMLU 0.951,
-arc 0.934, mbpp 0.951, winogrande 0.972; `thrifty router show` prints the table).
+that keeps the target on every training file of that kind: 0.015 for two-model files,
+0.025 for 11-model files (out-of-fold quality_retained at those margins: MMLU 0.953,
+arc 0.956, mbpp 0.951, winogrande 0.972; `thrifty router show` prints the table).
+The per-model heads see a topic cluster (16 spherical k-means clusters over the
+training embeddings, the count cross-validated on out-of-fold savings; see
+`thrifty.proxy.router`), so each task keeps its own per-model prior instead of being
+pulled towards MMLU's.
 The labels only measure what that choice achieved. For reference the table also
 reads the cheapest point off the labelled curve (how RouteLLM reports savings),
 random routing (best mix of one cheaper model with the strongest, generous: picked on
 labels) and the oracle (cheapest model that gets each prompt right).
 
 Measured with the shipped artifact on the held-out halves (`--max-rows 0`), label-free
-point (cost_reduction @ quality_retained): MMLU 0.520 @ 0.950 (RouteLLM: 0.45);
-arc_challenge 0.923 @ 0.930 (misses 0.95: Yi-34B's and GPT-4's per-task quality are
-mispredicted by ~0.01-0.05, enough to tip the all-Yi policy); mbpp 0.152 @ 0.971;
-winogrande 0.276 @ 0.951. Read-off labelled curve: MMLU 0.480, arc 0.639, mbpp 0.226,
-winogrande 0.200. Random (on labels): arc 0.806, mbpp 0.557, winogrande 0.328.
+point (cost_reduction @ quality_retained): MMLU 0.466 @ 0.960 (RouteLLM: 0.45);
+arc_challenge 0.509 @ 0.956; mbpp 0.516 @ 0.971; winogrande 0.259 @ 0.957. Every file
+keeps 0.95; none reaches 0.60. Read-off labelled curve: MMLU 0.511, arc 0.599, mbpp
+0.698, winogrande 0.230. Random (on labels): MMLU 0.315, arc 0.806, mbpp 0.557,
+winogrande 0.328. Before the topic clusters and the every-file margin (pooled heads,
+margins from the mean over files): MMLU 0.520 @ 0.950, arc 0.923 @ 0.930 (missed: the
+pooled GPT-4 head priced GPT-4 at 0.91 on arc, real 0.95, so the all-Yi policy looked
+good enough), mbpp 0.152 @ 0.971 (GPT-4 priced at 0.83, real 0.70), winogrande 0.276 @
+0.951. Winogrande stays below random routing: no prompt signal says which of its
+questions Yi-34B gets wrong, and the margin that makes arc safe costs winogrande.
 
 Leave-one-dataset-out (heads trained on the other three files' training halves, whole
-held-out file scored, target 0.95, shipped margins): arc 0.875 @ 0.943, mbpp 0.725 @
-0.863, winogrande 0.523 @ 0.777, MMLU (its Mixtral scored by the RouterBench Mixtral
-head) 0.364 @ 0.952. Per-prompt signal within a task is near zero (correlation of
-predicted and real correctness <= 0.24 on arc, ~0 on mbpp and winogrande); what the
-heads learn is each task's per-model prior, and that does not transfer to a task they
-have not seen (predicted Claude-v1 0.85 on winogrande, real 0.56; Yi-34B 0.75 on mbpp,
-real 0.37). No margin up to 0.04 held 0.95 on winogrande held out. So on an unseen
-RouterBench task the 11-model label-free point is NOT trustworthy: add a labelled
-sample of that task to `thrifty router train`, or run two tiers with
-`thrifty router calibrate --strong-share` on its unlabelled prompts.
+held-out file scored, target 0.95, their own cross-validated margins): arc 0.274 @
+0.963, mbpp 0.215 @ 0.932, winogrande 0.452 @ 0.726, MMLU (its Mixtral scored by the
+RouterBench Mixtral head) 0.527 @ 0.911 (before the topic clusters: arc 0.875 @ 0.943,
+mbpp 0.725 @ 0.863, winogrande 0.523 @ 0.777, MMLU 0.364 @ 0.952). Per-prompt signal
+within a task is near zero (correlation of predicted and real correctness <= 0.24 on
+arc, ~0 on mbpp and winogrande); what the heads learn is each task's per-model prior,
+and that does not transfer to a task they have not seen (predicted Claude-v1 0.85 on
+winogrande, real 0.56; Yi-34B 0.75 on mbpp, real 0.37). So on an unseen RouterBench
+task the 11-model label-free point is NOT trustworthy: add a labelled sample of that
+task to `thrifty router train`, or run two tiers with `thrifty router calibrate
+--strong-share` on its unlabelled prompts.
 
 A response-based cascade does not close the gap either (scratch experiment on the
 files' `|model_response` columns, not shipped: answer with a cheap model, ask a second
