@@ -24,9 +24,13 @@ x the stated price per GPU type. The small tier answers with the labels of the f
 cheaper model (Mixtral-8x7B for RouteLLM's MMLU) but runs the Llama-3-8B profile (no
 Mixtral profile is derived here): a stand-in that flatters the small tier's cost per
 answer; `--small-profile` takes another one. The router's threshold comes from its
-calibration pooled over its training files, so on a file whose tasks it prices
-differently the fleet can miss the quality target (a RouterBench arc file routes
-everything to Yi-34B: 0.94); `--strong-share` calibrates on the scored prompts instead. Every step is also costed both ways, fixed at its own
+calibration pooled over its training files, which prices a task by the training mix:
+alone it sent every RouterBench arc prompt to Yi-34B (quality 0.936; mbpp 0.905,
+winogrande 0.853). So when the artifact has per-model heads for both tiers' models,
+they check it on the scored prompts (no labels): if they predict the pooled threshold
+keeps less than the target, it is raised until they predict target + their
+cross-validated margin (`_predicted_quality_guard`); on MMLU it stands.
+`--strong-share` calibrates on the scored prompts instead. Every step is also costed both ways, fixed at its own
 peak and under the autoscaler (`static` / `autoscaled` in the breakdown): with a few
 whole replicas per tier, a lever that removes 10% of the load saves nothing at a static
 peak, while the autoscaler turns it into GPU-hours. quality_retained = mean answer quality / the baseline's
@@ -148,6 +152,31 @@ def _router_quality_target(args: argparse.Namespace, router, quantized_profiles:
     return min(1.0, (args.target_quality + router.ease_margin()) / recovery)
 
 
+def _predicted_quality_guard(args, router, n_models: int, rows, ease: np.ndarray, predicted: np.ndarray,
+                             questions, profiles, threshold: float) -> tuple[float | None, float, float]:
+    """A check on the pooled threshold from the scored prompts themselves, prompts only.
+
+    The pooled calibration prices a task by the training mix (a RouterBench arc file sent
+    every prompt to Yi-34B at 0.94); the per-model heads see the prompts' own task
+    (`predicted`: small, large per routing row). When they predict that `threshold` keeps
+    less than target / quantized recovery of the large model's quality on the prompts as
+    asked, it is raised until they predict (target + their margin) / recovery. Otherwise
+    it stands: on MMLU the heads' wider margin would only cost savings the pooled
+    calibration's cross-validation already vouches for. Returns (raised threshold or None,
+    predicted share kept at `threshold`, the raised target)."""
+    from thrifty.proxy.router import threshold_for_predicted_quality
+
+    index_of = {r: i for i, r in enumerate(rows)}
+    asked = np.array([index_of[q.row] for q in questions])
+    e, small, large = ease[asked], predicted[asked, 0], predicted[asked, 1]
+    recovery = min(p.quality_recovery for p in profiles)
+    kept = float(np.where(e >= threshold, small, large).sum() / large.sum())
+    target = min(1.0, (args.target_quality + router.margin_for(n_models)) / recovery)
+    if kept >= args.target_quality / recovery:
+        return None, kept, target
+    return max(threshold, threshold_for_predicted_quality(e, small, large, target)), kept, target
+
+
 def _validate(args: argparse.Namespace) -> None:
     if not 0 <= args.repeat_share < 1:
         raise ValueError("--repeat-share must be in [0, 1)")
@@ -257,7 +286,8 @@ def _run(args: argparse.Namespace) -> int:
     threshold_source = "none"
     threshold = float("nan")
     if router is not None:
-        ease = router.ease_scores(np.stack([router_vectors[router_view(data.prompts[r])] for r in rows]), [data.prompts[r] for r in rows])
+        row_vectors = np.stack([router_vectors[router_view(data.prompts[r])] for r in rows])
+        ease = router.ease_scores(row_vectors, [data.prompts[r] for r in rows])
         if args.router_threshold is not None:
             threshold, threshold_source = args.router_threshold, "--router-threshold"
         elif args.strong_share is not None:
@@ -266,10 +296,21 @@ def _run(args: argparse.Namespace) -> int:
             threshold = threshold_for_strong_share(asked, args.strong_share)
             threshold_source = f"strong share {args.strong_share} on the scored prompts (unlabelled)"
         else:
-            router_target = _router_quality_target(args, router, [spec_for(t, True).profile for t in (SMALL, LARGE)])
+            profiles = [spec_for(t, True).profile for t in (SMALL, LARGE)]
+            router_target = _router_quality_target(args, router, profiles)
             threshold = threshold_for_quality(router.calibration, router_target)
             threshold_source = (f"quality budget: router keeps {router_target:.4f} on the artifact's out-of-fold "
                                 f"training rows = ({args.target_quality} + ease margin {router.ease_margin()}) / quantized recovery")
+            pair = [data.models[small], data.models[large]]
+            if all(m in router.heads for m in pair):
+                predicted = router.correctness(row_vectors, [data.prompts[r] for r in rows], pair)
+                raised, kept, guard_target = _predicted_quality_guard(
+                    args, router, len(data.models), rows, ease, predicted, questions, profiles, threshold)
+                if raised is not None:
+                    threshold = raised
+                    threshold_source += (f"; the per-model heads predict it keeps only {kept:.4f} on the scored prompts, so "
+                                         f"raised until they predict {guard_target:.4f} (+ their margin "
+                                         f"{router.margin_for(len(data.models))}; unlabelled)")
         for r, score in zip(rows, ease, strict=True):
             tier_of_row[r] = 0 if pick_tier(float(score), [SMALL, LARGE], threshold) == SMALL else 1
     quality_of = np.nan_to_num(data.scores[:, [small, large]])

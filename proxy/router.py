@@ -553,6 +553,17 @@ def choose_policy(predicted: np.ndarray, price: np.ndarray, target: float, margi
     return best
 
 
+def threshold_for_predicted_quality(ease: np.ndarray, p_weak: np.ndarray, p_strong: np.ndarray, target: float) -> float:
+    """Label-free, on unlabelled prompts: the lowest threshold whose routing (ease >= t to
+    the weak model) keeps `target` of the strong model's *predicted* quality, from the
+    per-model heads' predictions for these very prompts. Where the pooled calibration
+    misprices a task, this sees the task's own per-model priors."""
+    order = np.argsort(-ease, kind="stable")
+    kept = p_strong.sum() + np.cumsum(p_weak[order] - p_strong[order])
+    feasible = np.where(kept >= target * p_strong.sum())[0]
+    return float(ease[order[feasible.max()]]) if len(feasible) else 1.0 + 1e-9
+
+
 def threshold_for_strong_share(scores: np.ndarray, share: float) -> float:
     """Threshold that sends `share` of these (unlabelled) prompts to the stronger tier."""
     if not 0.0 <= share <= 1.0:

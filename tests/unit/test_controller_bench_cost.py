@@ -11,11 +11,12 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from thrifty.bench import cost
 from thrifty.bench._cost_fleet import RoundRobinTier
-from thrifty.bench._cost_workload import build_questions
+from thrifty.bench._cost_workload import Question, build_questions
 from thrifty.controller.simfleet import TraceRequest
 from thrifty.engine.profiles import get_profile
 
@@ -146,3 +147,27 @@ def test_router_budget_covers_the_worst_quantized_tier_and_the_cv_margin():
     assert unquantized == pytest.approx(0.955)
     strict = cost.parse_args(["--trace", "t.csv", "--routing", "r.csv", "--target-quality", "0.999"])
     assert cost._router_quality_target(strict, Router(), profiles) == 1.0  # capped: all-strong at worst
+
+
+def test_predicted_quality_guard_raises_the_threshold_only_when_the_heads_predict_a_miss():
+    class Router:
+        def margin_for(self, n_models: int) -> float:
+            return 0.0 if n_models <= 2 else 0.025
+
+    args = cost.parse_args(["--trace", "t.csv", "--routing", "r.csv", "--target-quality", "0.95"])
+    rows = [10, 11]
+    ease = np.array([0.9, 0.1])
+    predicted = np.array([[0.0, 1.0], [1.0, 1.0]])  # the "easy" row 10 is one the small model gets wrong
+    profiles = [get_profile("h100-llama3-70b-tp4")]  # unquantized: recovery 1
+    asked_once = [Question("fresh", 0, "a", 10, 0), Question("fresh", 0, "b", 11, 1)]
+    # a pooled threshold sending both to the small model is predicted to keep half: raised past row 10
+    raised, kept, target = cost._predicted_quality_guard(args, Router(), 11, rows, ease, predicted, asked_once, profiles, 0.05)
+    assert kept == pytest.approx(0.5) and target == pytest.approx(0.975) and raised > 0.9
+    # row 11 asked 40 times: row 10 going small costs 1/41 < 5%, so the pooled threshold stands
+    many = asked_once + [Question("repeat", 0, "b", 11, 1)] * 39
+    raised, kept, _ = cost._predicted_quality_guard(args, Router(), 2, rows, ease, predicted, many, profiles, 0.05)
+    assert raised is None and kept == pytest.approx(40 / 41)
+    # a threshold already above what the heads ask for is never lowered
+    raised, _, _ = cost._predicted_quality_guard(args, Router(), 11, rows, ease, np.array([[0.0, 1.0], [0.0, 1.0]]),
+                                                 asked_once, profiles, 0.5)
+    assert raised is not None and raised >= 0.5
