@@ -19,8 +19,9 @@ allows, adds replicas at once (p95 near the SLO with misses inside the budget is
 time, e.g. long prompts, which more replicas would not shorten: on a Mooncake-derived
 replay that rule alone had held 1.33x the static peak's GPU-hours). Scale-up is immediate and
 sized in one step; scale-down takes the highest recommendation of the stabilisation
-window (the lower target must have held for the whole window), goes to it in one step,
-and drains; it waits while TTFT p95 is over half the SLO (replicas already queueing:
+window (the lower target must have held for the whole window), goes to it in steps of
+at most a quarter of the replicas (at least one) a minute, and drains (scale-to-zero
+after idle_to_zero_s goes at once); it waits while TTFT p95 is over half the SLO (replicas already queueing:
 one fewer turns the next burst into misses; on a prefill-heavy variant of the Azure
 trace this halved the scale actions and cut misses by a quarter).
 How close to its capacity a tier runs is set by its SLO error budget
@@ -54,6 +55,11 @@ class TierPolicy:
     target_kv: float = 0.75  # KV-cache fill one replica should stay under
     slo_ttft_s: float = 2.0
     down_stabilization_s: float = 300.0
+    # A scale-down removes at most this share of the replicas (at least one) per
+    # down_step_s: the capacity factor is evidence at the current count, and one step to
+    # half the replicas (6 -> 3 at factor 1.5, winogrande replay) outran it.
+    down_step_fraction: float = 0.25
+    down_step_s: float = 60.0
     idle_to_zero_s: float = 300.0  # no arrivals this long -> zero (when allowed)
     headroom: float = 1.1  # spare capacity for sub-interval bursts
     # Engine cost model (from the tier's performance profile): seconds of engine time per
@@ -206,6 +212,7 @@ class _TierState:
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, recommendation)
     rates: deque[tuple[float, float]] = field(default_factory=deque)  # (time, token arrival rate) for the burst level
     last_arrival: float = 0.0
+    last_down: float = -math.inf
     pin: tuple[int, int] | None = None
 
     def bounds(self) -> tuple[int, int]:
@@ -286,8 +293,15 @@ class Autoscaler:
                 new = want
             elif want < state.target:
                 stable = max(r for _, r in state.recent)
-                if stable < state.target:
-                    new, reason = stable, f"stable for {state.policy.down_stabilization_s:.0f}s: {reason}"
+                p = state.policy
+                # to zero (no arrivals for idle_to_zero_s) at once; otherwise in steps
+                if stable < state.target and (stable == 0 or now - state.last_down >= p.down_step_s):
+                    step = max(1, int(state.target * p.down_step_fraction))
+                    new = stable if stable == 0 else max(stable, state.target - step)
+                    reason = f"stable for {p.down_stabilization_s:.0f}s: {reason}"
+                    if new > stable:
+                        reason += f"; at most {step} down per {p.down_step_s:.0f}s"
+                    state.last_down = now
             new = min(max(new, lo), hi)
             if self.paused:  # frozen: no changes, pins included, until resumed
                 continue

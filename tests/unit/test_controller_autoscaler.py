@@ -23,12 +23,15 @@ def test_scale_down_waits_for_the_stabilisation_window() -> None:
     p = TierPolicy("large", min_replicas=1, max_replicas=20, target_concurrency=10, down_stabilization_s=120)
     a = Autoscaler([p], initial={"large": 6})
     downs = []
-    for i in range(60):
+    for i in range(120):
         t = i * 5.0
         downs += a.decide(t, {"large": _obs(t, a.target("large"), 10, 500)})
     assert downs and all(d.direction == "down" for d in downs)
     assert downs[0].time >= 120
     assert a.target("large") <= 2
+    # in steps: a quarter of the replicas at most (at least one), one step a minute
+    assert all(d.from_replicas - d.to_replicas == max(1, int(d.from_replicas * 0.25)) for d in downs)
+    assert all(b.time - a_.time >= 60 for a_, b in zip(downs, downs[1:]))
 
 
 def test_no_scale_down_while_ttft_uses_over_half_the_slo() -> None:
@@ -39,7 +42,7 @@ def test_no_scale_down_while_ttft_uses_over_half_the_slo() -> None:
         t = i * 5.0
         decisions += a.decide(t, {"large": _obs(t, a.target("large"), 10, 500, ttft_p95_s=1.2)})
     assert decisions == [] and a.target("large") == 6
-    for i in range(60, 120):  # the same load with TTFT back to 0.4 s: now it releases replicas
+    for i in range(60, 160):  # the same load with TTFT back to 0.4 s: now it releases replicas
         t = i * 5.0
         decisions += a.decide(t, {"large": _obs(t, a.target("large"), 10, 500, ttft_p95_s=0.4)})
     assert decisions and all(d.direction == "down" for d in decisions) and a.target("large") <= 2
@@ -129,7 +132,8 @@ def test_token_demand_over_capacity_sets_the_target() -> None:
 
 def test_demand_is_the_recent_burst_level_not_the_last_reading() -> None:
     p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
-                   target_concurrency=1000, down_stabilization_s=30, burst_window_s=600, burst_quantile=0.9)
+                   target_concurrency=1000, down_stabilization_s=30, burst_window_s=600, burst_quantile=0.9,
+                   down_step_fraction=1.0, down_step_s=0.0)  # demand estimation only: scale down in one step
     a = Autoscaler([p], initial={"t": 1})
     t = 0.0
     for i in range(120):  # 10 minutes at 8k tok/s with a 16k tok/s burst every minute (10 s of it)
