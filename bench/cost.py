@@ -143,13 +143,18 @@ def _prices(overrides: list[str]) -> dict[str, float]:
     return out
 
 
+def _fleet_budget(quality: float, quantized_profiles: list) -> float:
+    """The share of the strongest model's quality the router must keep for the fleet to keep
+    `quality`: quantized tiers answer at their published recovery (the worst one is budgeted)."""
+    return min(1.0, quality / min(p.quality_recovery for p in quantized_profiles))
+
+
 def _router_quality_target(args: argparse.Namespace, router, quantized_profiles: list) -> float:
     """The share of the strongest model's quality the router must keep so the whole fleet keeps
-    `--target-quality`: quantized tiers answer at their published recovery (the worst one
-    is budgeted), and the artifact's cross-validated ease margin covers the threshold's own
-    error on unseen prompts. Training data and model cards only; never the scored file's labels."""
-    recovery = min(p.quality_recovery for p in quantized_profiles)
-    return min(1.0, (args.target_quality + router.ease_margin()) / recovery)
+    `--target-quality`, with the artifact's cross-validated ease margin covering the
+    threshold's own error on unseen prompts. Training data and model cards only; never the
+    scored file's labels."""
+    return _fleet_budget(args.target_quality + router.ease_margin(), quantized_profiles)
 
 
 def _predicted_quality_guard(args, router, n_models: int, rows, ease: np.ndarray, predicted: np.ndarray,
@@ -164,17 +169,16 @@ def _predicted_quality_guard(args, router, n_models: int, rows, ease: np.ndarray
     it stands: on MMLU the heads' wider margin would only cost savings the pooled
     calibration's cross-validation already vouches for. Returns (raised threshold or None,
     predicted share kept at `threshold`, the raised target)."""
-    from thrifty.proxy.router import threshold_for_predicted_quality
+    from thrifty.proxy.router import threshold_for_quality
 
     index_of = {r: i for i, r in enumerate(rows)}
     asked = np.array([index_of[q.row] for q in questions])
     e, small, large = ease[asked], predicted[asked, 0], predicted[asked, 1]
-    recovery = min(p.quality_recovery for p in profiles)
     kept = float(np.where(e >= threshold, small, large).sum() / large.sum())
-    target = min(1.0, (args.target_quality + router.margin_for(n_models)) / recovery)
-    if kept >= args.target_quality / recovery:
+    target = _fleet_budget(args.target_quality + router.margin_for(n_models), profiles)
+    if kept >= _fleet_budget(args.target_quality, profiles):
         return None, kept, target
-    return max(threshold, threshold_for_predicted_quality(e, small, large, target)), kept, target
+    return max(threshold, threshold_for_quality(np.column_stack([e, small, large]), target)), kept, target
 
 
 def _validate(args: argparse.Namespace) -> None:

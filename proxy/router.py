@@ -505,8 +505,11 @@ def _cross_validate_margin(
 
 
 def threshold_for_quality(calibration: np.ndarray, target: float) -> float:
-    """Highest-saving threshold whose routed quality (on out-of-fold rows) keeps `target`
-    of the strongest model's quality."""
+    """Highest-saving threshold whose routed quality keeps `target` of the strongest model's
+    quality. `calibration` rows are (ease, weak quality, strong quality): the artifact's
+    out-of-fold training rows with their labels, or unlabelled prompts with the per-model
+    heads' predicted correctness (which see a task's own priors where the pooled
+    calibration misprices it)."""
     ease, weak, strong = calibration[:, 0], calibration[:, 1], calibration[:, 2]
     goal = target * strong.mean()
     candidates = np.unique(np.concatenate([ease, [0.0, 1.0 + 1e-9]]))
@@ -551,17 +554,6 @@ def choose_policy(predicted: np.ndarray, price: np.ndarray, target: float, margi
         mixed[take] = cheaper[take]
         best = mixed
     return best
-
-
-def threshold_for_predicted_quality(ease: np.ndarray, p_weak: np.ndarray, p_strong: np.ndarray, target: float) -> float:
-    """Label-free, on unlabelled prompts: the lowest threshold whose routing (ease >= t to
-    the weak model) keeps `target` of the strong model's *predicted* quality, from the
-    per-model heads' predictions for these very prompts. Where the pooled calibration
-    misprices a task, this sees the task's own per-model priors."""
-    order = np.argsort(-ease, kind="stable")
-    kept = p_strong.sum() + np.cumsum(p_weak[order] - p_strong[order])
-    feasible = np.where(kept >= target * p_strong.sum())[0]
-    return float(ease[order[feasible.max()]]) if len(feasible) else 1.0 + 1e-9
 
 
 def threshold_for_strong_share(scores: np.ndarray, share: float) -> float:

@@ -22,7 +22,6 @@ from thrifty.proxy.router import (
     next_tier_up,
     pick_tier,
     router_view,
-    threshold_for_predicted_quality,
     threshold_for_quality,
     threshold_for_strong_share,
     tier_thresholds,
@@ -94,16 +93,16 @@ def test_predicted_quality_threshold_keeps_the_target_on_unlabelled_prompts() ->
     ease = rng.random(1000)
     p_strong = np.full(1000, 0.9)
     p_weak = 0.9 * ease  # the weak model is as good only where the prompt is easy
-    t = threshold_for_predicted_quality(ease, p_weak, p_strong, 0.95)
+    t = threshold_for_quality(np.column_stack([ease, p_weak, p_strong]), 0.95)
     routed = np.where(ease >= t, p_weak, p_strong)
     assert routed.mean() >= 0.95 * 0.9 - 1e-12
     lower = ease[ease < t].max()  # one more prompt to the weak model breaks the target
     assert np.where(ease >= lower, p_weak, p_strong).mean() < 0.95 * 0.9
     assert (ease >= t).mean() == pytest.approx(0.1 ** 0.5, abs=0.03)  # loss 0.9 f^2 / 2 = 5% of 0.9
     # a flat weak model at 0.5 spends the 5% budget at 0.4 a prompt: 11% go weak, any of them
-    flat = threshold_for_predicted_quality(ease, np.full(1000, 0.5), p_strong, 0.95)
+    flat = threshold_for_quality(np.column_stack([ease, np.full(1000, 0.5), p_strong]), 0.95)
     assert (ease >= flat).mean() == pytest.approx(0.045 / 0.4, abs=0.01)
-    assert threshold_for_predicted_quality(ease, np.full(1000, 0.5), p_strong, 1.0) > 1.0  # no budget: all strong
+    assert threshold_for_quality(np.column_stack([ease, np.full(1000, 0.5), p_strong]), 1.0) > 1.0  # no budget: all strong
 
 
 def test_cascade_over_three_tiers() -> None:
