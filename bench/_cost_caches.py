@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from thrifty.bench._cost_workload import Question
-from thrifty.proxy.exact_cache import ExactCache, request_key
-from thrifty.proxy.semantic_cache import PairVerifier, SemanticCache, partition_key
+from thrifty.proxy.levers.exact_cache import ExactCache, request_key
+from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, partition_key
 
 MODEL_ALIAS = "thrifty"  # the model name clients ask for; the sidecar picks the tier
 CHARS_PER_TOKEN = 4  # stored answer size, for the caches' byte budgets

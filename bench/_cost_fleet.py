@@ -1,6 +1,6 @@
 """The cost bench's engines: simulated tiers under static or autoscaled provisioning.
 
-Each tier is a `thrifty.controller.simfleet.SimTier` of `thrifty.engine.sim_model`
+Each tier is a `thrifty.sim.fleet.SimTier` of `thrifty.sim.model`
 replicas. Dispatch inside a tier is either round-robin (the baseline: a plain Service
 spreading requests evenly) or the sidecar balancer's least-loaded choice (SimTier's own
 power-of-two-choices on in-flight counts). Provisioning is either static at the peak
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 from thrifty.bench.autoscale import TierProbe, thrifty_tier_policy
 from thrifty.controller.autoscaler import Autoscaler
-from thrifty.controller.simfleet import SimPod, SimTier, replay
-from thrifty.engine.profiles import GpuProfile, engine_costs
-from thrifty.engine.sim_model import SpeculativeSim
+from thrifty.sim.fleet import SimPod, SimTier, replay
+from thrifty.profiles import GpuProfile, engine_costs
+from thrifty.sim.model import SpeculativeSim
 
 TICK_S = 5.0
 MAX_WAIT_S = 30.0  # config admission.max_wait_s: shed after this long in the sidecar queue

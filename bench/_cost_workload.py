@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thrifty.controller.simfleet import TraceRequest
+from thrifty.sim.fleet import TraceRequest
 
 
 @dataclass(slots=True)
@@ -50,9 +50,9 @@ def _order(seed: int, text: str) -> bytes:
 
 def load_pairs(path: str | Path, *, exclude: frozenset[int], max_pairs: int, seed: int) -> list[tuple[str, str, int]]:
     """QQP-format pairs the verifier never saw, in a seeded hash order, at most `max_pairs`."""
-    from thrifty.proxy.verifier import pair_hash
+    from thrifty.proxy.levers.verifier import pair_hash
 
-    from thrifty.proxy.qqp_pairs import read_pairs
+    from thrifty.training.qqp_pairs import read_pairs
 
     pairs = [(a, b, label) for a, b, label in read_pairs(path, error=WorkloadError)
              if a.strip() and b.strip() and a != b and pair_hash(a, b) not in exclude]

@@ -1,8 +1,8 @@
 """`thrifty bench autoscale --trace FILE`: GPU-hours vs SLO of three scaling policies.
 
 Replays an Azure-format trace (absolute arrival times kept) through one simulated tier
-of vLLM replicas on a virtual clock (`thrifty.controller.simfleet`, replicas from
-`thrifty.engine.sim_model`), in the same run under:
+of vLLM replicas on a virtual clock (`thrifty.sim.fleet`, replicas from
+`thrifty.sim.model`), in the same run under:
 - `static_peak`: a fixed replica count, the smallest that meets the SLO over the
   whole trace (found by search in this run), all the time;
 - `keda_threshold`: common practice, KEDA + HPA on `vllm:num_requests_waiting` with a
@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
-from thrifty.controller.simfleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
-from thrifty.engine.profiles import PRIOR_CONTEXT_TOKENS, GpuProfile, engine_costs, get_profile
-from thrifty.engine.sim_model import SimReplica, SimRequest
+from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
+from thrifty.profiles import PRIOR_CONTEXT_TOKENS, GpuProfile, engine_costs, get_profile
+from thrifty.sim.model import SimReplica, SimRequest
 
 TIER = "llm"
 

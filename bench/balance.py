@@ -1,13 +1,13 @@
 """`thrifty bench balance`: prefix-cache hit rate and load balance of the real balancer.
 
 Replays a Mooncake-format trace (`hash_ids`: one id per 512-token prefix block) in
-virtual time through `thrifty.proxy.balancer` (the same filters, scorers and picker the
+virtual time through `thrifty.proxy.balance.balancer` (the same filters, scorers and picker the
 sidecar runs) against N simulated replicas, each with a bounded LRU prefix cache.
 Policies: round_robin, least_loaded, thrifty; reference `limit` = one cache holding the
 combined capacity of all replicas (what perfect affinity with no load limit could reach).
 
 Load in virtual time comes from a pluggable `LoadModel`. The default, `SimReplicaLoad`,
-runs one `thrifty.engine.sim_model.SimReplica` per replica (vLLM's continuous batching,
+runs one `thrifty.sim.model.SimReplica` per replica (vLLM's continuous batching,
 chunked prefill, KV blocks and its own prefix cache, with a GPU profile's timings), and
 the balancer sees what the sidecar sees in production: the tokens of its requests not
 yet finished plus the engine's waiting/running/KV-cache gauges. `--load token-queue`
@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from thrifty.engine.profiles import PROFILES, GpuProfile, get_profile
-from thrifty.engine.sim_model import SimReplica, SimRequest
-from thrifty.proxy.balancer import POLICIES, build_balancer
-from thrifty.proxy.filters import PickRequest
-from thrifty.proxy.pool import ReplicaState
+from thrifty.profiles import PROFILES, GpuProfile, get_profile
+from thrifty.sim.model import SimReplica, SimRequest
+from thrifty.proxy.balance.balancer import POLICIES, build_balancer
+from thrifty.proxy.balance.filters import PickRequest
+from thrifty.proxy.balance.pool import ReplicaState
 
 BLOCK_TOKENS = 512
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from thrifty.proxy.qqp_pairs import pairs_and_labels as load_pairs
+from thrifty.training.qqp_pairs import pairs_and_labels as load_pairs
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -66,9 +66,9 @@ def _measure(hit_texts: list[str | None], queries: list[str], positives: set[tup
 
 
 def _run(args: argparse.Namespace) -> int:
-    from thrifty.proxy.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
-    from thrifty.proxy.semantic_cache import HnswIndex, SemanticCache
-    from thrifty.proxy.verifier import ARTIFACT, Verifier, pair_hash
+    from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
+    from thrifty.proxy.levers.semantic_cache import HnswIndex, SemanticCache
+    from thrifty.proxy.levers.verifier import ARTIFACT, Verifier, pair_hash
 
     verifier = Verifier.load(args.verifier or ARTIFACT)
     pairs, labels = load_pairs(args.data)

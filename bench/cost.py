@@ -19,7 +19,7 @@ file, and, with `--cache-pairs`, a stated share of exact repeats and QQP paraphr
   speculative decoding). Quantized tiers' answers are scored at their published quality
   recovery (the profile's `quality_recovery`, from the FP8 model cards), not as free.
 
-Engines are `thrifty.engine.sim_model` replicas on a virtual clock; dollars = GPU-hours
+Engines are `thrifty.sim.model` replicas on a virtual clock; dollars = GPU-hours
 x the stated price per GPU type. The small tier answers with the labels of the file's
 cheaper model (Mixtral-8x7B for RouteLLM's MMLU) but runs the Llama-3-8B profile (no
 Mixtral profile is derived here): a stand-in that flatters the small tier's cost per
@@ -67,7 +67,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-rows", type=int, default=2000,
                    help="distinct routing prompts to draw from (embedding cost; 0: all unseen rows; default 2000)")
     p.add_argument("--max-pairs", type=int, default=1000, help="distinct QQP pairs to draw from (default 1000)")
-    p.add_argument("--router-artifact", help="router artifact (default: the shipped proxy/router_model.npz)")
+    p.add_argument("--router-artifact", help="router artifact (default: the shipped proxy/levers/router_model.npz)")
     p.add_argument("--target-quality", type=float, default=0.95,
                    help="end-to-end quality to keep (default 0.95): the router is calibrated for it plus the artifact's "
                         "cross-validated ease margin, divided by the quantized tiers' published quality recovery")
@@ -169,7 +169,7 @@ def _predicted_quality_guard(args, router, n_models: int, rows, ease: np.ndarray
     it stands: on MMLU the heads' wider margin would only cost savings the pooled
     calibration's cross-validation already vouches for. Returns (raised threshold or None,
     predicted share kept at `threshold`, the raised target)."""
-    from thrifty.proxy.router import threshold_for_quality
+    from thrifty.proxy.levers.router import threshold_for_quality
 
     index_of = {r: i for i, r in enumerate(rows)}
     asked = np.array([index_of[q.row] for q in questions])
@@ -205,14 +205,14 @@ def _run(args: argparse.Namespace) -> int:
     from thrifty.bench._cost_fleet import FleetRun, FleetSettings, TierSpec, run_autoscaled, run_static_fleet
     from thrifty.bench._cost_workload import build_questions, load_pairs, order_rows
     from thrifty.bench.autoscale import overlay
-    from thrifty.controller.simfleet import load_azure_trace
-    from thrifty.engine.profiles import get_profile
-    from thrifty.engine.sim_model import SpeculativeSim
-    from thrifty.proxy.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
-    from thrifty.proxy.router import (ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, router_view, strongest,
+    from thrifty.sim.fleet import load_azure_trace
+    from thrifty.profiles import get_profile
+    from thrifty.sim.model import SpeculativeSim
+    from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
+    from thrifty.proxy.levers.router import (ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, router_view, strongest,
                                       threshold_for_quality, threshold_for_strong_share)
-    from thrifty.proxy.verifier import ARTIFACT as VERIFIER_ARTIFACT
-    from thrifty.proxy.verifier import Verifier
+    from thrifty.proxy.levers.verifier import ARTIFACT as VERIFIER_ARTIFACT
+    from thrifty.proxy.levers.verifier import Verifier
 
     _validate(args)
     prices = _prices(args.gpu_hour_usd)

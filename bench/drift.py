@@ -1,8 +1,8 @@
 """`thrifty bench drift --trace FILE`: does the controller's drift detector catch real drifts fast, without crying wolf?
 
 Replays an Azure-format trace through a simulated two-tier fleet on a virtual clock
-(`thrifty.controller.simfleet`: "small" = Llama-3-8B on an A100, "large" = Llama-3-70B
-on 4x H100, replicas from `thrifty.engine.sim_model`) behind a simulated sidecar that
+(`thrifty.sim.fleet`: "small" = Llama-3-8B on an A100, "large" = Llama-3-70B
+on 4x H100, replicas from `thrifty.sim.model`) behind a simulated sidecar that
 answers exact/semantic cache hits itself and routes the rest (a seeded draw per
 request). Every 10 s the sidecar's window (`StatsWindow`: requests, tokens, dollars,
 baseline dollars, TTFT/ITL histograms, cache hits, router decisions) goes into the REAL
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 
 from thrifty.controller.drift import METHODS, Alert, DriftMonitor, bucket_signals
 from thrifty.controller.fleet import FleetView
-from thrifty.controller.simfleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
-from thrifty.controller.stats import StatsWindow, TierStats
-from thrifty.engine.profiles import get_profile
+from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
+from thrifty.wire.stats import StatsWindow, TierStats
+from thrifty.profiles import get_profile
 
 WINDOW_S = 10.0  # sidecar telemetry window
 BUCKET_S = 60.0  # the controller's drift bucket (controller.service.DRIFT_BUCKET_S)

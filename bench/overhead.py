@@ -149,7 +149,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     try:
         stub_port, plain_port, side_port = _free_port(), _free_port(), _free_port()
         py = sys.executable
-        procs.append(subprocess.Popen([py, "-m", "thrifty.proxy.stub_backend", "--port", str(stub_port)], stdout=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([py, "-m", "thrifty.sim.stub_backend", "--port", str(stub_port)], stdout=subprocess.DEVNULL))
         stub = f"http://127.0.0.1:{stub_port}"
         procs.append(subprocess.Popen([py, "-m", "thrifty.bench.overhead", "--serve-plain", str(plain_port), "--upstream", stub]))
         cfg = {"listen": {"host": "127.0.0.1", "port": side_port},

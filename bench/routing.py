@@ -18,7 +18,7 @@ that keeps the target on every training file of that kind: 0.015 for two-model f
 arc 0.956, mbpp 0.951, winogrande 0.972; `thrifty router show` prints the table).
 The per-model heads see a topic cluster (16 spherical k-means clusters over the
 training embeddings, the count cross-validated on out-of-fold savings; see
-`thrifty.proxy.router`), so each task keeps its own per-model prior instead of being
+`thrifty.proxy.levers.router`), so each task keeps its own per-model prior instead of being
 pulled towards MMLU's.
 The labels only measure what that choice achieved. For reference the table also
 reads the cheapest point off the labelled curve (how RouteLLM reports savings),
@@ -76,7 +76,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thrifty.proxy.router import REFERENCE_PRICES as DEFAULT_PRICES
+from thrifty.proxy.levers.router import REFERENCE_PRICES as DEFAULT_PRICES
 
 
 @dataclass(slots=True)
@@ -177,8 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from thrifty.proxy.embedder import encode_with_disk_cache, encoder_for
-    from thrifty.proxy.router import ARTIFACT, RouterModel, choose_policy, load_labelled, router_view, strongest
+    from thrifty.proxy.levers.embedder import encode_with_disk_cache, encoder_for
+    from thrifty.proxy.levers.router import ARTIFACT, RouterModel, choose_policy, load_labelled, router_view, strongest
 
     if not 0 < args.target_quality <= 1:
         raise ValueError("--target-quality must be in (0, 1]")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import openai
 
-from thrifty.engine.sim_server import running_sim_server
+from thrifty.sim.server import running_sim_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = REPO.parent / "shared" / "data" / "prompts" / "sharegpt_500.json"

@@ -12,7 +12,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats, ratio
+from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats, ratio
 
 
 @dataclass(slots=True)

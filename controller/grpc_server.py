@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from thrifty.controller import telemetry_pb2 as pb
-from thrifty.controller import telemetry_pb2_grpc as pb_grpc
-from thrifty.controller.codec import policy_to_pb, window_from_pb
+from thrifty.wire import telemetry_pb2 as pb
+from thrifty.wire import telemetry_pb2_grpc as pb_grpc
+from thrifty.wire.codec import policy_to_pb, window_from_pb
 from thrifty.controller.service import ControlPlane
 
 log = logging.getLogger(__name__)

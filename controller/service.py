@@ -24,8 +24,8 @@ from thrifty.controller.drift import SPEC_NET_LOSS, Alert, DriftMonitor, bucket_
 from thrifty.controller.fleet import FleetView
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
-from thrifty.controller.stats import StatsWindow
-from thrifty.engine.profiles import engine_costs, get_profile
+from thrifty.wire.stats import StatsWindow
+from thrifty.profiles import engine_costs, get_profile
 
 log = logging.getLogger(__name__)
 VIEW_SPAN_S = 60.0  # "now" in the fleet view and the autoscaler's arrival rate

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.add_parser("profiles", help="list the performance profiles (sim_profile / capacity_profile values)")
 
     sim = sub.add_parser("sim", help="serve a simulated replica: OpenAI API + vLLM metrics, driven by a performance model")
-    from thrifty.engine.sim_server import add_sim_arguments
+    from thrifty.sim.server import add_sim_arguments
 
     add_sim_arguments(sim)
 
@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from thrifty.engine import launcher
 
     if args.engine_command == "sim":
-        from thrifty.engine.sim_server import run_sim
+        from thrifty.sim.server import run_sim
 
         return run_sim(args)
     if args.engine_command == "profiles":
-        from thrifty.engine.profiles import PROFILES
+        from thrifty.profiles import PROFILES
 
         for name, prof in sorted(PROFILES.items()):
             print(f"{name:<26}{prof.hardware:<40}{prof.model}")

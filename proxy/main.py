@@ -9,9 +9,9 @@ import signal
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import Config, ConfigError
-from thrifty.proxy.accounting import DEFAULT_NOMINAL_TOKENS_PER_S
-from thrifty.proxy.levers import Levers, NoLevers
-from thrifty.proxy.logs import AccessLog, setup_logging
+from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S
+from thrifty.proxy.levers.protocol import Levers, NoLevers
+from thrifty.proxy.observe.logs import AccessLog, setup_logging
 from thrifty.proxy.server import Sidecar, bound_port, serve
 
 def levers_wanted(config: Config) -> bool:
@@ -22,7 +22,7 @@ async def build_levers(config: Config, registry: CollectorRegistry) -> Levers:
     """The caches and router when the config enables any of them (built off the event loop: models load)."""
     if not levers_wanted(config):
         return NoLevers()
-    from thrifty.proxy.cost_levers import CostLevers
+    from thrifty.proxy.levers.cost_levers import CostLevers
 
     try:
         return await asyncio.to_thread(CostLevers, config, registry)
@@ -55,7 +55,7 @@ async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[s
     telemetry = None
     controller = args.controller or config.controller.url
     if controller:
-        from thrifty.proxy.telemetry import TelemetryClient
+        from thrifty.proxy.observe.telemetry import TelemetryClient
 
         telemetry = TelemetryClient(controller, sidecar.metrics.registry, args.sidecar_id or f"{host}:{port}", sidecar.apply_policy)
         await telemetry.start()

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import aiohttp
 
 from thrifty.config import TimeoutSettings
-from thrifty.proxy.errors import ApiError
-from thrifty.proxy.front import StreamReply
-from thrifty.proxy.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
+from thrifty.proxy.http.errors import ApiError
+from thrifty.proxy.http.front import StreamReply
+from thrifty.proxy.http.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
 
 __all__ = ["ClientGone", "UpstreamUnavailable", "find_usage", "make_session", "open_upstream", "read_body", "relay_stream"]
 

@@ -22,22 +22,22 @@ import aiohttp
 from aiohttp import web
 
 from thrifty.config import Config, Tier
-from thrifty.proxy.accounting import DEFAULT_NOMINAL_TOKENS_PER_S, CostModel, Usage
-from thrifty.proxy.admission import Admission
-from thrifty.proxy.balancer import Balancer, build_balancer
-from thrifty.proxy.errors import ApiError, upstream_error_body
-from thrifty.proxy.filters import PickRequest
-from thrifty.proxy.front import FrontRequest, FrontServer, Reply, StreamReply, aiohttp_handler, error_reply, json_reply
-from thrifty.proxy.levers import CachedAnswer, Levers, NoLevers, RequestContext
-from thrifty.proxy.logs import LOGGER_NAME, AccessLog
-from thrifty.proxy.metrics import SidecarMetrics, TierMetrics
-from thrifty.proxy.pool import SCRAPE_INTERVAL_S, ReplicaPool, ReplicaState, replica_urls
-from thrifty.proxy.prefix import block_hashes, estimate_tokens, render_prompt
-from thrifty.proxy.sse import answer_as_sse
+from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S, CostModel, Usage
+from thrifty.proxy.balance.admission import Admission
+from thrifty.proxy.balance.balancer import Balancer, build_balancer
+from thrifty.proxy.http.errors import ApiError, upstream_error_body
+from thrifty.proxy.balance.filters import PickRequest
+from thrifty.proxy.http.front import FrontRequest, FrontServer, Reply, StreamReply, aiohttp_handler, error_reply, json_reply
+from thrifty.proxy.levers.protocol import CachedAnswer, Levers, NoLevers, RequestContext
+from thrifty.proxy.observe.logs import LOGGER_NAME, AccessLog
+from thrifty.proxy.observe.metrics import SidecarMetrics, TierMetrics
+from thrifty.proxy.balance.pool import SCRAPE_INTERVAL_S, ReplicaPool, ReplicaState, replica_urls
+from thrifty.proxy.request.prefix import block_hashes, estimate_tokens, render_prompt
+from thrifty.proxy.http.sse import answer_as_sse
 from thrifty.proxy.relay import ClientGone, UpstreamUnavailable, find_usage, make_session, open_upstream, read_body, relay_stream
-from thrifty.proxy.upstream import UpstreamPool, UpstreamResponse
-from thrifty.proxy.tenant import tenant_of
-from thrifty.proxy.validate import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, validate
+from thrifty.proxy.http.upstream import UpstreamPool, UpstreamResponse
+from thrifty.proxy.request.tenant import tenant_of
+from thrifty.proxy.request.validate import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, validate
 
 log = logging.getLogger(LOGGER_NAME)
 

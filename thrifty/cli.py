@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("thrifty.controller.cli", "run the control plane: telemetry, drift detection, autoscaling"),
     "tui": ("thrifty.tui.cli", "the operator's live console"),
     "engine": ("thrifty.engine.cli", "start/supervise vLLM engines, print their arguments, or run the simulator"),
-    "router": ("thrifty.proxy.router_cli", "train and calibrate the learned router"),
+    "router": ("thrifty.training.cli", "train and calibrate the learned router"),
 }
 
 

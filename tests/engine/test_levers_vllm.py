@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import parse_config
-from thrifty.proxy.cost_levers import CostLevers
+from thrifty.proxy.levers.cost_levers import CostLevers
 from thrifty.proxy.server import Sidecar, bound_port, serve
 
 pytestmark = pytest.mark.engine

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from thrifty.bench import sim_calibration
-from thrifty.engine.sim_model import SpeculativeSim
-from thrifty.engine.sim_server import running_sim_server
+from thrifty.sim.model import SpeculativeSim
+from thrifty.sim.server import running_sim_server
 
 pytestmark = pytest.mark.engine
 

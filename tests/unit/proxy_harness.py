@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from thrifty.config import Config, parse_config
-from thrifty.proxy.levers import Levers
+from thrifty.proxy.levers.protocol import Levers
 from thrifty.proxy.server import Listener, Sidecar, bound_port, serve
-from thrifty.proxy.stub_backend import StubBackend, StubBehaviour
+from thrifty.sim.stub_backend import StubBackend, StubBehaviour
 
 
 def config_for(tiers: dict[str, list[str]], **extra: Any) -> Config:

@@ -13,7 +13,7 @@ from thrifty.config import parse_config
 from thrifty.controller.grpc_server import start_grpc
 from thrifty.controller.http_api import build_app
 from thrifty.controller.service import ControlPlane
-from thrifty.proxy.telemetry import TelemetryClient
+from thrifty.proxy.observe.telemetry import TelemetryClient
 
 CONFIG = {
     "tiers": [
@@ -194,7 +194,7 @@ async def test_api_rejects_malformed_json(api) -> None:
 
 async def test_tick_scales_and_logs_decisions_without_kube() -> None:
     plane = ControlPlane(parse_config(CONFIG))
-    from thrifty.controller.stats import ReplicaStats, StatsWindow, TierStats
+    from thrifty.wire.stats import ReplicaStats, StatsWindow, TierStats
 
     now = 1000.0
     for i in range(6):

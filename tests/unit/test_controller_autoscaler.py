@@ -156,7 +156,7 @@ def test_production_policies_take_their_capacity_prior_from_the_named_profile() 
     target concurrency; a real engine without one has no prior (capacity is learned)."""
     from thrifty.config import parse_config
     from thrifty.controller.service import tier_policies
-    from thrifty.engine.profiles import engine_costs, get_profile
+    from thrifty.profiles import engine_costs, get_profile
 
     tiers = [
         {"name": "simulated", "model": "m", "price": {"gpu_hour": 1.0},

@@ -28,7 +28,7 @@ def test_autoscale_bench_bad_trace_is_one_line(tmp_path, capsys) -> None:
 
 
 def test_thrifty_policy_batch_is_what_the_replica_can_hold() -> None:
-    from thrifty.engine.profiles import get_profile
+    from thrifty.profiles import get_profile
 
     roomy = autoscale.thrifty_tier_policy("t", get_profile("a100-llama3-8b"), 90, 2, 8)
     tight = autoscale.thrifty_tier_policy("t", get_profile("h100-llama3-70b-fp8-tp2"), 90, 2, 8)

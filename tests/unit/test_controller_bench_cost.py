@@ -17,8 +17,8 @@ import pytest
 from thrifty.bench import cost
 from thrifty.bench._cost_fleet import RoundRobinTier
 from thrifty.bench._cost_workload import Question, build_questions
-from thrifty.controller.simfleet import TraceRequest
-from thrifty.engine.profiles import get_profile
+from thrifty.sim.fleet import TraceRequest
+from thrifty.profiles import get_profile
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TRACE = DATA / "traces" / "azure_conv_2023.csv"
@@ -38,8 +38,8 @@ def _head(src: Path, dst: Path, lines: int) -> Path:
 
 @pytest.fixture(scope="module")
 def small_inputs(tmp_path_factory) -> dict[str, Path]:
-    from thrifty.proxy.embedder import HashedNgramEncoder
-    from thrifty.proxy.router import load_labelled, train_router
+    from thrifty.proxy.levers.embedder import HashedNgramEncoder
+    from thrifty.proxy.levers.router import load_labelled, train_router
 
     tmp = tmp_path_factory.mktemp("cost")
     routing = _head(ROUTING, tmp / "routing.csv", 301)

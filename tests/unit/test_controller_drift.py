@@ -10,7 +10,7 @@ from thrifty.controller.drift import (
     METHODS, Cusum, DriftMonitor, bucket_signals, spec_break_even, spec_speedup,
 )
 from thrifty.controller.fleet import FleetView
-from thrifty.controller.stats import Histogram, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, StatsWindow, TierStats
 
 
 def _series(n: int, level: float, noise: float, rng: random.Random) -> list[float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from thrifty.controller.fleet import FleetView
-from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 
 
 def test_histogram_quantile_interpolates() -> None:

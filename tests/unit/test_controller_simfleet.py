@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from thrifty.controller.simfleet import SimTier
-from thrifty.engine.profiles import get_profile
+from thrifty.sim.fleet import SimTier
+from thrifty.profiles import get_profile
 
 
 def test_scale_down_drains_and_start_up_takes_time() -> None:

@@ -8,7 +8,7 @@ from thrifty.config import parse_config
 from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
 from thrifty.controller.service import ControlPlane
 from thrifty.controller.slo_budget import SloBudget
-from thrifty.controller.stats import Histogram, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, StatsWindow, TierStats
 
 
 def _feed(budget: SloBudget, start: float, minutes: float, per_tick: int, missed: int, tick_s: float = 5.0) -> float:

@@ -48,7 +48,7 @@ def test_prefix_caching_off_and_extra_args() -> None:
 def test_engine_profiles_lists_every_profile(capsys) -> None:
     """`thrifty engine profiles` prints the names a config's sim_profile/capacity_profile accept."""
     from thrifty.cli import main
-    from thrifty.engine.profiles import PROFILES
+    from thrifty.profiles import PROFILES
 
     assert main(["engine", "profiles"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

@@ -97,7 +97,7 @@ def test_qqp_reader_errors_are_one_line(tmp_path: Path, capsys) -> None:
 def test_qqp_readers_agree(tmp_path: Path) -> None:
     """The cache bench keeps every pair; the workload drops blank, identical and excluded ones."""
     from thrifty.bench._cost_workload import load_pairs as workload_pairs
-    from thrifty.proxy.verifier import pair_hash
+    from thrifty.proxy.levers.verifier import pair_hash
 
     rows = [("How do I cook rice?", "How to cook rice?", 1), ("same", "same", 1), (" ", "x", 0), ("Is Mars red?", "Is Venus red?", 0)]
     path = tmp_path / "pairs.jsonl"

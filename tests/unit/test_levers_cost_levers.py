@@ -10,11 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import parse_config
-from thrifty.proxy.cost_levers import CostLevers, cached_body_as_sse
-from thrifty.proxy.embedder import Embedder, HashedNgramEncoder
-from thrifty.proxy.levers import RequestContext
-from thrifty.proxy.semantic_cache import NumpyIndex
-from thrifty.proxy.verifier import Verifier
+from thrifty.proxy.levers.cost_levers import CostLevers, cached_body_as_sse
+from thrifty.proxy.levers.embedder import Embedder, HashedNgramEncoder
+from thrifty.proxy.levers.protocol import RequestContext
+from thrifty.proxy.levers.semantic_cache import NumpyIndex
+from thrifty.proxy.levers.verifier import Verifier
 from tests.unit.test_levers_router import small_set
 
 TIERS = ["small", "large"]
@@ -50,7 +50,7 @@ def encoder() -> CountingEncoder:
 
 @pytest.fixture(scope="module")
 def router_model():
-    from thrifty.proxy.router import train_router
+    from thrifty.proxy.levers.router import train_router
 
     return train_router([small_set()], HashedNgramEncoder(64).encode, embedder_name=HashedNgramEncoder(64).name, l2=1.0)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thrifty.proxy.embedder import Embedder, HashedNgramEncoder, encode_with_disk_cache, encoder_for
+from thrifty.proxy.levers.embedder import Embedder, HashedNgramEncoder, encode_with_disk_cache, encoder_for
 
 
 class SlowEncoder(HashedNgramEncoder):

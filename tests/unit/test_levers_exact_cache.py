@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from thrifty.proxy.exact_cache import ExactCache, cached_body_as_sse, is_deterministic, request_key
+from thrifty.proxy.levers.exact_cache import ExactCache, cached_body_as_sse, is_deterministic, request_key
 
 BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thrifty.proxy.embedder import HashedNgramEncoder
-from thrifty.proxy.router import (
+from thrifty.proxy.levers.embedder import HashedNgramEncoder
+from thrifty.proxy.levers.router import (
     CLUSTER_CHOICES,
     CLUSTER_SCALE,
     MARGINS,

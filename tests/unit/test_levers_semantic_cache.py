@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from thrifty.proxy.embedder import HashedNgramEncoder
-from thrifty.proxy.semantic_cache import AdaptiveIndex, HnswIndex, NumpyIndex, SemanticCache, partition_key
+from thrifty.proxy.levers.embedder import HashedNgramEncoder
+from thrifty.proxy.levers.semantic_cache import AdaptiveIndex, HnswIndex, NumpyIndex, SemanticCache, partition_key
 
 ENC = HashedNgramEncoder(128)
 
@@ -108,7 +108,7 @@ def test_indexes_agree_on_nearest() -> None:
 def test_exported_trees_match_sklearn() -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from thrifty.proxy.verifier import TreeEnsemble
+    from thrifty.proxy.levers.verifier import TreeEnsemble
 
     rng = np.random.default_rng(0)
     x = rng.random((1500, 5))
@@ -123,7 +123,7 @@ def test_stage1_numpy_forward_matches_sklearn() -> None:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    from thrifty.proxy.verifier import PairMLP, vector_interaction
+    from thrifty.proxy.levers.verifier import PairMLP, vector_interaction
 
     rng = np.random.default_rng(0)
     u, v = rng.standard_normal((400, 8)).astype(np.float32), rng.standard_normal((400, 8)).astype(np.float32)
@@ -139,7 +139,7 @@ def test_stage1_numpy_forward_matches_sklearn() -> None:
 
 
 def test_shipped_verifier_has_both_stages() -> None:
-    from thrifty.proxy.verifier import Verifier
+    from thrifty.proxy.levers.verifier import Verifier
 
     v = Verifier.load()
     assert v.stage1 is not None and v.embedder == "all-MiniLM-L6-v2" and v.stage1.vector_dim == 384
@@ -161,7 +161,7 @@ def test_shipped_verifier_has_both_stages() -> None:
 
 
 def test_shipped_text_only_verifier_separates_rewording_from_changed_details() -> None:
-    from thrifty.proxy.verifier import Verifier
+    from thrifty.proxy.levers.verifier import Verifier
 
     v = Verifier.load().for_encoder("hashed-ngrams:64")
     assert v.stage1 is None
@@ -201,7 +201,7 @@ SMALL_STAGE1 = {"hidden_layer_sizes": (32,), "max_iter": 200}  # a toy problem: 
 
 
 def test_train_verifier_round_trip_and_held_out(tmp_path) -> None:
-    from thrifty.proxy.verifier import Verifier, pair_hash, split_of, train_verifier
+    from thrifty.proxy.levers.verifier import Verifier, pair_hash, split_of, train_verifier
 
     pairs, labels, a, b = _city_pairs(np.random.default_rng(1))
     cosines = np.full(len(pairs), 0.9)
@@ -225,7 +225,7 @@ def test_train_verifier_round_trip_and_held_out(tmp_path) -> None:
 
 def test_stage1_carries_what_the_text_cannot(tmp_path) -> None:
     """Same texts for both labels: only the vectors tell them apart, so only stage 1 can."""
-    from thrifty.proxy.verifier import split_of, train_verifier
+    from thrifty.proxy.levers.verifier import split_of, train_verifier
 
     pairs, labels, a, b = _city_pairs(np.random.default_rng(2))
     pairs = [(f"question {i} about a city", f"question {i} about some city") for i in range(len(pairs))]
@@ -238,7 +238,7 @@ def test_stage1_carries_what_the_text_cannot(tmp_path) -> None:
 
 
 def test_verifier_artifact_mismatch_is_one_line(tmp_path) -> None:
-    from thrifty.proxy.verifier import Verifier
+    from thrifty.proxy.levers.verifier import Verifier
 
     bad = tmp_path / "old.npz"
     np.savez(bad, meta=np.array('{"version": 1}'))

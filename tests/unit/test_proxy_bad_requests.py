@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.unit.proxy_harness import stack
-from thrifty.proxy.stub_backend import StubBehaviour
+from thrifty.sim.stub_backend import StubBehaviour
 
 CHAT = {"model": "small-model", "messages": [{"role": "user", "content": "hi"}]}
 JSON_CT = {"Content-Type": "application/json"}

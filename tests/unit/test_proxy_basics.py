@@ -7,7 +7,7 @@ import json
 import aiohttp
 
 from tests.unit.proxy_harness import stack
-from thrifty.proxy.stub_backend import StubBehaviour
+from thrifty.sim.stub_backend import StubBehaviour
 
 CHAT = {"model": "small-model", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 

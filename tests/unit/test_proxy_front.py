@@ -11,7 +11,7 @@ import json
 import socket
 
 from tests.unit.proxy_harness import stack
-from thrifty.proxy.stub_backend import StubBehaviour
+from thrifty.sim.stub_backend import StubBehaviour
 
 CHAT = json.dumps({"model": "small-model", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}).encode()
 STREAM = json.dumps({"model": "small-model", "messages": [{"role": "user", "content": "hello"}], "stream": True}).encode()

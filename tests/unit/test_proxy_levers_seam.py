@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 
 from tests.unit.proxy_harness import config_for, stack
-from thrifty.proxy.cost_levers import CostLevers
-from thrifty.proxy.stub_backend import StubBehaviour
+from thrifty.proxy.levers.cost_levers import CostLevers
+from thrifty.sim.stub_backend import StubBehaviour
 
 CHAT = {"model": "small-model", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "cache me"}]}
 
@@ -52,8 +52,8 @@ async def test_unusable_router_artifact_is_a_one_line_config_error(tmp_path) -> 
 def test_corrupt_artifacts_name_their_file(tmp_path) -> None:
     import pytest
 
-    from thrifty.proxy.router import RouterModel
-    from thrifty.proxy.verifier import Verifier
+    from thrifty.proxy.levers.router import RouterModel
+    from thrifty.proxy.levers.verifier import Verifier
 
     for loader, name in ((RouterModel.load, "router.npz"), (Verifier.load, "verifier.npz")):
         corrupt = tmp_path / name

@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from tests.unit.proxy_harness import stack
-from thrifty.proxy.stub_backend import StubBehaviour
+from thrifty.sim.stub_backend import StubBehaviour
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -12,7 +12,7 @@ import time
 import aiohttp
 
 from tests.unit.proxy_harness import stack
-from thrifty.proxy.stub_backend import StubBehaviour
+from thrifty.sim.stub_backend import StubBehaviour
 
 
 def _chat(i: int, stream: bool = False) -> dict[str, object]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from thrifty.config import parse_config
-from thrifty.proxy.accounting import CostModel, Usage
-from thrifty.proxy.balancer import build_balancer
-from thrifty.proxy.errors import ApiError
-from thrifty.proxy.filters import PickRequest
-from thrifty.proxy.pool import ReplicaState, parse_vllm_metrics
-from thrifty.proxy.prefix import block_hashes
+from thrifty.proxy.observe.accounting import CostModel, Usage
+from thrifty.proxy.balance.balancer import build_balancer
+from thrifty.proxy.http.errors import ApiError
+from thrifty.proxy.balance.filters import PickRequest
+from thrifty.proxy.balance.pool import ReplicaState, parse_vllm_metrics
+from thrifty.proxy.request.prefix import block_hashes
 from thrifty.proxy.relay import find_usage
-from thrifty.proxy.tenant import tenant_of
-from thrifty.proxy.validate import parse_body, validate
+from thrifty.proxy.request.tenant import tenant_of
+from thrifty.proxy.request.validate import parse_body, validate
 
 
 def test_validate_accepts_good_and_names_the_bad_param() -> None:

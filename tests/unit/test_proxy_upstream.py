@@ -19,8 +19,8 @@ import uvloop
 
 from tests.unit.proxy_harness import stack
 from thrifty.config import TimeoutSettings
-from thrifty.proxy.stub_backend import StubBehaviour
-from thrifty.proxy.upstream import UpstreamBroken, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
+from thrifty.sim.stub_backend import StubBehaviour
+from thrifty.proxy.http.upstream import UpstreamBroken, UpstreamPool, UpstreamTimeout, UpstreamUnavailable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 from tests.realparts import free_port, wait_http
-from thrifty.engine.sim_server import add_sim_arguments, run_sim
+from thrifty.sim.server import add_sim_arguments, run_sim
 
 
 def test_bad_profile_fails_with_one_line(capsys) -> None:
@@ -27,7 +27,7 @@ def test_bad_profile_fails_with_one_line(capsys) -> None:
 
 def test_sim_process_serves_and_stops() -> None:
     port = free_port()
-    code = ("import sys, argparse; from thrifty.engine.sim_server import add_sim_arguments, run_sim; "
+    code = ("import sys, argparse; from thrifty.sim.server import add_sim_arguments, run_sim; "
             "p = argparse.ArgumentParser(); add_sim_arguments(p); sys.exit(run_sim(p.parse_args(sys.argv[1:])))")
     proc = subprocess.Popen([sys.executable, "-c", code, "--port", str(port), "--profile", "a100-llama3-8b",
                              "--served-model-name", "llama", "big"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 
 from tests.realparts import data_file
-from thrifty.engine.profiles import PROFILES, GpuProfile, get_profile
-from thrifty.engine.sim_model import SimCompletion, SimReplica, SimRequest, SpeculativeSim
+from thrifty.profiles import PROFILES, GpuProfile, get_profile
+from thrifty.sim.model import SimCompletion, SimReplica, SimRequest, SpeculativeSim
 
 A100 = PROFILES["a100-llama3-8b"]
 CPU = PROFILES["cpu-smollm2-135m"]

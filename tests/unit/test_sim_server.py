@@ -10,9 +10,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from thrifty.engine.profiles import PROFILES
-from thrifty.engine.sim_model import SpeculativeSim
-from thrifty.engine.sim_server import running_sim_server
+from thrifty.profiles import PROFILES
+from thrifty.sim.model import SpeculativeSim
+from thrifty.sim.server import running_sim_server
 
 MODEL = "SmolLM2-135M-Instruct"
 FAST = "a100-llama3-8b"  # a quick profile keeps these tests short; timing shapes are tested in test_sim_model

@@ -18,7 +18,7 @@ from rich.text import Text
 from thrifty.config import parse_config
 from thrifty.controller.http_api import build_app
 from thrifty.controller.service import ControlPlane
-from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 from thrifty.tui import formatting as fmt
 from thrifty.tui.app import ThriftyApp
 from thrifty.tui.client import ControllerClient

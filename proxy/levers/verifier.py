@@ -60,8 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from thrifty.proxy.artifacts import named_load_errors
-from thrifty.proxy.router import sigmoid
+from thrifty.proxy.levers.artifacts import named_load_errors
+from thrifty.proxy.levers.router import sigmoid
 
 ARTIFACT = Path(__file__).with_name("verifier_model.npz")
 VERSION = 3

@@ -30,7 +30,7 @@ import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from thrifty.engine.profiles import GpuProfile
+from thrifty.profiles import GpuProfile
 
 _EPS = 1e-9
 

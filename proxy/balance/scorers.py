@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Protocol
 
-from thrifty.proxy.filters import PickRequest
-from thrifty.proxy.pool import ReplicaState
+from thrifty.proxy.balance.filters import PickRequest
+from thrifty.proxy.balance.pool import ReplicaState
 
 
 class Scorer(Protocol):

@@ -5,7 +5,7 @@ here): replicas take `startup_s` to become ready after a scale-up (pod schedulin
 image, weights, CUDA graphs), a scale-down drains (the replica takes no new requests
 and is released only when its last request has finished, so none is lost), and
 requests that arrive while no replica is ready wait in the sidecar's admission queue,
-shed after `max_wait_s`. Each replica is `thrifty.engine.sim_model.SimReplica`.
+shed after `max_wait_s`. Each replica is `thrifty.sim.model.SimReplica`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from thrifty.engine.profiles import GpuProfile
-from thrifty.engine.sim_model import SimCompletion, SimReplica, SimRequest, SpeculativeSim
+from thrifty.profiles import GpuProfile
+from thrifty.sim.model import SimCompletion, SimReplica, SimRequest, SpeculativeSim
 
 
 class TraceError(ValueError):

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from thrifty.proxy.errors import ApiError
+from thrifty.proxy.http.errors import ApiError
 
 log = logging.getLogger("thrifty.proxy")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from thrifty.config import Config, TimeoutSettings
-from thrifty.proxy.upstream import UpstreamPool, UpstreamUnavailable
+from thrifty.proxy.http.upstream import UpstreamPool, UpstreamUnavailable
 
 SCRAPE_INTERVAL_S = 0.25
 SCRAPE_TIMEOUT_S = 0.5

@@ -12,8 +12,8 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from thrifty.engine.profiles import PROFILES, get_profile
-from thrifty.engine.sim_model import SpeculativeSim
+from thrifty.profiles import PROFILES, get_profile
+from thrifty.sim.model import SpeculativeSim
 
 
 # --------------------------------------------------------------------- running it
@@ -29,7 +29,7 @@ async def running_sim_server(profile: str = "cpu-smollm2-135m", *, model: str | 
     """Serve a simulated replica in this event loop; yields its base URL (http://host:port)."""
     from aiohttp import web
 
-    from thrifty.engine.sim_http import SimServer
+    from thrifty.sim.http_server import SimServer
 
     server = SimServer(get_profile(profile), model=model, served_model_names=served_model_names, kv_blocks=kv_blocks,
                        speculative=speculative, seed=seed, time_scale=time_scale)
@@ -66,7 +66,7 @@ def run_sim(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C; bad flags get one line on stderr and exit status 2."""
     from aiohttp import web
 
-    from thrifty.engine.sim_http import SimServer
+    from thrifty.sim.http_server import SimServer
 
     try:
         profile = get_profile(args.profile)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from thrifty.proxy.pool import ReplicaState
+from thrifty.proxy.balance.pool import ReplicaState
 
 
 @dataclass(slots=True)

@@ -33,12 +33,12 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from thrifty.config import Config, ConfigError
-from thrifty.proxy.embedder import Embedder, MiniLMEncoder
-from thrifty.proxy.exact_cache import ExactCache, cached_body_as_sse, is_deterministic, request_key
-from thrifty.proxy.levers import CachedAnswer, RequestContext
-from thrifty.proxy.router import RouterModel, next_tier_up, pick_tier, router_view
-from thrifty.proxy.semantic_cache import PairVerifier, SemanticCache, partition_key
-from thrifty.proxy.verifier import Verifier
+from thrifty.proxy.levers.embedder import Embedder, MiniLMEncoder
+from thrifty.proxy.levers.exact_cache import ExactCache, cached_body_as_sse, is_deterministic, request_key
+from thrifty.proxy.levers.protocol import CachedAnswer, RequestContext
+from thrifty.proxy.levers.router import RouterModel, next_tier_up, pick_tier, router_view
+from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, partition_key
+from thrifty.proxy.levers.verifier import Verifier
 
 __all__ = ["CostLevers", "LeverMetrics", "cached_body_as_sse", "query_text", "semantic_context"]
 
@@ -103,7 +103,7 @@ def semantic_context(ctx: RequestContext) -> dict[str, Any]:
 
 
 class CostLevers:
-    """Caches + router from `Config`; implements `thrifty.proxy.levers.Levers`."""
+    """Caches + router from `Config`; implements `thrifty.proxy.levers.protocol.Levers`."""
 
     def __init__(
         self,

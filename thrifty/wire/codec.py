@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from thrifty.controller import telemetry_pb2 as pb
-from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire import telemetry_pb2 as pb
+from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 
 
 def histogram_to_pb(h: Histogram) -> pb.Histogram:

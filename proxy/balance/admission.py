@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
-from thrifty.proxy.errors import ApiError
+from thrifty.proxy.http.errors import ApiError
 
 T = TypeVar("T")
 

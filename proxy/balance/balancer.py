@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from thrifty.proxy.filters import BoundedLoadFilter, Filter, HealthyFilter, NotSaturatedFilter, PickRequest
-from thrifty.proxy.picker import MaxScorePicker, Picker, RoundRobinPicker
-from thrifty.proxy.pool import ReplicaState
-from thrifty.proxy.scorers import KvCacheScorer, LatencyScorer, PrefixAffinityScorer, QueueScorer, Scorer
+from thrifty.proxy.balance.filters import BoundedLoadFilter, Filter, HealthyFilter, NotSaturatedFilter, PickRequest
+from thrifty.proxy.balance.picker import MaxScorePicker, Picker, RoundRobinPicker
+from thrifty.proxy.balance.pool import ReplicaState
+from thrifty.proxy.balance.scorers import KvCacheScorer, LatencyScorer, PrefixAffinityScorer, QueueScorer, Scorer
 
 POLICIES = ("thrifty", "least_loaded", "round_robin")
 

@@ -18,10 +18,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from thrifty.engine.profiles import GpuProfile
-from thrifty.engine.sim_metrics import SimMetrics
-from thrifty.engine.sim_model import SimCompletion, SimReplica, SimRequest, SimStats, SpeculativeSim
-from thrifty.engine.sim_openai import (
+from thrifty.profiles import GpuProfile
+from thrifty.sim.metrics import SimMetrics
+from thrifty.sim.model import SimCompletion, SimReplica, SimRequest, SimStats, SpeculativeSim
+from thrifty.sim.openai_api import (
     Generation, RequestError, chat_logprobs, completion_logprobs, filler_text, parse_generation, usage,
 )
 

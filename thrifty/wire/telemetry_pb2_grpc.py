@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from thrifty.controller import telemetry_pb2 as controller_dot_telemetry__pb2
+from thrifty.wire import telemetry_pb2 as thrifty_dot_wire_dot_telemetry__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in controller/telemetry_pb2_grpc.py depends on'
+        + ' but the generated code in thrifty/wire/telemetry_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class TelemetryStub:
         """
         self.Stream = channel.stream_stream(
                 '/thrifty.telemetry.v1.Telemetry/Stream',
-                request_serializer=controller_dot_telemetry__pb2.SidecarMessage.SerializeToString,
-                response_deserializer=controller_dot_telemetry__pb2.ControllerMessage.FromString,
+                request_serializer=thrifty_dot_wire_dot_telemetry__pb2.SidecarMessage.SerializeToString,
+                response_deserializer=thrifty_dot_wire_dot_telemetry__pb2.ControllerMessage.FromString,
                 _registered_method=True)
 
 
@@ -55,8 +55,8 @@ def add_TelemetryServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
-                    request_deserializer=controller_dot_telemetry__pb2.SidecarMessage.FromString,
-                    response_serializer=controller_dot_telemetry__pb2.ControllerMessage.SerializeToString,
+                    request_deserializer=thrifty_dot_wire_dot_telemetry__pb2.SidecarMessage.FromString,
+                    response_serializer=thrifty_dot_wire_dot_telemetry__pb2.ControllerMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -84,8 +84,8 @@ class Telemetry:
             request_iterator,
             target,
             '/thrifty.telemetry.v1.Telemetry/Stream',
-            controller_dot_telemetry__pb2.SidecarMessage.SerializeToString,
-            controller_dot_telemetry__pb2.ControllerMessage.FromString,
+            thrifty_dot_wire_dot_telemetry__pb2.SidecarMessage.SerializeToString,
+            thrifty_dot_wire_dot_telemetry__pb2.ControllerMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from thrifty.proxy.embedder import encode_with_disk_cache, encoder_for
-    from thrifty.proxy.router import ARTIFACT, load_labelled, train_router
+    from thrifty.proxy.levers.embedder import encode_with_disk_cache, encoder_for
+    from thrifty.proxy.levers.router import ARTIFACT, load_labelled, train_router
 
     sets = [load_labelled(p) for p in args.data]
     encoder = encoder_for(args.encoder, threads=2)
@@ -96,7 +96,7 @@ def _train(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from thrifty.proxy.router import ARTIFACT, RouterModel, threshold_for_quality, threshold_for_strong_share
+    from thrifty.proxy.levers.router import ARTIFACT, RouterModel, threshold_for_quality, threshold_for_strong_share
 
     src = args.artifact or ARTIFACT
     model = RouterModel.load(src)
@@ -110,7 +110,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     else:
         if not args.prompts:
             return _fail("--strong-share needs --prompts (unlabelled prompts)")
-        from thrifty.proxy.embedder import encoder_for
+        from thrifty.proxy.levers.embedder import encoder_for
 
         prompts = _read_prompts(args.prompts)
         if not prompts:
@@ -127,7 +127,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from thrifty.proxy.router import ARTIFACT, RouterModel
+    from thrifty.proxy.levers.router import ARTIFACT, RouterModel
 
     model = RouterModel.load(args.artifact or ARTIFACT)
     print(json.dumps({"embedder": model.embedder, "dim": model.dim, "threshold": model.threshold, "heads": list(model.heads), "trained_prompts": int(len(model.trained_prompts)), "mean_costs": model.mean_costs, **model.meta}, indent=2))
@@ -137,11 +137,11 @@ def _show(args: argparse.Namespace) -> int:
 def _train_verifier(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from thrifty.proxy.embedder import MiniLMEncoder, encode_with_disk_cache
-    from thrifty.proxy.verifier import ARTIFACT, train_verifier
+    from thrifty.proxy.levers.embedder import MiniLMEncoder, encode_with_disk_cache
+    from thrifty.proxy.levers.verifier import ARTIFACT, train_verifier
 
-    from thrifty.proxy.qqp_pairs import pairs_and_labels
-    from thrifty.proxy.verifier import pair_hash, split_of
+    from thrifty.training.qqp_pairs import pairs_and_labels
+    from thrifty.proxy.levers.verifier import pair_hash, split_of
 
     pairs, labels = pairs_and_labels(args.data)
 

@@ -29,10 +29,10 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from thrifty import __version__
-from thrifty.controller import telemetry_pb2 as pb
-from thrifty.controller import telemetry_pb2_grpc as pb_grpc
-from thrifty.controller.codec import policy_from_pb, window_to_pb
-from thrifty.controller.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire import telemetry_pb2 as pb
+from thrifty.wire import telemetry_pb2_grpc as pb_grpc
+from thrifty.wire.codec import policy_from_pb, window_to_pb
+from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 
 log = logging.getLogger(__name__)
 ERROR_OUTCOMES = frozenset({"upstream_error", "timeout", "shed"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from thrifty.proxy.pool import ReplicaState
+from thrifty.proxy.balance.pool import ReplicaState
 
 
 class Picker(Protocol):

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from thrifty.proxy.artifacts import named_load_errors
+from thrifty.proxy.levers.artifacts import named_load_errors
 
 ARTIFACT = Path(__file__).with_name("router_model.npz")
 VERSION = 3

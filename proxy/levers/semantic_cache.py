@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from thrifty.proxy.exact_cache import canonical_json
+from thrifty.proxy.levers.exact_cache import canonical_json
 
 HNSW_FROM = 2048  # partition size where HNSW beats exact numpy search (measured, see above)
 _VECTOR_OVERHEAD = 64  # index bookkeeping per entry, bytes (approximate)

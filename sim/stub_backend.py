@@ -211,7 +211,7 @@ class StubBackend:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m thrifty.proxy.stub_backend [--port N] [--delay-ms X]`: serve until killed; prints its URL."""
+    """`python -m thrifty.sim.stub_backend [--port N] [--delay-ms X]`: serve until killed; prints its URL."""
     import argparse
 
     p = argparse.ArgumentParser(prog="stub_backend")
