@@ -118,19 +118,24 @@ class _Gauge:
 class FleetView:
     """Aggregates sidecar windows; keeps `history_s` of buckets `bucket_s` wide."""
 
-    def __init__(self, tiers: list[str], *, bucket_s: float = 10.0, history_s: float = 3600.0) -> None:
-        self.tier_names = list(tiers)
+    def __init__(self, tiers: list[str], *, bucket_s: float = 10.0, history_s: float = 3600.0,
+                 replica_stale_s: float = 600.0, max_replicas: int = 4096) -> None:
+        self.tier_names = list(tiers)  # fixed: entries for other tiers are ignored (bounded state)
+        self._known = frozenset(tiers)
         self.bucket_s = bucket_s
+        self.replica_stale_s, self.max_replicas = replica_stale_s, max_replicas
         self._buckets: deque[Bucket] = deque(maxlen=max(2, int(math.ceil(history_s / bucket_s))))
         self._replicas: dict[tuple[str, str], _Gauge] = {}
         self._queues: dict[tuple[str, str], float] = {}  # (sidecar, tier) -> depth
-        self._inflight: dict[tuple[str, str, str], float] = {}  # (sidecar, tier, url)
+        self._inflight: dict[tuple[str, str], dict[str, float]] = {}  # (sidecar, tier) -> url -> in flight
         self.last_time = 0.0
 
     # -- ingest -------------------------------------------------------------
     def ingest(self, sidecar_id: str, window: StatsWindow) -> None:
         bucket = self._bucket_for(window.window_end)
         for ts in window.tiers:
+            if ts.tier not in self._known:
+                continue
             if bucket is not None:
                 part = bucket.tier(ts.tier)
                 part.add(ts)
@@ -139,13 +144,20 @@ class FleetView:
                     if r.spec_draft_tokens or r.spec_accepted_tokens:
                         part.replicas.append(ReplicaStats(url=r.url, spec_draft_tokens=r.spec_draft_tokens,
                                                           spec_accepted_tokens=r.spec_accepted_tokens))
-            if ts.tier not in self.tier_names:
-                self.tier_names.append(ts.tier)
             self._queues[(sidecar_id, ts.tier)] = ts.queue_depth
+            # The sidecar's latest report replaces its earlier one: URLs it stopped reporting go.
+            self._inflight[(sidecar_id, ts.tier)] = {r.url: r.inflight for r in ts.replicas}
             for r in ts.replicas:
                 self._replicas[(ts.tier, r.url)] = _Gauge(r, window.window_end)
-                self._inflight[(sidecar_id, ts.tier, r.url)] = r.inflight
         self.last_time = max(self.last_time, window.window_end)
+        if len(self._replicas) > self.max_replicas:
+            self._prune_replicas()
+
+    def _prune_replicas(self) -> None:
+        """Drop stale replica gauges, then the oldest, down to `max_replicas`."""
+        horizon = self.last_time - self.replica_stale_s
+        kept = sorted(((k, g) for k, g in self._replicas.items() if g.time >= horizon), key=lambda kv: kv[1].time)
+        self._replicas = dict(kept[-self.max_replicas:])
 
     def forget_sidecar(self, sidecar_id: str) -> None:
         """A sidecar that went away no longer contributes queue/in-flight gauges."""
@@ -198,7 +210,7 @@ class FleetView:
         for (t, url), g in sorted(self._replicas.items()):
             if t != tier or now - g.time > stale_s:
                 continue
-            inflight = sum(v for (s, tt, u), v in self._inflight.items() if tt == tier and u == url)
+            inflight = sum(urls.get(url, 0.0) for (s, tt), urls in self._inflight.items() if tt == tier)
             out.append((g.value, inflight))
         return out
 

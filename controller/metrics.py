@@ -38,6 +38,9 @@ class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.sidecars = Gauge("thrifty_controller_sidecars", "connected sidecars", registry=registry)
+        self.telemetry_rejected = Counter(
+            "thrifty_controller_telemetry_rejected", "telemetry streams, windows or tier entries refused",
+            ["reason"], registry=registry)
         self.desired = Gauge("thrifty_controller_desired_replicas", "autoscaler's decision", ["tier"], registry=registry)
         self.ready = Gauge("thrifty_controller_ready_replicas", "ready replicas from the Deployment status",
                            ["tier"], registry=registry)

@@ -22,6 +22,7 @@ from thrifty.config import Config
 from thrifty.controller.autoscaler import Autoscaler, Decision, TierObservation, TierPolicy
 from thrifty.controller.drift import SPEC_NET_LOSS, Alert, DriftMonitor, bucket_signals
 from thrifty.controller.fleet import FleetView
+from thrifty.controller.intake import Rejected, check_window
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
 from thrifty.wire.stats import StatsWindow
@@ -30,6 +31,7 @@ from thrifty.profiles import engine_costs, get_profile
 log = logging.getLogger(__name__)
 VIEW_SPAN_S = 60.0  # "now" in the fleet view and the autoscaler's arrival rate
 DRIFT_BUCKET_S = 60.0
+VIEW_HISTORY_S = 3600.0
 
 
 def tier_policies(config: Config) -> list[TierPolicy]:
@@ -63,17 +65,20 @@ class DecisionRecord:
 
 class ControlPlane:
     def __init__(self, config: Config, *, actuator: KubeActuator | None = None,
-                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time) -> None:
+                 registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.time,
+                 max_sidecars: int = 4096) -> None:
         self.config = config
         self.actuator = actuator
         self.clock = clock
         self.metrics = ControllerMetrics(registry or CollectorRegistry())
         names = [t.name for t in config.tiers]
-        self.fleet = FleetView(names, bucket_s=10.0, history_s=3600.0)
+        self.fleet = FleetView(names, bucket_s=10.0, history_s=VIEW_HISTORY_S)
         self.drift = DriftMonitor("cusum")
         self.autoscaler = Autoscaler(tier_policies(config), initial={t.name: t.replicas.count for t in config.tiers})
         self.decisions: deque[DecisionRecord] = deque(maxlen=500)
-        self.sidecars: set[str] = set()
+        self.sidecars: dict[str, int] = {}  # id -> open streams
+        self.max_sidecars = max_sidecars
+        self._tier_set = frozenset(names)
         self.ready: dict[str, int] = {}
         self.is_leader = actuator is None
         self._drift_until = 0.0
@@ -87,8 +92,15 @@ class ControlPlane:
 
     # -- telemetry ------------------------------------------------------------
     def connect(self, sidecar_id: str) -> asyncio.Queue[dict[str, Any]]:
-        """A sidecar opened its stream: register it and return its policy queue."""
-        self.sidecars.add(sidecar_id)
+        """A sidecar opened its stream: register it and return its policy queue.
+
+        Streams are counted per id, so a second stream under a reused id (a restart
+        racing its old stream's teardown) never makes the first one's disconnect drop
+        the sidecar; raises `Rejected` past `max_sidecars` distinct ids (bounded state)."""
+        if sidecar_id not in self.sidecars and len(self.sidecars) >= self.max_sidecars:
+            self.metrics.telemetry_rejected.labels("too_many_sidecars").inc()
+            raise Rejected("too_many_sidecars", f"more than {self.max_sidecars} sidecars connected")
+        self.sidecars[sidecar_id] = self.sidecars.get(sidecar_id, 0) + 1
         self.metrics.sidecars.set(len(self.sidecars))
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         q.put_nowait(dict(self.policy))
@@ -97,11 +109,31 @@ class ControlPlane:
 
     def disconnect(self, sidecar_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers.discard(q)
-        self.sidecars.discard(sidecar_id)
-        self.fleet.forget_sidecar(sidecar_id)
+        left = self.sidecars.get(sidecar_id, 0) - 1
+        if left > 0:
+            self.sidecars[sidecar_id] = left
+        else:
+            self.sidecars.pop(sidecar_id, None)
+            self.fleet.forget_sidecar(sidecar_id)
         self.metrics.sidecars.set(len(self.sidecars))
 
+    def receive(self, sidecar_id: str, window: StatsWindow) -> None:
+        """A window from the network: checked (`controller/intake.py`), then ingested.
+
+        Raises `Rejected` for a window to drop whole; entries for tiers this controller
+        does not know are dropped and counted, the rest of the window is kept."""
+        try:
+            checked = check_window(window, self._tier_set, self.clock(),
+                                   max_skew_s=self.config.controller.max_clock_skew_s, max_age_s=VIEW_HISTORY_S)
+        except Rejected as exc:
+            self.metrics.telemetry_rejected.labels(exc.reason).inc()
+            raise
+        if checked.unknown_tiers:
+            self.metrics.telemetry_rejected.labels("unknown_tier").inc(len(checked.unknown_tiers))
+        self.fleet.ingest(sidecar_id, checked.window)
+
     def ingest(self, sidecar_id: str, window: StatsWindow) -> None:
+        """Trusted, in-process input (benches, tests): no checks. The network path is `receive`."""
         self.fleet.ingest(sidecar_id, window)
 
     def _push_policy(self, **changes: Any) -> None:

@@ -12,7 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controller", default=None, metavar="HOST:PORT", help="stream telemetry to this controller (gRPC)")
     parser.add_argument("--replica", action="append", default=[], metavar="TIER=URL",
                         help="a replica URL for a tier (repeat; replaces the config's replicas of that tier)")
-    parser.add_argument("--sidecar-id", default=None, help="name reported to the controller (default: host:port)")
+    parser.add_argument("--sidecar-id", default=None, help="name reported to the controller, unique per pod (default: $POD_NAME, else hostname:port)")
+    parser.add_argument("--telemetry-token-file", default=None, metavar="PATH",
+                        help="shared telemetry token (default: $THRIFTY_TELEMETRY_TOKEN; required with --controller)")
+    parser.add_argument("--insecure-telemetry", action="store_true",
+                        help="development only: talk to the controller without the token handshake")
     parser.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body accepted (default 8 MiB)")
     parser.add_argument("--nominal-tokens-per-s", type=float, default=None,
                         help="self-hosted throughput per replica assumed until measured (prices GPU tiers per token)")

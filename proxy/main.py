@@ -13,6 +13,35 @@ from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S
 from thrifty.proxy.levers.protocol import Levers, NoLevers
 from thrifty.proxy.observe.logs import AccessLog, setup_logging
 from thrifty.proxy.server import Sidecar, bound_port, serve
+from thrifty.wire.auth import TOKEN_ENV, AuthConfigError, TlsFiles, channel_credentials, load_token
+
+def default_sidecar_id(port: int) -> str:
+    """Unique per pod: `$POD_NAME` (the manifests set it from the downward API), else hostname:port."""
+    import os
+    import socket
+
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}:{port}"
+
+
+def telemetry_credentials(config: Config, args: argparse.Namespace) -> tuple[bytes | None, TlsFiles | None]:
+    """The telemetry token (file or $THRIFTY_TELEMETRY_TOKEN) and TLS files; no token is a
+    config error unless --insecure-telemetry says so (docs/operators.md, security)."""
+    try:
+        token = load_token(getattr(args, "telemetry_token_file", None))
+    except AuthConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if token is None and not getattr(args, "insecure_telemetry", False):
+        raise ConfigError(f"telemetry to the controller needs a token: set ${TOKEN_ENV} or --telemetry-token-file "
+                          "(--insecure-telemetry for development only)")
+    t = config.controller.tls
+    tls = TlsFiles(ca=t.ca, cert=t.cert, key=t.key, server_name=t.server_name)
+    if tls.enabled:
+        try:
+            channel_credentials(tls)  # unreadable files: fail now, not in the background task
+        except AuthConfigError as exc:
+            raise ConfigError(str(exc)) from None
+    return token, tls
+
 
 def levers_wanted(config: Config) -> bool:
     return config.cache.exact.enabled or config.cache.semantic.enabled or config.router.enabled
@@ -39,6 +68,8 @@ async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[s
     unknown = set(replicas) - {t.name for t in config.tiers}
     if unknown:
         raise ConfigError(f"--replica names unknown tiers: {sorted(unknown)}")
+    controller = args.controller or config.controller.url
+    token, tls = telemetry_credentials(config, args) if controller else (None, None)
     host = args.host or config.listen.host
     port = config.listen.port if args.port is None else args.port
     sidecar = Sidecar(
@@ -53,11 +84,11 @@ async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[s
     port = bound_port(runner)
     log.info("listening", extra={"fields": {"host": host, "port": port}})
     telemetry = None
-    controller = args.controller or config.controller.url
     if controller:
         from thrifty.proxy.observe.telemetry import TelemetryClient
 
-        telemetry = TelemetryClient(controller, sidecar.metrics.registry, args.sidecar_id or f"{host}:{port}", sidecar.apply_policy)
+        telemetry = TelemetryClient(controller, sidecar.metrics.registry, args.sidecar_id or default_sidecar_id(port),
+                                    sidecar.apply_policy, token=token, tls=tls)
         await telemetry.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -177,6 +177,19 @@ class ListenSettings(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
 
 
+class TelemetryTls(_Strict):
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> "TelemetryTls":
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("set both cert and key, or neither")
+        return self
+
+
 class ControllerSettings(_Strict):
     url: str | None = None  # grpc target host:port for the sidecar's telemetry stream
     listen_grpc: str = "127.0.0.1:50051"
@@ -184,6 +197,12 @@ class ControllerSettings(_Strict):
     namespace: str = "thrifty"
     dry_run: bool = False
     interval_s: Positive = 5
+    # Telemetry windows ending further than this ahead of the controller's clock are refused.
+    max_clock_skew_s: Annotated[float, Field(gt=0, le=600)] = 30
+    # TLS for the telemetry stream (docs/operators.md, security). Controller: cert + key
+    # (+ ca: require client certificates, mTLS). Sidecar: ca verifies the controller,
+    # cert + key present a client certificate; server_name overrides the name checked.
+    tls: TelemetryTls = Field(default_factory=lambda: TelemetryTls())
 
 
 class AdmissionSettings(_Strict):

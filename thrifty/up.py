@@ -139,6 +139,7 @@ async def _up(args: argparse.Namespace) -> int:
 
         controller_target = None
         token = os.environ.get("THRIFTY_CONTROLLER_TOKEN") or secrets.token_urlsafe(16)
+        os.environ.setdefault("THRIFTY_TELEMETRY_TOKEN", secrets.token_urlsafe(32))  # inherited by both children
         if not args.no_controller:
             grpc_addr, http_addr = config.controller.listen_grpc, config.controller.listen_http
             cfg_path = log_dir / "controller.yaml"

@@ -7,6 +7,12 @@ first window after an outage covers the whole gap and says so with `catch_up`), 
 hands pushed policy to `on_policy`. While the controller is away it retries with
 capped exponential back-off and the sidecar keeps serving on the last policy.
 
+With a token, each stream starts with the mutual handshake of `thrifty.wire.auth`: a
+controller that cannot prove it knows the token (say, a process that bound the port
+while the controller was down) is disconnected before any of its policy is applied.
+`thrifty_controller_connected` (on the sidecar's registry) is 1 while an authenticated
+stream is up.
+
 Metrics read (docs/metrics.md): thrifty_requests_total, thrifty_tokens_total,
 thrifty_cost_dollars_total, thrifty_baseline_cost_dollars_total, thrifty_ttft_seconds,
 thrifty_itl_seconds, thrifty_queue_depth, thrifty_router_decisions_total,
@@ -26,9 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from thrifty import __version__
+from thrifty.wire import auth
 from thrifty.wire import telemetry_pb2 as pb
 from thrifty.wire import telemetry_pb2_grpc as pb_grpc
 from thrifty.wire.codec import policy_from_pb, window_to_pb
@@ -36,6 +43,12 @@ from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 
 log = logging.getLogger(__name__)
 ERROR_OUTCOMES = frozenset({"upstream_error", "timeout", "shed"})
+HANDSHAKE_TIMEOUT_S = 10.0
+NO_TIER = "none"  # requests rejected before a tier was known: not a tier the controller has
+
+
+class ControllerUnverified(Exception):
+    """The peer did not prove knowledge of the telemetry token."""
 
 
 @dataclass(slots=True)
@@ -65,7 +78,7 @@ def read_registry(registry: CollectorRegistry) -> dict[str, _TierSnap]:
         for s in family.samples:
             labels, v = s.labels, s.value
             t = labels.get("tier")
-            if t is None:
+            if t is None or t == NO_TIER:
                 continue
             name = s.name
             if name == "thrifty_requests_total":
@@ -146,8 +159,16 @@ class TelemetryClient:
     def __init__(self, target: str, registry: CollectorRegistry, sidecar_id: str,
                  on_policy: Callable[[dict[str, Any]], None], *, interval_s: float = 5.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
-                 on_connected: Callable[[bool], None] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 on_connected: Callable[[bool], None] | None = None, clock: Callable[[], float] = time.time,
+                 token: bytes | None, tls: auth.TlsFiles | None = None) -> None:
+        """`token` None: no handshake (only with the sidecar's explicit --insecure-telemetry);
+        `tls`: verify the controller's certificate (and present ours for mTLS)."""
         self.target, self.registry, self.sidecar_id = target, registry, sidecar_id
+        self.token = token
+        self._credentials = auth.channel_credentials(tls) if tls is not None and tls.enabled else None
+        self._channel_options = [("grpc.ssl_target_name_override", tls.server_name)] if tls and tls.server_name else []
+        self._connected_gauge = Gauge("thrifty_controller_connected", "1 while the telemetry stream is up",
+                                      registry=registry)
         self.on_policy, self.on_connected = on_policy, on_connected
         self.interval_s = interval_s
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
@@ -179,6 +200,7 @@ class TelemetryClient:
     def _set_connected(self, up: bool) -> None:
         if up != self.connected:
             self.connected = up
+            self._connected_gauge.set(1 if up else 0)
             if self.on_connected is not None:
                 self.on_connected(up)
 
@@ -186,11 +208,13 @@ class TelemetryClient:
         delay = self.backoff_initial_s
         while not self._stop.is_set():
             try:
-                async with grpc.aio.insecure_channel(self.target) as channel:
+                async with self._channel() as channel:
                     await self._stream(pb_grpc.TelemetryStub(channel))
                 delay = self.backoff_initial_s
             except asyncio.CancelledError:
                 raise
+            except ControllerUnverified as exc:
+                log.warning("telemetry peer at %s refused: %s", auth.printable(self.target), exc)
             except grpc.aio.AioRpcError as exc:
                 log.info("telemetry stream to %s ended: %s", self.target, exc.code().name)
             except Exception as exc:  # noqa: BLE001 - any failure means reconnect later
@@ -203,16 +227,36 @@ class TelemetryClient:
                 pass
             delay = min(self.backoff_max_s, delay * 2)
 
+    def _channel(self) -> grpc.aio.Channel:
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(self.target, self._credentials, options=self._channel_options)
+        return grpc.aio.insecure_channel(self.target)
+
     async def _stream(self, stub: pb_grpc.TelemetryStub) -> None:
         outbox: asyncio.Queue[pb.SidecarMessage] = asyncio.Queue()
-        outbox.put_nowait(pb.SidecarMessage(hello=pb.Hello(sidecar_id=self.sidecar_id, version=__version__,
-                                                            tiers=sorted(self._sent_snap))))
 
         async def requests() -> AsyncIterator[pb.SidecarMessage]:
             while True:
                 yield await outbox.get()
 
-        call = stub.Stream(requests())
+        hello = pb.Hello(sidecar_id=self.sidecar_id, version=__version__, tiers=sorted(self._sent_snap))
+        if self.token is None:
+            call = stub.Stream(requests())
+        else:
+            nonce = auth.new_nonce()
+            call = stub.Stream(requests(), metadata=((auth.NONCE_KEY, nonce),))
+            try:
+                md = await asyncio.wait_for(call.initial_metadata(), HANDSHAKE_TIMEOUT_S)
+            except BaseException:
+                call.cancel()
+                raise
+            theirs = auth.metadata_value(md, auth.NONCE_KEY)
+            proof = auth.metadata_value(md, auth.PROOF_KEY) or ""
+            if not auth.valid_nonce(theirs) or not auth.same(proof, auth.controller_proof(self.token, nonce, theirs)):
+                call.cancel()
+                raise ControllerUnverified("it did not prove knowledge of the telemetry token; its policy is ignored")
+            hello.proof = auth.sidecar_proof(self.token, theirs, nonce, self.sidecar_id)
+        outbox.put_nowait(pb.SidecarMessage(hello=hello))
         pending: dict[int, tuple[dict[str, _TierSnap], float]] = {}
 
         async def produce() -> None:

@@ -24,6 +24,7 @@ CONFIG = {
     "router": {"threshold": 0.5},
 }
 TOKEN = "s3cret"
+TELEMETRY_TOKEN = b"telemetry-token-0123456789"
 
 
 class SidecarMetrics:
@@ -51,7 +52,7 @@ class SidecarMetrics:
 
 async def _controller(grpc_port: int = 0):
     plane = ControlPlane(parse_config(CONFIG))
-    server, port = await start_grpc(plane, f"127.0.0.1:{grpc_port}")
+    server, port = await start_grpc(plane, f"127.0.0.1:{grpc_port}", token=TELEMETRY_TOKEN)
     return plane, server, port
 
 
@@ -69,7 +70,8 @@ async def test_telemetry_reaches_fleet_view_and_policy_comes_back() -> None:
     side.draft.labels("large", "http://r1").set(1000)  # the replica's counters before this sidecar started
     side.accepted.labels("large", "http://r1").set(500)
     policies: list[dict] = []
-    client = TelemetryClient(f"127.0.0.1:{port}", side.registry, "sidecar-1", policies.append, interval_s=0.05)
+    client = TelemetryClient(f"127.0.0.1:{port}", side.registry, "sidecar-1", policies.append, interval_s=0.05,
+                             token=TELEMETRY_TOKEN)
     try:
         await client.start()
         await _wait(lambda: client.connected and policies)
@@ -97,7 +99,7 @@ async def test_sidecar_keeps_policy_while_away_and_catches_up() -> None:
     side = SidecarMetrics()
     policies: list[dict] = []
     client = TelemetryClient(f"127.0.0.1:{port}", side.registry, "sidecar-2", policies.append,
-                             interval_s=0.05, backoff_initial_s=0.05, backoff_max_s=0.2)
+                             interval_s=0.05, backoff_initial_s=0.05, backoff_max_s=0.2, token=TELEMETRY_TOKEN)
     try:
         await client.start()
         await _wait(lambda: client.connected)

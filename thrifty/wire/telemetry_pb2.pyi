@@ -87,14 +87,16 @@ class StatsWindow(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., window_start: _Optional[float] = ..., window_end: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., catch_up: _Optional[bool] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("sidecar_id", "version", "tiers")
+    __slots__ = ("sidecar_id", "version", "tiers", "proof")
     SIDECAR_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
     sidecar_id: str
     version: str
     tiers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sidecar_id: _Optional[str] = ..., version: _Optional[str] = ..., tiers: _Optional[_Iterable[str]] = ...) -> None: ...
+    proof: bytes
+    def __init__(self, sidecar_id: _Optional[str] = ..., version: _Optional[str] = ..., tiers: _Optional[_Iterable[str]] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class SidecarMessage(_message.Message):
     __slots__ = ("hello", "window")
