@@ -36,7 +36,7 @@ from thrifty.proxy.request.prefix import block_hashes, estimate_tokens, render_p
 from thrifty.proxy.http.sse import answer_as_sse
 from thrifty.proxy.relay import ClientGone, UpstreamUnavailable, find_usage, make_session, open_upstream, read_body, relay_stream
 from thrifty.proxy.http.upstream import UpstreamPool, UpstreamResponse
-from thrifty.proxy.request.tenant import tenant_of
+from thrifty.proxy.request.tenant import client_address, tenant_of
 from thrifty.proxy.request.validate import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, validate
 
 log = logging.getLogger(LOGGER_NAME)
@@ -141,7 +141,7 @@ class Sidecar:
                                param="model", code="model_not_found")
             h = request.headers
             ctx = RequestContext(request_id=rid, endpoint=endpoint, body=body, model_alias=parsed.model,
-                                 tenant=tenant_of(h.get("authorization"), h.get("x-thrifty-tenant")), stream=parsed.stream,
+                                 tenant=tenant_of(h.get("authorization"), h.get("x-thrifty-tenant"), client_address(request), self.config.cache.tenancy), stream=parsed.stream,
                                  requested_tier=tier.name, tier=tier.name)
             if self.has_levers:
                 ctx.headers = {k: v for k, v in h.items() if k not in ("authorization", "cookie")}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 
 from thrifty.profiles import PROFILES
 
@@ -158,11 +158,34 @@ class SemanticCacheSettings(_Strict):
     max_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
     ttl_s: Positive = 3600
     threshold: Annotated[float, Field(ge=-1, le=1)] | None = None  # None: the shipped calibration
+    # Tiers (by the model the client asked for) whose sampled requests (temperature > 0,
+    # no seed) may be answered from / stored in the semantic cache. Default none: the
+    # exact cache's deterministic-only rule holds for both caches.
+    sampled_tiers: list[str] = Field(default_factory=list)
+
+
+class TenancySettings(_Strict):
+    """Who shares cache entries (docs/operators.md, security)."""
+
+    # Honour `X-Thrifty-Tenant` at all; then only from `trusted_proxies`.
+    trust_tenant_header: bool = False
+    # Client networks (CIDR) whose `X-Thrifty-Tenant` is honoured: the gateway(s) that set it.
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    # Requests without Authorization: `no_cache` (neither read nor write caches),
+    # `per_client` (one tenant per client IP address), `shared` (one tenant for all).
+    anonymous: Literal["no_cache", "per_client", "shared"] = "no_cache"
+
+    @model_validator(mode="after")
+    def _proxies_when_trusted(self) -> "TenancySettings":
+        if self.trust_tenant_header and not self.trusted_proxies:
+            raise ValueError("trust_tenant_header needs trusted_proxies (the gateway networks that set the header)")
+        return self
 
 
 class CacheSettings(_Strict):
     exact: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+    tenancy: TenancySettings = Field(default_factory=TenancySettings)
 
 
 class RouterSettings(_Strict):
@@ -243,6 +266,9 @@ class Config(_Strict):
                 seen[alias] = tier.name
         if self.baseline_tier is not None and self.baseline_tier not in names:
             raise ValueError(f"baseline_tier {self.baseline_tier!r} is not a tier")
+        unknown = [n for n in self.cache.semantic.sampled_tiers if n not in names]
+        if unknown:
+            raise ValueError(f"cache.semantic.sampled_tiers names unknown tiers: {unknown}")
         return self
 
     def tier(self, name: str) -> Tier:

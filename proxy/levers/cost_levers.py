@@ -11,7 +11,13 @@ semantic), `route` (reuses that embedding), and after a complete upstream answer
 - `X-Thrifty-Cache: bypass`, `ctx.bypass_cache`, a tier's `cache: false`, or policy
   `cache_enabled: false` skip both reading and writing;
 - any failure inside a cache or the embedder is counted as `result="error"` and
-  becomes a miss — a request never fails because of a lever.
+  becomes a miss — a request never fails because of a lever;
+- a request with no tenant (`ANONYMOUS`: no API key, `cache.tenancy.anonymous:
+  no_cache`) neither reads nor writes either cache;
+- sampled requests (temperature > 0, no seed) skip the semantic cache too, unless the
+  tier they asked for is in `cache.semantic.sampled_tiers`;
+- a forced `X-Thrifty-Tier` is part of the exact key and the semantic partition, so an
+  answer obtained with it is never served to a plain request (or vice versa).
 
 Routing never goes above the tier the client asked for; `X-Thrifty-Tier: NAME`
 forces a tier. Escalation after an upstream error is the sidecar's job:
@@ -39,6 +45,7 @@ from thrifty.proxy.levers.protocol import CachedAnswer, RequestContext
 from thrifty.proxy.levers.router import RouterModel, next_tier_up, pick_tier, router_view
 from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, partition_key
 from thrifty.proxy.levers.verifier import Verifier
+from thrifty.proxy.request.tenant import ANONYMOUS
 
 __all__ = ["CostLevers", "LeverMetrics", "cached_body_as_sse", "query_text", "semantic_context"]
 
@@ -93,10 +100,19 @@ def query_text(ctx: RequestContext) -> str | None:
     return None
 
 
-def semantic_context(ctx: RequestContext) -> dict[str, Any]:
-    """Everything but the last question: system prompt, earlier turns, tools, parameters."""
+def forced_tier(ctx: RequestContext, tiers: Sequence[str]) -> str:
+    """The tier `X-Thrifty-Tier` forces ("" when absent or not a tier: then it changes nothing)."""
+    forced = ctx.headers.get(TIER_HEADER, "").strip()
+    return forced if forced in tiers else ""
+
+
+def semantic_context(ctx: RequestContext, forced: str = "") -> dict[str, Any]:
+    """Everything but the last question: system prompt, earlier turns, tools, parameters
+    (and the forced tier, when there is one)."""
     context = {k: v for k, v in ctx.body.items() if k not in _NOT_CONTEXT}
     context["endpoint"] = ctx.endpoint
+    if forced:
+        context["forced_tier"] = forced
     if ctx.endpoint == "chat":
         context["earlier_turns"] = (ctx.body.get("messages") or [])[:-1]
     return context
@@ -117,6 +133,8 @@ class CostLevers:
         self.config = config
         self.metrics = LeverMetrics(registry)
         self._tier_cache = {t.name: t.cache for t in config.tiers}
+        self._tier_names = [t.name for t in config.tiers]
+        self._sampled_semantic = frozenset(config.cache.semantic.sampled_tiers)
         self.cache_enabled = True
         exact = config.cache.exact
         semantic = config.cache.semantic
@@ -154,7 +172,7 @@ class CostLevers:
             self.cache_enabled = bool(policy["cache_enabled"])
 
     def _caching_allowed(self, ctx: RequestContext, tier: str) -> bool:
-        if ctx.bypass_cache or ctx.headers.get(CACHE_HEADER, "").strip().lower() == "bypass":
+        if ctx.bypass_cache or ctx.tenant == ANONYMOUS or ctx.headers.get(CACHE_HEADER, "").strip().lower() == "bypass":
             return False
         return self.cache_enabled and self._tier_cache.get(tier, True)
 
@@ -181,7 +199,7 @@ class CostLevers:
             self.metrics.cache_lookups.labels("exact", "skipped").inc()
             return None
         try:
-            body = self.exact.get(request_key(ctx.tenant, ctx.endpoint, ctx.body))
+            body = self.exact.get(request_key(ctx.tenant, ctx.endpoint, ctx.body, forced_tier(ctx, self._tier_names)))
         except Exception:
             log.exception("exact cache lookup failed; treating as a miss")
             self.metrics.cache_lookups.labels("exact", "error").inc()
@@ -204,14 +222,19 @@ class CostLevers:
             return await self._ensure_embedding(ctx)
         return await self.embedder.embed(view)
 
+    def _semantic_allowed(self, ctx: RequestContext) -> bool:
+        """Deterministic requests, or sampled ones on a tier the operator opted in."""
+        return is_deterministic(ctx.body) or ctx.requested_tier in self._sampled_semantic
+
     async def _lookup_semantic(self, ctx: RequestContext) -> CachedAnswer | None:
         text = query_text(ctx)
-        if self.semantic is None or text is None:
+        if self.semantic is None or text is None or not self._semantic_allowed(ctx):
             self.metrics.cache_lookups.labels("semantic", "skipped").inc()
             return None
         try:
             vector = await self._ensure_embedding(ctx)
-            hit = self.semantic.lookup(partition_key(ctx.tenant, semantic_context(ctx)), text, vector)
+            context = semantic_context(ctx, forced_tier(ctx, self._tier_names))
+            hit = self.semantic.lookup(partition_key(ctx.tenant, context), text, vector)
         except Exception:
             log.exception("semantic cache lookup failed; treating as a miss")
             self.metrics.cache_lookups.labels("semantic", "error").inc()
@@ -222,8 +245,8 @@ class CostLevers:
     # ------------------------------------------------------------------ route
 
     async def route(self, ctx: RequestContext, tiers: list[str]) -> str:
-        forced = ctx.headers.get(TIER_HEADER, "").strip()
-        if forced and forced in tiers:
+        forced = forced_tier(ctx, tiers)
+        if forced:
             return self._decide(ctx, forced, "header")
         allowed = tiers[: tiers.index(ctx.requested_tier) + 1] if ctx.requested_tier in tiers else list(tiers)
         if self.router_model is None or not self.config.router.enabled or len(allowed) < 2:
@@ -265,14 +288,16 @@ class CostLevers:
         choices = response_body.get("choices") or []
         if not choices or any(c.get("finish_reason") not in _STORABLE_FINISH for c in choices):
             return
+        forced = forced_tier(ctx, self._tier_names)
         try:
             if self.exact is not None and (not self.config.cache.exact.deterministic_only or is_deterministic(ctx.body)):
-                self.exact.put(request_key(ctx.tenant, ctx.endpoint, ctx.body), copy.deepcopy(response_body))
+                self.exact.put(request_key(ctx.tenant, ctx.endpoint, ctx.body, forced), copy.deepcopy(response_body))
             text = query_text(ctx)
-            if self.semantic is not None and text is not None:
+            if self.semantic is not None and text is not None and self._semantic_allowed(ctx):
                 vector = await self._ensure_embedding(ctx)
                 if vector is not None:
-                    self.semantic.put(partition_key(ctx.tenant, semantic_context(ctx)), text, vector, copy.deepcopy(response_body))
+                    self.semantic.put(partition_key(ctx.tenant, semantic_context(ctx, forced)), text, vector,
+                                      copy.deepcopy(response_body))
         except Exception:
             log.exception("cache store failed; the answer is simply not cached")
         finally:

@@ -1,8 +1,9 @@
 """Exact response cache: the same tenant sending the same canonical request gets the
 stored answer without touching an engine.
 
-The key is a hash of the tenant, the endpoint and the request body minus the fields
-that do not change the answer (`stream`, `stream_options`, `user`); the body is
+The key is a hash of the tenant, the endpoint, the forced tier (`X-Thrifty-Tier`, if
+any) and the request body minus the fields that do not change the answer (`stream`,
+`stream_options`, `user`); the body is
 canonicalised (sorted keys, compact JSON) so key order and whitespace never split
 entries. Only deterministic requests are cached by default (temperature 0, or a fixed
 seed): replaying a sampled answer would silently remove the diversity the client asked
@@ -30,10 +31,14 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def request_key(tenant: str, endpoint: str, body: dict[str, Any]) -> str:
-    """Hash of tenant + endpoint + canonical body (model alias, messages, tools, params)."""
+def request_key(tenant: str, endpoint: str, body: dict[str, Any], forced_tier: str = "") -> str:
+    """Hash of tenant + endpoint + canonical body (model alias, messages, tools, params),
+    and the tier `X-Thrifty-Tier` forced, if any: a forced answer never serves a plain request."""
     kept = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
-    material = canonical_json({"tenant": tenant, "endpoint": endpoint, "body": kept})
+    parts: dict[str, Any] = {"tenant": tenant, "endpoint": endpoint, "body": kept}
+    if forced_tier:
+        parts["forced_tier"] = forced_tier
+    material = canonical_json(parts)
     return hashlib.sha256(material.encode()).hexdigest()
 
 

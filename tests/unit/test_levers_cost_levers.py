@@ -39,6 +39,9 @@ def config(**overrides):
             {"name": "large", "model": "big", "price": {"gpu_hour": 8}},
         ],
         "router": {"enabled": overrides.pop("router", True)},
+        # Most tests here use sampled requests to reach the semantic cache: opt both tiers in
+        # (the default, no tier, is tested in test_levers_cache_tenancy.py).
+        "cache": {"semantic": {"sampled_tiers": overrides.pop("sampled_tiers", ["small", "large"])}},
     }
     return parse_config(data)
 

@@ -13,7 +13,8 @@ CHAT = {"model": "small-model", "temperature": 0, "max_tokens": 8, "messages": [
 
 async def test_exact_cache_hit_served_without_upstream_and_accounted() -> None:
     cache_only = {"router": {"enabled": False}, "cache": {"exact": {"enabled": True}, "semantic": {"enabled": False}}}
-    async with stack([StubBehaviour()], **cache_only) as s, aiohttp.ClientSession() as http:
+    async with stack([StubBehaviour()], **cache_only) as s, aiohttp.ClientSession(
+            headers={"Authorization": "Bearer key-a"}) as http:
         s.sidecar.set_levers(CostLevers(config_for({"small": [b.url for b in s.backends]}, **cache_only),
                                         s.sidecar.metrics.registry))
         async with http.post(s.url + "/v1/chat/completions", json=CHAT) as resp:

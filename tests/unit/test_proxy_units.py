@@ -30,7 +30,7 @@ def test_tenant_hashes_key_and_never_keeps_it() -> None:
     t = tenant_of("Bearer sk-secret", None)
     assert t.startswith("key-") and "secret" not in t and t == tenant_of("Bearer sk-secret", None)
     assert tenant_of("Bearer other", None) != t
-    assert tenant_of("Bearer sk-secret", "team-a") == "hdr-team-a"
+    assert tenant_of("Bearer sk-secret", "team-a") == t  # the header is not trusted by default
 
 
 def test_prefix_blocks_share_exactly_the_common_prefix() -> None:
