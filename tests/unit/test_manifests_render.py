@@ -155,3 +155,40 @@ def test_prometheus_operator_objects_point_at_real_ports() -> None:
     assert rule["spec"]["groups"] == plain["groups"]
     for obj in (pm, sm, rule):
         assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_and_the_telemetry_secret(overlay: str) -> None:
+    """Issue 17: telemetry only from sidecars, the API from operators/Prometheus, engines only
+    from serving pods; the telemetry token from one Secret in the controller and every sidecar."""
+    objs = render(overlay)
+    deny = by_name(objs, "NetworkPolicy", "thrifty-default-deny")["spec"]
+    assert deny["podSelector"] in ({}, {"matchLabels": {"app.kubernetes.io/part-of": "thrifty"}})
+    assert deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+
+    def rules(name: str) -> dict[int, list[dict[str, Any]] | None]:
+        spec = by_name(objs, "NetworkPolicy", name)["spec"]
+        return {p["port"]: r.get("from") for r in spec["ingress"] for p in r["ports"]}
+
+    controller = rules("thrifty-controller")
+    assert set(controller) == {50051, 8090}
+    assert [f["podSelector"]["matchLabels"]["thrifty.dev/role"] for f in controller[50051]] == ["serving"]
+    assert controller[8090] and all("podSelector" in f or "namespaceSelector" in f for f in controller[8090])
+    serving = rules("thrifty-serving")
+    assert serving[8000] is None  # the OpenAI API: open to clients
+    assert serving[8001] and serving[8001][0]["podSelector"]["matchLabels"]["thrifty.dev/role"] == "serving"
+
+    def secret_env(container: dict[str, Any]) -> str | None:
+        env = {e["name"]: e for e in container.get("env", [])}
+        ref = env.get("THRIFTY_TELEMETRY_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+        return ref and ref["name"]
+
+    for dep in of_kind(objs, "Deployment"):
+        containers = dep["spec"]["template"]["spec"]["containers"]
+        thrifty_containers = [c for c in containers if c["name"] in ("sidecar", "controller")]
+        assert thrifty_containers, dep["metadata"]["name"]
+        for c in thrifty_containers:
+            assert secret_env(c) == "thrifty-telemetry-token", (overlay, dep["metadata"]["name"])
+            assert not any(a.startswith("--token") for a in c.get("args", []))  # never on a command line
+            if c["name"] == "sidecar":
+                assert "--sidecar-id=$(POD_NAME)" in c["args"]
