@@ -8,6 +8,7 @@ repeated for the exact cache), each panel query, with the dashboard variables se
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.unit.test_grafana_assets import GRAFANA, panel_queries
 pytestmark = pytest.mark.infra
 NAMESPACE = "thrifty-test"
 TOKEN = "grafana-test-token"
+TELEMETRY_TOKEN = "grafana-test-telemetry-token"
 
 
 def _config(small: str, large: str, grpc: str, http: str) -> dict:
@@ -53,7 +55,8 @@ class Stack:
 
     def spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        env = {**os.environ, "THRIFTY_TELEMETRY_TOKEN": TELEMETRY_TOKEN}  # the controller and sidecar share it
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         self.procs.append(proc)
         return proc
 
