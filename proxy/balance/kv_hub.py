@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from pathlib import Path
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from thrifty.config import Config, Tier
 from thrifty.proxy.balance.kv_events import RESET_REASONS, KvEventSubscriber, ReplicaKvFeed
 from thrifty.proxy.balance.kv_index import DEFAULT_MAX_BLOCKS, ReplicaKvIndex
 from thrifty.proxy.balance.pool import ReplicaPool
+from thrifty.proxy.request.tokenize import PromptTokenizer, TokenizerError
 
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -125,3 +128,40 @@ class _HubCollector(Collector):
         yield lag
         yield resets
         yield blocks
+
+
+def kv_event_sources(config: Config, urls: dict[str, list[str]],
+                     overridden: set[str]) -> dict[str, dict[str, tuple[str, str | None]]]:
+    """tier -> {replica url: (events endpoint, replay endpoint)} for every replica that publishes KV events.
+
+    Local vLLM replicas publish on the launcher's ipc endpoint for their port; external
+    ones on `replicas.kv_events`. Replicas given by `--replica` overrides publish nothing known.
+    """
+    from thrifty.engine.launcher import kv_events_endpoints
+
+    out: dict[str, dict[str, tuple[str, str | None]]] = {}
+    for tier in config.tiers:
+        if tier.name in overridden:
+            continue
+        if tier.replicas.urls:
+            pairs: dict[str, tuple[str, str | None]] = {
+                u.rstrip("/"): (e, None) for u, e in zip(tier.replicas.urls, tier.replicas.kv_events) if e}
+        elif tier.engine.kind == "vllm" and tier.engine.kv_events:
+            pairs = {u: kv_events_endpoints(tier.name, int(u.rsplit(":", 1)[1])) for u in urls.get(tier.name, [])}
+        else:
+            pairs = {}
+        if pairs:
+            out[tier.name] = pairs
+    return out
+
+
+def tier_tokenizer(tier: Tier) -> PromptTokenizer | None:
+    """The tier model's own tokenizer (`engine.tokenizer` or the local model folder), if one is on disk."""
+    from thrifty.engine.launcher import local_model_path
+
+    folder = tier.engine.tokenizer or local_model_path(tier)
+    if folder is None or not (Path(folder) / "tokenizer.json").is_file():
+        if tier.engine.tokenizer:
+            raise TokenizerError(f"tiers.{tier.name}.engine.tokenizer: {folder}/tokenizer.json not found")
+        return None
+    return PromptTokenizer.from_model_dir(folder)

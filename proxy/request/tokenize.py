@@ -114,3 +114,15 @@ class PromptTokenizer:
                 return []
             ids = self.tokenizer.encode(prompt, add_special_tokens=True).ids
         return ids[:MAX_TOKENS]
+
+
+INLINE_CHARS = 16_000  # ~4k tokens, ~3 ms: longer prompts are tokenized off the event loop
+
+
+async def tokenize_request(tokenizer: PromptTokenizer, endpoint: str, body: dict[str, Any], chars: int) -> list[int]:
+    """`tokenizer.encode`, in a worker thread when the prompt is long (the Rust encoder releases the GIL)."""
+    if chars <= INLINE_CHARS:
+        return tokenizer.encode(endpoint, body)
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, tokenizer.encode, endpoint, body)
