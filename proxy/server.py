@@ -27,12 +27,14 @@ from thrifty.proxy.balance.admission import Admission
 from thrifty.proxy.balance.balancer import Balancer, build_balancer
 from thrifty.proxy.http.errors import ApiError, upstream_error_body
 from thrifty.proxy.balance.filters import PickRequest
+from thrifty.proxy.balance.kv_hub import KvEventHub, kv_event_sources, tier_tokenizer
 from thrifty.proxy.http.front import FrontRequest, FrontServer, Reply, StreamReply, aiohttp_handler, error_reply, json_reply
 from thrifty.proxy.levers.protocol import CachedAnswer, Levers, NoLevers, RequestContext
 from thrifty.proxy.observe.logs import LOGGER_NAME, AccessLog
 from thrifty.proxy.observe.metrics import SidecarMetrics, TierMetrics
 from thrifty.proxy.balance.pool import SCRAPE_INTERVAL_S, ReplicaPool, ReplicaState, replica_urls
 from thrifty.proxy.request.prefix import block_hashes, estimate_tokens, render_prompt
+from thrifty.proxy.request.tokenize import tokenize_request
 from thrifty.proxy.http.sse import answer_as_sse
 from thrifty.proxy.relay import ClientGone, UpstreamUnavailable, find_usage, make_session, open_upstream, read_body, relay_stream
 from thrifty.proxy.http.upstream import UpstreamPool, UpstreamResponse
@@ -69,14 +71,24 @@ class Sidecar:
             max_inflight={t.name: t.engine.max_num_seqs + adm.saturation_waiting for t in config.tiers},
             scrape_interval_s=scrape_interval_s,
         )
+        # Precise prefix routing where replicas publish KV events and the tier's tokenizer is on disk.
+        self.kv_hub = KvEventHub()
+        sources = kv_event_sources(config, urls, set(replicas or ()))
+        self.tokenizers = {t.name: tok for t in config.tiers if t.name in sources and (tok := tier_tokenizer(t))}
+        for tier_name in self.tokenizers:
+            for url, (endpoint, replay) in sources[tier_name].items():
+                self.kv_hub.add(tier_name, url, endpoint, replay_endpoint=replay)
+        self.kv_hub.attach_pool(self.pool)
         self.balancers: dict[str, Balancer] = {
-            t.name: build_balancer("thrifty", max_waiting=adm.saturation_waiting, max_kv=adm.saturation_kv)
+            t.name: build_balancer("precise" if t.name in self.tokenizers else "thrifty", max_waiting=adm.saturation_waiting,
+                                   max_kv=adm.saturation_kv, kv_feeds=self.kv_hub.feeds)
             for t in config.tiers
         }
         self.admission = Admission([t.name for t in config.tiers], max_queue=adm.max_queue, max_wait_s=adm.max_wait_s)
         self.pool.on_change(self.admission.wake)
         self.metrics = SidecarMetrics([t.name for t in config.tiers])
         self.metrics.attach_pool(self.pool, self.admission.depths)
+        self.metrics.registry.register(self.kv_hub.collector())
         self.costs = CostModel(config, nominal_tokens_per_s=nominal_tokens_per_s, replicas={t: len(u) for t, u in urls.items()})
         self.tiers: dict[str, Tier] = {t.name: t for t in config.tiers}
         self.tier_by_model: dict[str, Tier] = {name: t for t in config.tiers for name in t.served_names}
@@ -99,9 +111,11 @@ class Sidecar:
     async def start(self, app: web.Application | None = None) -> None:
         self.session = make_session(self.config.timeouts)
         await self.pool.start()
+        self.kv_hub.start()
         log.info("sidecar started", extra={"fields": {"replicas": {t: [r.url for r in rs] for t, rs in self.pool.tiers.items()}}})
 
     async def stop(self, app: web.Application | None = None) -> None:
+        await self.kv_hub.close()
         await self.pool.close()
         self.upstream.close()
         if self.session:
@@ -238,6 +252,9 @@ class Sidecar:
             text = render_prompt(ctx.endpoint, ctx.body)
             max_out = ctx.body.get("max_tokens") or ctx.body.get("max_completion_tokens") or 256
             pick_req = PickRequest(blocks=block_hashes(text), tokens=estimate_tokens(text) + min(int(max_out), 4096))
+            tokenizer = self.tokenizers.get(tier)
+            if tokenizer is not None:
+                pick_req.token_ids = await tokenize_request(tokenizer, ctx.endpoint, ctx.body, len(text))
         headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id}
         auth = request.headers.get("authorization")
         if auth:

@@ -29,10 +29,18 @@ import math
 import random
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from thrifty.profiles import GpuProfile
 
 _EPS = 1e-9
+
+
+class KvEventSink(Protocol):
+    """Receives the prefix cache's changes, as vLLM's KV-cache events report them (sim/kv_events.py)."""
+
+    def stored(self, block_hash: int, parent: int | None) -> None: ...
+    def removed(self, block_hash: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +238,7 @@ class SimReplica:
         self._pinned_total = 0
         self._spec_step_factor = 1.0 + (profile.spec_overhead_frac if speculative else 0.0)
         self._decode_width = 1 + (speculative.num_tokens if speculative else 0)
+        self.kv_events: KvEventSink | None = None  # set to publish prefix-cache changes
 
     # ----------------------------------------------------------------- public API
     @property
@@ -417,9 +426,11 @@ class SimReplica:
         if blocks > self._free + self._evictable_blocks:
             return False
         while self._free < blocks:
-            _, freed = self._evictable.popitem(last=False)
+            h, freed = self._evictable.popitem(last=False)
             self._evictable_blocks -= freed
             self._free += freed
+            if self.kv_events is not None:
+                self.kv_events.removed(h)
         self._free -= blocks
         return True
 
@@ -492,6 +503,8 @@ class SimReplica:
             self._pinned_total += b
             seq.shared += b
             seq.refs.append(h)
+            if self.kv_events is not None:
+                self.kv_events.stored(h, hashes[i - 1] if i else None)
 
     def _preempt(self, seq: _Seq) -> None:
         self._running.remove(seq)
@@ -762,4 +775,5 @@ class SimReplica:
         twin._pinned_total = self._pinned_total
         twin._spec_step_factor = self._spec_step_factor
         twin._decode_width = self._decode_width
+        twin.kv_events = None  # a what-if copy publishes nothing
         return twin

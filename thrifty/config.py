@@ -94,6 +94,11 @@ class EngineSettings(_Strict):
     # sim_profile; other tiers start with no prior and learn capacity from served tokens.
     capacity_profile: str | None = None
     base_port: Annotated[int, Field(ge=1, le=65535)] = 8100
+    # Local vLLM replicas publish their KV-cache events (an ipc endpoint per replica) and the
+    # sidecar routes on them; `tokenizer` names the model folder holding tokenizer.json
+    # (default: the tier's local model folder).
+    kv_events: bool = True
+    tokenizer: str | None = None
 
     @field_validator("sim_profile", "capacity_profile")
     @classmethod
@@ -113,6 +118,8 @@ class Replicas(_Strict):
     max: Annotated[int, Field(ge=0)] = 4
     scale_to_zero: bool = False
     urls: list[str] = Field(default_factory=list)
+    # External replicas' KV-event publishers, one per `urls` entry ("" = none): tcp://host:port or ipc://path.
+    kv_events: list[str] = Field(default_factory=list)
     deployment: str | None = None
 
     @model_validator(mode="after")
@@ -121,6 +128,11 @@ class Replicas(_Strict):
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
         if self.min == 0 and not self.scale_to_zero:
             raise ValueError("min 0 needs scale_to_zero: true")
+        if self.kv_events and len(self.kv_events) != len(self.urls):
+            raise ValueError(f"kv_events has {len(self.kv_events)} endpoints for {len(self.urls)} urls (one per url, \"\" for none)")
+        bad = [e for e in self.kv_events if e and not e.startswith(("tcp://", "ipc://"))]
+        if bad:
+            raise ValueError(f"kv_events endpoint {bad[0]!r} is not tcp://host:port or ipc://path")
         return self
 
 

@@ -6,14 +6,17 @@ measures the code that serves traffic. `build_balancer(policy)` names the polici
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from thrifty.proxy.balance.filters import BoundedLoadFilter, Filter, HealthyFilter, NotSaturatedFilter, PickRequest
+from thrifty.proxy.balance.kv_events import ReplicaKvFeed
 from thrifty.proxy.balance.picker import MaxScorePicker, Picker, RoundRobinPicker
 from thrifty.proxy.balance.pool import ReplicaState
+from thrifty.proxy.balance.precise_scorer import PrecisePrefixScorer
 from thrifty.proxy.balance.scorers import KvCacheScorer, LatencyScorer, PrefixAffinityScorer, QueueScorer, Scorer
 
-POLICIES = ("thrifty", "least_loaded", "round_robin")
+POLICIES = ("thrifty", "least_loaded", "round_robin", "precise")
 
 
 @dataclass(slots=True)
@@ -58,18 +61,22 @@ class Balancer:
 
 
 def build_balancer(policy: str = "thrifty", *, max_waiting: float = float("inf"), max_kv: float = 1.01,
-                   prefix_capacity_blocks: int = 1 << 18, epsilon: float = 1.0) -> Balancer:
-    """`thrifty`: bounded-load prefix affinity; `least_loaded`; `round_robin`."""
+                   prefix_capacity_blocks: int = 1 << 18, epsilon: float = 1.0,
+                   kv_feeds: Mapping[str, ReplicaKvFeed] | None = None) -> Balancer:
+    """`thrifty`: bounded-load prefix affinity; `precise`: the same, on the engines' KV events
+    (`kv_feeds`, url -> feed; approximate for replicas without one); `least_loaded`; `round_robin`."""
     healthy: list[Filter] = [HealthyFilter(), NotSaturatedFilter(max_waiting, max_kv)]
     if policy == "round_robin":
         return Balancer(healthy, [], RoundRobinPicker())
     if policy == "least_loaded":
         return Balancer(healthy, [(QueueScorer(), 1.0)], MaxScorePicker())
-    if policy == "thrifty":
+    if policy in ("thrifty", "precise"):
+        prefix: Scorer = PrefixAffinityScorer(prefix_capacity_blocks)
+        if policy == "precise":
+            prefix = PrecisePrefixScorer(kv_feeds if kv_feeds is not None else {}, prefix)  # type: ignore[arg-type]
         return Balancer(
             [*healthy, BoundedLoadFilter(epsilon)],
-            [(PrefixAffinityScorer(prefix_capacity_blocks), 4.0), (QueueScorer(), 1.0), (KvCacheScorer(), 0.5),
-             (LatencyScorer(), 1.0)],
+            [(prefix, 4.0), (QueueScorer(), 1.0), (KvCacheScorer(), 0.5), (LatencyScorer(), 1.0)],
             MaxScorePicker(),
         )
     raise ValueError(f"unknown balancing policy {policy!r}; choose from {', '.join(POLICIES)}")

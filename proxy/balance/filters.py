@@ -20,6 +20,7 @@ class PickRequest:
     blocks: tuple[int, ...] = ()  # chained prefix-block hashes
     tokens: int = 1  # estimated work (prompt + output tokens)
     exclude: frozenset[str] | set[str] = field(default_factory=frozenset)  # replicas already tried
+    token_ids: tuple[int, ...] | list[int] = ()  # the prompt as the tier's engine tokenizes it (precise prefix scorer)
 
 
 class Filter(Protocol):
