@@ -35,7 +35,7 @@ from thrifty.wire.codec import policy_from_pb, window_to_pb
 from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 
 log = logging.getLogger(__name__)
-ERROR_OUTCOMES = frozenset({"upstream_error", "timeout", "shed"})
+ERROR_OUTCOMES = frozenset({"upstream_error", "internal_error", "timeout", "shed"})
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ working. Every failure is an `ApiError` with a 4xx status and the offending `par
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from thrifty.proxy.http.errors import ApiError
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_TOKENS_LIMIT = 1 << 20
 _ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")  # an RFC 9110 token
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 
 
@@ -25,6 +27,16 @@ class ParsedRequest:
     body: dict[str, Any]
     model: str
     stream: bool
+
+
+def request_id_of(value: str | None) -> str | None:
+    """The client's X-Request-Id when it is a short RFC 9110 token, else None (a fresh id is made).
+
+    The id is echoed in a response header and written to the access log, so anything
+    else (spaces, quotes, control bytes, a long value) is not reflected."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
 
 
 def check_content_type(content_type: str) -> None:
