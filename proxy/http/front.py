@@ -45,6 +45,13 @@ DISCARD_LINGER_S = 5.0  # after a 413, read (and drop) the rest of the body this
 PIPELINE_BUFFER_BYTES = 256 * 1024  # stop reading a client that sends this far ahead of its answers
 SWEEP_INTERVAL_S = 1.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# lower-case names of the headers common clients send, decoded once (a fixed set: never grown from input)
+_NAMES = {n.encode(): n.lower() for n in (
+    "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language", "Connection", "Content-Type", "Content-Length",
+    "Authorization", "X-Request-Id", "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS",
+    "X-Stainless-Arch", "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Retry-Count",
+    "X-Stainless-Async", "X-Stainless-Read-Timeout", "X-Thrifty-Tier", "X-Thrifty-Cache", "X-Thrifty-Tenant")}
+_NAMES.update({k.lower(): v for k, v in list(_NAMES.items())})
 
 
 class Conn(Protocol):
@@ -272,9 +279,7 @@ class HttpConnection(asyncio.Protocol):
         self._parser: httptools.HttpRequestParser | None = None
         self._fed = 0  # bytes of `_buf` given to the parser
         self._url = b""
-        self._headers: dict[str, str] = {}
-        self._nheaders = 0
-        self._hosts = 0
+        self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_done = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
@@ -360,13 +365,7 @@ class HttpConnection(asyncio.Protocol):
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._nheaders += 1
-        if self._nheaders > MAX_HEADERS:
-            raise _BadRequest(431, f"more than {MAX_HEADERS} header lines")
-        key = name.decode("latin-1").lower()
-        if key == "host":
-            self._hosts += 1
-        self._headers[key] = value.decode("latin-1").strip(" \t")
+        self._raw_headers.append((name, value))  # decoded once the head is whole: one call less per header
 
     def on_headers_complete(self) -> None:
         self._head_done = True
@@ -399,7 +398,8 @@ class HttpConnection(asyncio.Protocol):
                     self._dispatch(req)
                     return
                 self._pending = req
-                self._deadline = self.loop.time() + self.front.body_timeout_s + need / self.front.min_body_bytes_per_s
+                if len(buf) < need:  # the body is still on its way: it gets a deadline too
+                    self._deadline = self._last + self.front.body_timeout_s + need / self.front.min_body_bytes_per_s
             need = req.content_length or 0
             if len(buf) < need:
                 return
@@ -412,10 +412,9 @@ class HttpConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._fed = 0
         self._url = b""
-        self._headers = {}
-        self._nheaders = self._hosts = 0
+        self._raw_headers = []
         self._head_done = False
-        self._deadline = self.loop.time() + self.front.head_timeout_s
+        self._deadline = self._last + self.front.head_timeout_s  # `_last`: when these bytes arrived
 
     def _parse_head(self) -> FrontRequest | None:
         """Feed the head to llhttp; the request once the head is whole, or None (raises `_BadRequest`).
@@ -430,8 +429,7 @@ class HttpConnection(asyncio.Protocol):
             raise _BadRequest(431, f"request head is larger than {MAX_HEAD_BYTES} bytes")
         if upto > self._fed:
             try:
-                with memoryview(buf) as view:
-                    parser.feed_data(view[self._fed : upto])
+                parser.feed_data(buf if self._fed == 0 and upto == len(buf) else bytes(buf[self._fed : upto]))
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
                 raise (cause if isinstance(cause, _BadRequest) else _BadRequest(400, "malformed request head")) from None
@@ -446,12 +444,18 @@ class HttpConnection(asyncio.Protocol):
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise _BadRequest(505, f"unsupported protocol HTTP/{version}")
-        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+        raw = self._raw_headers
+        if len(raw) > MAX_HEADERS:
+            raise _BadRequest(431, f"more than {MAX_HEADERS} header lines")
+        headers = {_NAMES.get(k) or k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+        for key, value in headers.items():
+            if value[-1:] in (" ", "\t"):  # llhttp drops leading whitespace, not trailing
+                headers[key] = value.rstrip(" \t")
+        hosts = ("host" in headers) if len(headers) == len(raw) else sum(k.lower() == b"host" for k, _ in raw)  # names repeat: count
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise _BadRequest(400, "an HTTP/1.1 request needs exactly one Host header")
-        headers = self._headers
-        method = parser.get_method().decode("ascii")
         path = self._url.partition(b"?")[0].decode("latin-1")
-        if (path not in self.front.hot_paths or method != "POST" or "transfer-encoding" in headers
+        if (path not in self.front.hot_paths or parser.get_method() != b"POST" or "transfer-encoding" in headers
                 or "expect" in headers or "upgrade" in headers):
             self._hand_off()
             return None
@@ -459,7 +463,7 @@ class HttpConnection(asyncio.Protocol):
         length = headers.get("content-length")
         self._http10 = version == "1.0"
         self._keep_alive = parser.should_keep_alive()
-        return FrontRequest(method, path, headers, int(length) if length else 0, None, self)
+        return FrontRequest("POST", path, headers, int(length) if length else 0, None, self)
 
     def _reject(self, status: int, message: str) -> None:
         """A request too broken to parse (or too slow): answer with an OpenAI-style error and close."""

@@ -83,6 +83,8 @@ CORPUS: list[tuple[str, bytes, int]] = [
     ("no Host", _head(b"Content-Type: application/json", b"Content-Length: %d" % len(CHAT), body=CHAT), 400),
     ("two Host headers", _head(b"Host: x", b"Host: y", b"Content-Type: application/json",
                                b"Content-Length: %d" % len(CHAT), body=CHAT), 400),
+    ("Host twice in different case", _head(b"host: x", b"HOST: y", b"Content-Type: application/json",
+                                           b"Content-Length: %d" % len(CHAT), body=CHAT), 400),
     ("no Host on another path", b"GET /v1/other HTTP/1.1\r\n\r\n", 400),
     ("5,000 headers", _head(b"Host: x", *[b"X-H%d: v" % i for i in range(5000)]), 431),
     ("a 100 KB head in one write", _head(b"Host: x", *[b"X-Pad%d: %s" % (i, b"a" * 1000) for i in range(100)]), 431),
