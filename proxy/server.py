@@ -39,7 +39,8 @@ from thrifty.proxy.http.sse import answer_as_sse
 from thrifty.proxy.relay import ClientGone, UpstreamUnavailable, find_usage, make_session, open_upstream, read_body, relay_stream
 from thrifty.proxy.http.upstream import UpstreamPool, UpstreamResponse
 from thrifty.proxy.request.tenant import client_address, tenant_of
-from thrifty.proxy.request.validate import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, validate
+from thrifty.proxy.request.validate import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body,
+                                            request_id_of, validate)
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -134,7 +135,7 @@ class Sidecar:
     # --- handlers --------------------------------------------------------------------
     async def handle_api(self, request: FrontRequest) -> Reply | StreamReply:
         t0 = time.monotonic()
-        rid = request.headers.get("x-request-id", "")[:64] or f"{self._id_prefix}-{next(self._ids)}"
+        rid = request_id_of(request.headers.get("x-request-id")) or f"{self._id_prefix}-{next(self._ids)}"
         endpoint = ENDPOINTS[request.path]
         tier_label, outcome, cache, status = "none", "ok", "miss", 200
         ctx: RequestContext | None = None
@@ -176,6 +177,9 @@ class Sidecar:
             raise asyncio.CancelledError from None
         except asyncio.CancelledError:
             outcome, status = "cancelled", 499
+            raise
+        except Exception:  # a bug in the request path: the front answers 500; count it as one
+            outcome, status = "internal_error", 500
             raise
         finally:
             self._finish(t0, rid, endpoint, ctx, tier_label, outcome, cache, status, usage, replica_url, ttft)

@@ -53,15 +53,18 @@ class ApiError(Exception):
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def to_response(self, request_id: str | None = None) -> web.Response:
-        headers = {}
+    def render(self, request_id: str | None = None) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body): the one rendering of an error, for the raw front and aiohttp alike."""
+        headers = {"Content-Type": "application/json"}
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, round(self.retry_after_s)))
         if request_id:
             headers["X-Request-Id"] = request_id
-        return web.Response(
-            status=self.status, body=json.dumps(self.body()).encode(), content_type="application/json", headers=headers
-        )
+        return self.status, headers, json.dumps(self.body()).encode()
+
+    def to_response(self, request_id: str | None = None) -> web.Response:
+        status, headers, body = self.render(request_id)
+        return web.Response(status=status, body=body, headers=headers)
 
     def sse_event(self) -> bytes:
         """The terminating event for a stream that fails after its first byte."""

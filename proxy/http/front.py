@@ -8,6 +8,12 @@ cancelled when the client leaves. Everything else (other paths, other methods, c
 or `Expect: 100-continue` request bodies, upgrades) is handed, connection and all, to
 the aiohttp app on the same port, which keeps the connection from then on.
 
+Framing and header syntax are llhttp's (through `httptools`, as uvicorn does): it rejects
+bare CR/LF/NUL in values, obs-fold, a malformed or duplicated Content-Length and
+Content-Length with Transfer-Encoding. On top of it this module bounds the head (size,
+header count, one Host) and the time a head or body may take, so a slow or half-sent
+request cannot hold a connection or its buffer.
+
 The request path sees only `FrontRequest` and answers with `Reply` or `StreamReply`;
 `AiohttpConn` lets the same code answer requests that arrived through aiohttp.
 """
@@ -17,22 +23,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Container
 from http import HTTPStatus
 from typing import Any, Protocol
 
+import httptools
 from aiohttp import web
 
 from thrifty.proxy.http.errors import ApiError
 
 log = logging.getLogger("thrifty.proxy")
 
-MAX_HEAD_BYTES = 64 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # request line + headers; more is a 431
+MAX_HEADERS = 100  # header lines per request; more is a 431
+HEAD_TIMEOUT_S = 10.0  # a request head must arrive whole within this long of its first byte
+BODY_TIMEOUT_S = 10.0  # a body must arrive within this long plus its size at MIN_BODY_BYTES_PER_S
+MIN_BODY_BYTES_PER_S = 64 * 1024
 KEEPALIVE_IDLE_S = 75.0  # as aiohttp: an idle keep-alive connection is closed after this long
 DISCARD_LINGER_S = 5.0  # after a 413, read (and drop) the rest of the body this long at most
 PIPELINE_BUFFER_BYTES = 256 * 1024  # stop reading a client that sends this far ahead of its answers
-SWEEP_INTERVAL_S = 5.0
+SWEEP_INTERVAL_S = 1.0
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# lower-case names of the headers common clients send, decoded once (a fixed set: never grown from input)
+_NAMES = {n.encode(): n.lower() for n in (
+    "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language", "Connection", "Content-Type", "Content-Length",
+    "Authorization", "X-Request-Id", "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS",
+    "X-Stainless-Arch", "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Retry-Count",
+    "X-Stainless-Async", "X-Stainless-Read-Timeout", "X-Thrifty-Tier", "X-Thrifty-Cache", "X-Thrifty-Tenant")}
+_NAMES.update({k.lower(): v for k, v in list(_NAMES.items())})
 
 
 class Conn(Protocol):
@@ -90,12 +109,8 @@ def json_reply(obj: object, *, status: int = 200, headers: dict[str, str] | None
 
 
 def error_reply(exc: ApiError, request_id: str | None = None) -> Reply:
-    headers = {"Content-Type": "application/json"}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    if request_id:
-        headers["X-Request-Id"] = request_id
-    return Reply(exc.status, json.dumps(exc.body()).encode(), headers)
+    status, headers, body = exc.render(request_id)
+    return Reply(status, body, headers)
 
 
 class StreamReply:
@@ -193,6 +208,9 @@ class FrontServer:
         self.hot_paths = hot_paths
         self.fallback = fallback
         self.max_body_bytes = max_body_bytes
+        self.head_timeout_s = HEAD_TIMEOUT_S
+        self.body_timeout_s = BODY_TIMEOUT_S
+        self.min_body_bytes_per_s = MIN_BODY_BYTES_PER_S
         self.connections: set[HttpConnection] = set()
         self.server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -208,11 +226,13 @@ class FrontServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     def _sweep(self) -> None:
-        """Close keep-alive connections idle too long (one timer for all, not one per request)."""
+        """Close connections idle too long or late with a head or body (one timer for all)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         for conn in list(self.connections):
-            if conn.idle_for(now) > KEEPALIVE_IDLE_S:
+            if conn.late(now):
+                conn.time_out()
+            elif conn.idle_for(now) > KEEPALIVE_IDLE_S:
                 conn.close()
         self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
@@ -230,13 +250,18 @@ class FrontServer:
 
 
 class HttpConnection(asyncio.Protocol):
-    """One client connection: parse a request, run the handler, write the answer, repeat."""
+    """One client connection: parse a request, run the handler, write the answer, repeat.
+
+    Each request head is fed to a fresh llhttp parser only up to its end (the first
+    CRLFCRLF, which is where llhttp ends a head it accepted), so the raw bytes of the
+    request stay in `_buf` for a hand-off, and a Content-Length body is sliced from the
+    buffer without passing through the parser."""
 
     def __init__(self, front: FrontServer) -> None:
         self.front = front
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
-        self._buf: bytes | bytearray = b""
+        self._buf = bytearray()
         self._pending: FrontRequest | None = None  # head parsed, body still arriving
         self._task: asyncio.Task[None] | None = None
         self._keep_alive = True
@@ -249,6 +274,13 @@ class HttpConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._discard = 0  # body bytes still to drop after a 413
         self._last = 0.0
+        self._deadline = math.inf  # when the head or body now arriving must be complete
+        # the head being parsed
+        self._parser: httptools.HttpRequestParser | None = None
+        self._fed = 0  # bytes of `_buf` given to the parser
+        self._url = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_done = False
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -262,7 +294,7 @@ class HttpConnection(asyncio.Protocol):
             if not self._discard and self._task is None:
                 self.close()
             return
-        self._buf = data if not self._buf else (self._buf if isinstance(self._buf, bytearray) else bytearray(self._buf)) + data
+        self._buf += data
         if self._task is None:
             self._last = self.loop.time()
             self._process()
@@ -275,6 +307,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self._buf = bytearray()  # a half-sent body is not kept past its connection
+        self._pending = None
         self.front.connections.discard(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
@@ -295,6 +329,15 @@ class HttpConnection(asyncio.Protocol):
 
     def idle_for(self, now: float) -> float:
         return 0.0 if self._task is not None else now - self._last
+
+    def late(self, now: float) -> bool:
+        """A head or body has been arriving for longer than it may."""
+        return self._task is None and now > self._deadline
+
+    def time_out(self) -> None:
+        """Answer 408 to a request that did not arrive in time, and close."""
+        what = "body" if self._pending is not None else "head"
+        self._reject(408, f"the request {what} did not arrive in time")
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -317,6 +360,16 @@ class HttpConnection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    # --- llhttp callbacks (called from `feed_data`) -------------------------------------
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))  # decoded once the head is whole: one call less per header
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+
     # --- parsing ------------------------------------------------------------------------
     def _process(self) -> None:
         """Start the next complete request in the buffer, if there is one."""
@@ -324,91 +377,102 @@ class HttpConnection(asyncio.Protocol):
             req = self._pending
             buf = self._buf
             if req is None:
-                if not buf:
-                    return
-                end = buf.find(b"\r\n\r\n")
-                if end == -1:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        self._reject(431, f"request head is larger than {MAX_HEAD_BYTES} bytes")
-                    return
+                if self._parser is None:
+                    if buf[:1] in (b"\r", b"\n"):  # stray CRLFs between requests are allowed
+                        del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
+                    if not buf:
+                        return
+                    self._start_head()
                 try:
-                    req = self._parse_head(bytes(buf[:end]))
+                    req = self._parse_head()
                 except _BadRequest as exc:
                     self._reject(exc.status, str(exc))
                     return
                 if req is None:
-                    self._hand_off()
-                    return
-                self._buf = buf = buf[end + 4 :]
-                assert req.content_length is not None
-                if req.content_length > self.front.max_body_bytes:  # the handler answers 413
+                    return  # the head is not all here yet (or the connection was handed off)
+                need = req.content_length or 0
+                if need > self.front.max_body_bytes:  # the handler answers 413
                     self._keep_alive = False
-                    self._discard = max(0, req.content_length - len(buf))
-                    self._buf = b""
+                    self._discard = max(0, need - len(buf))
+                    self._buf = bytearray()
                     self._dispatch(req)
                     return
                 self._pending = req
+                if len(buf) < need:  # the body is still on its way: it gets a deadline too
+                    self._deadline = self._last + self.front.body_timeout_s + need / self.front.min_body_bytes_per_s
             need = req.content_length or 0
             if len(buf) < need:
                 return
-            if need:
-                req.body = bytes(buf[:need])
-                self._buf = buf[need:]
-            else:
-                req.body = b""
+            req.body = bytes(buf[:need]) if need else b""
+            del buf[:need]
             self._pending = None
             self._dispatch(req)
 
-    def _parse_head(self, head: bytes) -> FrontRequest | None:
-        """The request, or None when it is for the aiohttp app (raises `_BadRequest`)."""
-        lines = head.decode("latin-1").split("\r\n")
-        while lines and not lines[0]:  # stray CRLFs between requests are allowed
-            lines.pop(0)
-        if not lines:
-            raise _BadRequest(400, "empty request line")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[0] or not parts[1]:
-            raise _BadRequest(400, "malformed request line")
-        method, target, version = parts
-        if version == "HTTP/1.1":
-            http10 = False
-        elif version == "HTTP/1.0":
-            http10 = True
-        else:
-            raise _BadRequest(505 if version.startswith("HTTP/") else 400, f"unsupported protocol {version[:20]!r}")
-        headers: dict[str, str] = {}
-        length: str | None = None
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip() or " " in name or "\t" in name:
-                raise _BadRequest(400, "malformed header line")
-            name = name.lower()
-            value = value.strip()
-            if name == "content-length":
-                if length is not None and length != value:
-                    raise _BadRequest(400, "conflicting Content-Length headers")
-                length = value
-            headers[name] = value
-        path = target.partition("?")[0]
-        if (path not in self.front.hot_paths or method != "POST" or "transfer-encoding" in headers
-                or "expect" in headers or "upgrade" in headers):
+    def _start_head(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._fed = 0
+        self._url = b""
+        self._raw_headers = []
+        self._head_done = False
+        self._deadline = self._last + self.front.head_timeout_s  # `_last`: when these bytes arrived
+
+    def _parse_head(self) -> FrontRequest | None:
+        """Feed the head to llhttp; the request once the head is whole, or None (raises `_BadRequest`).
+
+        None also when the request is for the aiohttp app: the connection is handed off."""
+        parser = self._parser
+        assert parser is not None
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n", max(0, self._fed - 3))
+        upto = len(buf) if end == -1 else end + 4
+        if upto > MAX_HEAD_BYTES:
+            raise _BadRequest(431, f"request head is larger than {MAX_HEAD_BYTES} bytes")
+        if upto > self._fed:
+            try:
+                parser.feed_data(buf if self._fed == 0 and upto == len(buf) else bytes(buf[self._fed : upto]))
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                raise (cause if isinstance(cause, _BadRequest) else _BadRequest(400, "malformed request head")) from None
+            except httptools.HttpParserError as exc:
+                raise _BadRequest(400, f"malformed request: {exc}") from None
+            self._fed = upto
+        if end == -1:
             return None
-        if length is None:
-            content_length = 0
-        elif length.isdigit() and length.isascii():
-            content_length = int(length)
-        else:
-            raise _BadRequest(400, "malformed Content-Length header")
-        connection = headers.get("connection", "").lower()
-        self._http10 = http10
-        self._keep_alive = (connection == "keep-alive") if http10 else (connection != "close")
-        return FrontRequest(method, path, headers, content_length, None, self)
+        if not self._head_done:
+            raise _BadRequest(400, "malformed request head")
+        self._parser = None
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise _BadRequest(505, f"unsupported protocol HTTP/{version}")
+        raw = self._raw_headers
+        if len(raw) > MAX_HEADERS:
+            raise _BadRequest(431, f"more than {MAX_HEADERS} header lines")
+        headers = {_NAMES.get(k) or k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
+        for key, value in headers.items():
+            if value[-1:] in (" ", "\t"):  # llhttp drops leading whitespace, not trailing
+                headers[key] = value.rstrip(" \t")
+        hosts = ("host" in headers) if len(headers) == len(raw) else sum(k.lower() == b"host" for k, _ in raw)  # names repeat: count
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise _BadRequest(400, "an HTTP/1.1 request needs exactly one Host header")
+        path = self._url.partition(b"?")[0].decode("latin-1")
+        if (path not in self.front.hot_paths or parser.get_method() != b"POST" or "transfer-encoding" in headers
+                or "expect" in headers or "upgrade" in headers):
+            self._hand_off()
+            return None
+        del buf[:upto]
+        length = headers.get("content-length")
+        self._http10 = version == "1.0"
+        self._keep_alive = parser.should_keep_alive()
+        return FrontRequest("POST", path, headers, int(length) if length else 0, None, self)
 
     def _reject(self, status: int, message: str) -> None:
-        """A request too broken to parse: answer with an OpenAI-style error and close."""
+        """A request too broken to parse (or too slow): answer with an OpenAI-style error and close."""
         self._keep_alive = False
         self._head_only = False
-        self._buf = b""
+        self._buf = bytearray()
+        self._pending = None
+        self._parser = None
+        self._deadline = math.inf
         reply = error_reply(ApiError(status, message))
         self._write_reply(reply.status, reply.headers, reply.body)
         self.close()
@@ -421,7 +485,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = None
         protocol = self.front.fallback()
         data = bytes(self._buf)
-        self._buf = b""
+        self._buf = bytearray()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if self._read_paused:
@@ -431,6 +495,7 @@ class HttpConnection(asyncio.Protocol):
 
     # --- running the handler ------------------------------------------------------------
     def _dispatch(self, req: FrontRequest) -> None:
+        self._deadline = math.inf
         self._chunked_out = False
         self._head_only = req.method == "HEAD"
         self._task = self.loop.create_task(self._run(req))
@@ -477,7 +542,8 @@ class HttpConnection(asyncio.Protocol):
 
     # --- writing ------------------------------------------------------------------------
     def _head(self, status: int, headers: dict[str, str], framing: str) -> bytes:
-        lines = [f"{k}: {v}\r\n" for k, v in headers.items()]
+        # a value with CR or LF would split the head: dropped (no request path sets one; a guard)
+        lines = [f"{k}: {v}\r\n" for k, v in headers.items() if "\n" not in v and "\r" not in v]
         if not self._keep_alive:
             lines.append("Connection: close\r\n")
         elif self._http10:

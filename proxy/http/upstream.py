@@ -3,8 +3,9 @@
 Why not aiohttp's client: profiling the sidecar put its request machinery (request and
 response objects, payload writers, a timer rescheduled on every read) at the top of the
 hot path. The sidecar only POSTs JSON to replicas it knows and needs back the status,
-Content-Type and a Content-Length or chunked body, so this client parses exactly that
-and hands body bytes through untouched. Connections are pooled per replica (LIFO, so
+Content-Type and the body as it arrives; llhttp (through `httptools`) does the framing
+(Content-Length, chunked, interim 1xx answers) and rejects a malformed answer, and the
+body pieces go through untouched. Connections are pooled per replica (LIFO, so
 the warmest one is reused); one lazy timer per request covers both the idle (first
 byte / between reads) and the total timeout.
 """
@@ -17,13 +18,13 @@ import time
 from collections import deque
 from urllib.parse import urlsplit
 
+import httptools
+
 from thrifty.config import TimeoutSettings
 
 MAX_HEAD_BYTES = 64 * 1024
 PAUSE_ABOVE_BYTES = 256 * 1024  # stop reading the replica while this much waits for a slow client
 IDLE_REUSE_S = 4.0  # uvicorn (vLLM) closes idle keep-alive connections after 5 s
-
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)  # chunked-decoding states
 
 
 class UpstreamUnavailable(Exception):
@@ -47,6 +48,28 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.endpoint: _Endpoint | None = None
+        self.parser = httptools.HttpResponseParser(self)  # one per connection: answers follow each other
+
+    # llhttp callbacks, for the answer in progress
+    def on_message_begin(self) -> None:
+        if self.response is not None:
+            self.response._on_message_begin()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None and not self.response.complete:
+            self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1").strip(" \t")
+
+    def on_headers_complete(self) -> None:
+        if self.response is not None:
+            self.response._on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None and not self.response.complete:
+            self.response._push(body)
+
+    def on_message_complete(self) -> None:
+        if self.response is not None:
+            self.response._on_message_complete()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -81,11 +104,10 @@ class UpstreamResponse:
         self.headers: dict[str, str] = {}
         self.keep_alive = True
         self.received_any = False
-        self._buf = bytearray()
+        self._head_bytes = 0
         self._head_done = False
-        self._mode = "length"  # "length" | "chunked" | "close"
-        self._left = 0  # body bytes still due (length mode) or of the current chunk
-        self._chunk_state = _SIZE
+        self._interim = False  # parsing a 1xx answer (100 Continue): the real one follows
+        self._to_close = False  # the body ends when the replica closes the connection
         self._pieces: deque[bytes] = deque()
         self._queued = 0
         self._paused = False
@@ -110,123 +132,48 @@ class UpstreamResponse:
         self.received_any = True
         self._last = self._loop.time()
         if not self._head_done:
-            if self._buf:
-                self._buf += data
-                data = bytes(self._buf)
-            end = data.find(b"\r\n\r\n")
-            if end == -1:
-                if not self._buf:
-                    self._buf += data
-                if len(self._buf) > MAX_HEAD_BYTES:
-                    self._fail(UpstreamBroken("the replica's response head is too large"))
-                return
-            self._buf = bytearray()
-            try:
-                self._parse_head(data[:end])
-            except ValueError as exc:
-                self._fail(UpstreamBroken(f"malformed response from the replica: {exc}"))
-                return
-            data = data[end + 4 :]
-            if 100 <= self.status < 200:  # an interim answer (100 Continue): the real one follows
-                self.status = 0
-                if data:
-                    self._feed(data)
-                return
-            self._head_done = True
-            if self.complete or not data:
-                self._wake()
-                return
-        if self._mode == "length":
-            if len(data) >= self._left:
-                if len(data) > self._left:
-                    self.keep_alive = False  # more than announced: do not trust the connection again
-                    data = data[: self._left]
-                self._left = 0
-                self.complete = True
-            else:
-                self._left -= len(data)
-            if data:
-                self._push(data)
-        elif self._mode == "chunked":
-            self._feed_chunked(data)
-        else:
-            self._push(data)
+            self._head_bytes += len(data)
+        try:
+            self._conn.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamBroken("the replica switched protocols"))
+            return
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamBroken(f"malformed response from the replica: {exc}"))
+            return
+        if not self._head_done and self._head_bytes > MAX_HEAD_BYTES:
+            self._fail(UpstreamBroken("the replica's response head is too large"))
+            return
         self._wake()
 
-    def _parse_head(self, head: bytes) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-            raise ValueError(f"bad status line {lines[0][:80]!r}")
-        self.status = int(parts[1])
-        if 100 <= self.status < 200:
-            return  # interim: the caller skips it
-        headers = self.headers
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        connection = headers.get("connection", "").lower()
-        if connection == "close" or (parts[0] == "HTTP/1.0" and connection != "keep-alive"):
-            self.keep_alive = False
-        if self.status in (204, 304):
-            self.complete = True
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            self._mode = "chunked"
-        elif "content-length" in headers:
-            self._left = int(headers["content-length"])
-            if self._left == 0:
-                self.complete = True
-        else:
-            self._mode = "close"
+    def _on_message_begin(self) -> None:
+        if self.complete:  # a second answer on the heels of the first: do not reuse the connection
             self.keep_alive = False
 
-    def _feed_chunked(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        pos, end = 0, len(buf)
-        while pos < end:
-            state = self._chunk_state
-            if state == _DATA:
-                take = min(end - pos, self._left)
-                self._push(bytes(buf[pos : pos + take]))
-                pos += take
-                self._left -= take
-                if self._left == 0:
-                    self._chunk_state = _DATA_END
-            elif state == _SIZE:
-                nl = buf.find(b"\r\n", pos)
-                if nl == -1:
-                    if end - pos > 1024:
-                        self._fail(UpstreamBroken("malformed chunk size from the replica"))
-                    break
-                try:
-                    size = int(bytes(buf[pos:nl]).split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    self._fail(UpstreamBroken("malformed chunk size from the replica"))
-                    return
-                pos = nl + 2
-                if size == 0:
-                    self._chunk_state = _TRAILER
-                else:
-                    self._left, self._chunk_state = size, _DATA
-            elif state == _DATA_END:
-                if end - pos < 2:
-                    break
-                pos += 2
-                self._chunk_state = _SIZE
-            else:  # trailer lines until an empty one
-                nl = buf.find(b"\r\n", pos)
-                if nl == -1:
-                    break
-                if nl == pos:
-                    pos += 2
-                    self.complete = True
-                    if pos < end:
-                        self.keep_alive = False
-                    break
-                pos = nl + 2
-        del buf[:pos]
+    def _on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        status = self._conn.parser.get_status_code()
+        if 100 <= status < 200:
+            self._interim = True
+            self.headers = {}
+            return
+        self.status = status
+        self._interim = False
+        self._head_done = True
+        headers = self.headers
+        self._to_close = ("content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+                          and status not in (204, 304))
+        if self._to_close:
+            self.keep_alive = False
+
+    def _on_message_complete(self) -> None:
+        if self._interim or self.complete:
+            self._interim = False
+            return
+        if not self._conn.parser.should_keep_alive():
+            self.keep_alive = False
+        self.complete = True
 
     def _push(self, data: bytes) -> None:
         self._pieces.append(data)
@@ -240,7 +187,7 @@ class UpstreamResponse:
     def _lost(self, exc: Exception | None) -> None:
         if self.complete:
             return
-        if self._head_done and self._mode == "close":
+        if self._head_done and self._to_close:
             self.complete = True
             self._wake()
             return

@@ -46,6 +46,7 @@ from thrifty.proxy.levers.router import RouterModel, next_tier_up, pick_tier, ro
 from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, partition_key
 from thrifty.proxy.levers.verifier import Verifier
 from thrifty.proxy.request.tenant import ANONYMOUS
+from thrifty.proxy.request.prefix import bounded_view
 
 __all__ = ["CostLevers", "LeverMetrics", "cached_body_as_sse", "query_text", "semantic_context"]
 
@@ -80,7 +81,13 @@ class LeverMetrics:
 
 
 def query_text(ctx: RequestContext) -> str | None:
-    """The question a semantic hit must match: the last user turn, or the prompt."""
+    """The question a semantic hit must match: the last user turn, or the prompt, as a
+    bounded view (`bounded_view`: a long prompt costs the embedder what an 8 KB one does)."""
+    text = _question(ctx)
+    return bounded_view(text) if text is not None else None
+
+
+def _question(ctx: RequestContext) -> str | None:
     if ctx.endpoint == "chat":
         messages = ctx.body.get("messages") or []
         if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
@@ -89,8 +96,10 @@ def query_text(ctx: RequestContext) -> str | None:
         if isinstance(content, str):
             return content
         if isinstance(content, list):
-            parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            return "\n".join(parts) if len(parts) == len(content) else None  # images: no
+            parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
+                return None  # images, or parts this sidecar does not read: no
+            return "\n".join(parts)  # type: ignore[arg-type]
         return None
     if ctx.endpoint == "completions":
         prompt = ctx.body.get("prompt")

@@ -1,14 +1,19 @@
-"""JSON logs with a request id; prompts and API keys are never written.
+"""JSON logs with a request id; prompts, API keys and header values are never written.
 
 Startup and replica events go through stdlib `logging` with a JSON formatter. The
 hot path writes one access line per request through `AccessLog`, a single
 `json.dumps` + write, to keep per-request cost low.
+
+An exception is logged as its type and where it was raised, never its message or
+traceback text: parser errors quote the offending bytes (aiohttp's quote a malformed
+`Authorization` line whole), so aiohttp's loggers go through the same formatter.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -22,9 +27,19 @@ class JsonFormatter(logging.Formatter):
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             out.update(extra)
-        if record.exc_info:
-            out["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        if record.exc_info and record.exc_info[1] is not None:
+            out["error"] = describe_exception(record.exc_info[1])
         return json.dumps(out, default=str)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`TypeName at file.py:line` of the innermost frame: enough to find it, no data from the request."""
+    tb = exc.__traceback__
+    if tb is None:
+        return type(exc).__name__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{type(exc).__name__} at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
 
 
 def setup_logging(level: str = "info", stream: TextIO | None = None) -> logging.Logger:
@@ -34,6 +49,10 @@ def setup_logging(level: str = "info", stream: TextIO | None = None) -> logging.
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    aiohttp_logger = logging.getLogger("aiohttp")  # else its tracebacks reach stderr through the root
+    aiohttp_logger.handlers[:] = [handler]
+    aiohttp_logger.setLevel(max(logging.WARNING, logger.level))
+    aiohttp_logger.propagate = False
     return logger
 
 

@@ -42,7 +42,7 @@ from thrifty.wire.codec import policy_from_pb, window_to_pb
 from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 
 log = logging.getLogger(__name__)
-ERROR_OUTCOMES = frozenset({"upstream_error", "timeout", "shed"})
+ERROR_OUTCOMES = frozenset({"upstream_error", "internal_error", "timeout", "shed"})
 HANDSHAKE_TIMEOUT_S = 10.0
 NO_TIER = "none"  # requests rejected before a tier was known: not a tier the controller has
 

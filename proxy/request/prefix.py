@@ -8,11 +8,13 @@ first `max_blocks` are hashed: enough to tell conversations apart, cheap on long
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from typing import Any
 
 BLOCK_CHARS = 256
 MAX_BLOCKS = 64
+VIEW_EDGE_CHARS = 4096  # a bounded view keeps this much of each end of a long text
 
 
 def render_prompt(endpoint: str, body: dict[str, Any]) -> str:
@@ -48,3 +50,17 @@ def block_hashes(text: str, *, block_chars: int = BLOCK_CHARS, max_blocks: int =
 def estimate_tokens(text: str) -> int:
     """~4 characters per token: good enough to weigh load, never used for billing."""
     return len(text) // 4 + 1
+
+
+def bounded_view(text: str, edge_chars: int = VIEW_EDGE_CHARS) -> str:
+    """`text` itself when short; else its first and last `edge_chars` characters around a
+    marker that names the cut length and a digest of the whole text.
+
+    What is embedded, compared and stored for the semantic cache and the router is this
+    view, so a multi-megabyte prompt costs what an 8 KB one does (the encoder reads only
+    its first ~256 tokens and the router its last 1,000 characters anyway). The digest
+    keeps two long texts that differ only in the middle from looking identical."""
+    if len(text) <= 2 * edge_chars + 64:
+        return text
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{text[:edge_chars]}\n[... {len(text) - 2 * edge_chars} characters, blake2b {digest} ...]\n{text[-edge_chars:]}"

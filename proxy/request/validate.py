@@ -8,6 +8,7 @@ working. Every failure is an `ApiError` with a 4xx status and the offending `par
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ from thrifty.proxy.http.errors import ApiError
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_TOKENS_LIMIT = 1 << 20
+MAX_JSON_DEPTH = 256  # deeper bodies are refused: re-encoding them would hit Python's recursion limit
 _ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
+_REQUEST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")  # an RFC 9110 token
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 
 
@@ -25,6 +28,16 @@ class ParsedRequest:
     body: dict[str, Any]
     model: str
     stream: bool
+
+
+def request_id_of(value: str | None) -> str | None:
+    """The client's X-Request-Id when it is a short RFC 9110 token, else None (a fresh id is made).
+
+    The id is echoed in a response header and written to the access log, so anything
+    else (spaces, quotes, control bytes, a long value) is not reflected."""
+    if value and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
 
 
 def check_content_type(content_type: str) -> None:
@@ -39,11 +52,29 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not valid UTF-8") from None
+    except RecursionError:
+        raise ApiError(400, f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(body).__name__}")
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth_exceeds(body, MAX_JSON_DEPTH):
+        raise ApiError(400, f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether containers nest deeper than `limit` (iterative: no recursion to overflow)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
 
 
 def _is_int(v: Any) -> bool:
@@ -83,7 +114,7 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(m, dict):
             raise ApiError(400, f"'messages[{i}]' must be an object", param=f"messages[{i}]")
         role = m.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise ApiError(400, f"'messages[{i}].role' must be one of {sorted(_ROLES)}", param=f"messages[{i}].role")
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):

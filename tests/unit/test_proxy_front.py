@@ -92,7 +92,7 @@ async def test_oversized_body_is_413_and_the_connection_closes() -> None:
     async with stack([StubBehaviour()]) as s:
         reader, writer = await _connect(s.url)
         size = s.sidecar.max_body_bytes + 1
-        writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n".encode())
+        writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n".encode())
         writer.write(b"x" * 100_000)  # part of the body: the answer does not wait for the rest
         status, headers, body = await _response(reader)
         assert status == 413 and headers["connection"] == "close"

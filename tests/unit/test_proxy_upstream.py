@@ -155,6 +155,27 @@ async def test_interim_100_continue_is_skipped() -> None:
         pool.close()
 
 
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 2\r\n\r\nok",  # bare LF inside a header
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: \x0c2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",  # not a chunk size
+], ids=["bare-lf", "cl-and-te", "cl-form-feed", "bad-chunk-size"])
+async def test_malformed_answer_is_refused_not_relayed(answer: bytes) -> None:
+    async def bad(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        await reader.read(1)
+
+    async with ScriptedServer(bad) as srv:
+        pool = UpstreamPool(TIMEOUTS)
+        with pytest.raises((UpstreamUnavailable, UpstreamBroken)):
+            resp = await pool.post(srv.url, "/x", b"{}", {})
+            await resp.read()
+        pool.close()
+
+
 async def test_refused_connection_is_unavailable() -> None:
     async with ScriptedServer(lambda r, w: asyncio.sleep(0)) as srv:
         url = srv.url
