@@ -10,7 +10,7 @@ opts=(--quiet --disable-pip-version-check)
 [[ -d /opt/wheels ]] && opts+=(--find-links /opt/wheels)  # the machine's local CPU torch wheel
 # (the machine's pip config names local index folders that do not exist: hide those warnings)
 set +o pipefail
-.venv/bin/pip install "${opts[@]}" -e '.[test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+.venv/bin/pip install "${opts[@]}" -e '.[all,test]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 rc=${PIPESTATUS[0]}
 set -o pipefail
 [[ $rc -eq 0 ]] || { echo "pip install failed ($rc)"; exit "$rc"; }

