@@ -12,7 +12,7 @@ from thrifty.config import Config, ConfigError
 from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S
 from thrifty.proxy.levers.protocol import Levers, NoLevers
 from thrifty.proxy.observe.logs import AccessLog, setup_logging
-from thrifty.proxy.server import Sidecar, bound_port, serve
+from thrifty.proxy.app import Sidecar, bound_port, serve
 
 def levers_wanted(config: Config) -> bool:
     return config.cache.exact.enabled or config.cache.semantic.enabled or config.router.enabled
