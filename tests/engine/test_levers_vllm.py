@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import parse_config
-from thrifty.proxy.levers.cost_levers import CostLevers
 from thrifty.proxy.app import Sidecar, bound_port, serve
+from thrifty.proxy.levers.cost_levers import CostLevers
 
 pytestmark = pytest.mark.engine
 
