@@ -12,7 +12,7 @@ from thrifty.config import Config, ConfigError
 from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S
 from thrifty.proxy.levers.protocol import Levers, NoLevers
 from thrifty.proxy.observe.logs import AccessLog, setup_logging
-from thrifty.proxy.server import Sidecar, bound_port, serve
+from thrifty.proxy.app import Sidecar, bound_port, serve
 from thrifty.wire.auth import TOKEN_ENV, AuthConfigError, TlsFiles, channel_credentials, load_token
 
 def default_sidecar_id(port: int) -> str:

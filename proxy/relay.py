@@ -1,7 +1,8 @@
-"""Talking to one upstream replica: open the request, then relay the answer.
+"""Talking to the replicas of one tier: pick one, send the request, relay the answer.
 
-`open_upstream` fails with `UpstreamUnavailable` only when nothing has reached the
-client yet, so the caller may retry on another replica. `relay_stream` forwards SSE
+`Relay.send` is the step: the balancer and admission pick a replica, `open_upstream`
+sends the request, and a replica that cannot be reached (or answers 502/503) is left
+for another one while nothing has reached the client yet. `relay_stream` forwards SSE
 events as they arrive (each write awaits the client's socket: back-pressure), picks
 the `usage` chunk out for accounting, and if the replica dies mid-stream ends the
 client's stream with an OpenAI-shaped error event instead of leaving it hanging.
@@ -14,23 +15,197 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
 from thrifty.config import TimeoutSettings
-from thrifty.proxy.http.errors import ApiError
-from thrifty.proxy.http.front import StreamReply
+from thrifty.proxy.balance.admission import Admission
+from thrifty.proxy.balance.balancer import Balancer
+from thrifty.proxy.balance.filters import PickRequest
+from thrifty.proxy.balance.pool import ReplicaPool, ReplicaState
+from thrifty.proxy.http.errors import ApiError, upstream_error_body
+from thrifty.proxy.http.front import FrontRequest, Reply, StreamReply
 from thrifty.proxy.http.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
+from thrifty.proxy.observe.accounting import Usage
+from thrifty.proxy.observe.metrics import SidecarMetrics
+from thrifty.proxy.request.context import TIER_HEADER, RequestContext
+from thrifty.proxy.request.prefix import block_hashes, estimate_tokens, render_prompt
+from thrifty.proxy.request.tokenize import PromptTokenizer, tokenize_request
 
-__all__ = ["ClientGone", "UpstreamUnavailable", "find_usage", "make_session", "open_upstream", "read_body", "relay_stream"]
+__all__ = ["ClientGone", "Relay", "UpstreamOverloaded", "UpstreamUnavailable", "find_usage", "make_session",
+           "open_upstream", "read_body", "relay_stream"]
 
 _USAGE_RE = re.compile(rb'"usage":\s*\{')
 RETRYABLE_STATUS = frozenset({502, 503})
 _DECODER = json.JSONDecoder()
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+class UpstreamOverloaded(UpstreamUnavailable):
+    """The replica is up but refused the request (502 or 503): try another one, without marking this one down."""
 
 
 class ClientGone(Exception):
     """The client closed its connection; the caller cancels the upstream request."""
+
+
+class Relay:
+    """Send validated requests to a replica of `ctx.tier`, retrying on another only before the first byte.
+
+    On success the answer's usage, replica URL and (streaming) time to first event are
+    on `ctx`; a request no replica could take raises `ApiError` (502, 503 when shed, 504)."""
+
+    def __init__(self, pool: ReplicaPool, balancers: dict[str, Balancer], admission: Admission, metrics: SidecarMetrics,
+                 upstream: UpstreamPool, timeouts: TimeoutSettings, models: dict[str, str],
+                 tokenizers: dict[str, PromptTokenizer] | None = None, max_attempts: int = 3) -> None:
+        self.pool = pool
+        self.balancers = balancers
+        self.admission = admission
+        self.metrics = metrics
+        self.upstream = upstream
+        self.timeouts = timeouts
+        self.models = models  # tier -> the model name its replicas serve
+        self.max_attempts = max_attempts
+        self.tokenizers = tokenizers or {}  # tiers routed on their replicas' KV events (precise prefix scorer)
+
+    async def send(self, request: FrontRequest, ctx: RequestContext, raw: bytes, *, keep_body: bool) -> Reply | StreamReply:
+        """The replica's answer to `ctx` (`keep_body`: parse a complete 200 answer into `Reply.thrifty_body`)."""
+        tier = ctx.tier
+        replicas = self.pool.tiers[tier]
+        balancer = self.balancers[tier]
+        body, strip_usage = upstream_body(ctx, raw, self.models[tier])
+        pick_req, prompt_chars = pick_request(ctx, raw)
+        tokenizer = self.tokenizers.get(tier)
+        if tokenizer is not None and ctx.endpoint != "embeddings":
+            pick_req.token_ids = await tokenize_request(tokenizer, ctx.endpoint, ctx.body, prompt_chars)
+        headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id}
+        auth = request.headers.get("authorization")
+        if auth:
+            headers["Authorization"] = auth
+        tier_metrics = self.metrics.tier(tier)
+        tried: set[str] = set()
+        last_error = ""
+        for attempt in range(self.max_attempts):
+            if attempt:
+                if not any(r.healthy and r.url not in tried for r in replicas):
+                    break
+                tier_metrics.retries.inc()
+            pick_req.exclude = tried
+            pick, waited = await self.admission.admit(tier, lambda: balancer.pick(pick_req, replicas),
+                                                      why_not=lambda: _why_not(replicas))
+            if waited:
+                tier_metrics.admission_wait.observe(waited)
+            replica = pick.replica
+            self.metrics.picks.labels(tier, replica.url, pick.reason).inc()
+            replica.inflight += 1
+            replica.inflight_tokens += pick_req.tokens
+            sent = time.monotonic()
+            resp: UpstreamResponse | None = None
+            complete = False
+            try:
+                try:
+                    resp = await open_upstream(self.upstream, replica.url, request.path, body, headers, self.timeouts)
+                    if not ctx.stream or resp.status != 200:
+                        data = await read_body(resp, self.timeouts)
+                except UpstreamOverloaded as exc:
+                    last_error = f"{replica.url}: {exc}"
+                    tried.add(replica.url)
+                    continue
+                except UpstreamUnavailable as exc:
+                    last_error = f"{replica.url}: {exc}"
+                    replica.mark_down()
+                    balancer.forget(replica.url)
+                    tried.add(replica.url)
+                    continue
+                replica.observe_ttfb(time.monotonic() - sent)
+                if not ctx.stream or resp.status != 200:
+                    complete = True
+                    out = _plain_reply(ctx, resp, data, keep_body)
+                    ctx.usage = Usage.from_body(find_usage(data)) if resp.status == 200 else None
+                    ctx.replica, ctx.ttft = replica.url, None
+                    return out
+                stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier})
+                await stream.prepare(request)
+                result = await relay_stream(resp, stream, strip_usage=strip_usage, on_gap=tier_metrics.itl.observe,
+                                            timeouts=self.timeouts)
+                if result.error is not None:
+                    if result.error.code == "upstream_disconnected":
+                        replica.mark_down()
+                    stream.thrifty_error = result.error
+                else:
+                    complete = True
+                    await stream.write_eof()
+                ctx.usage = Usage.from_body(result.usage)
+                ctx.replica = replica.url
+                ctx.ttft = (result.first_byte_at - sent) if result.first_byte_at else None
+                return stream
+            finally:
+                if resp is not None:
+                    # A fully read answer returns its connection to the pool; anything else
+                    # (client gone, replica failed) closes it, which aborts the engine's request.
+                    resp.release(self.upstream) if complete else resp.close()
+                replica.inflight -= 1
+                replica.inflight_tokens -= pick_req.tokens
+                self.admission.wake(tier)
+        raise ApiError(502, f"no replica of tier {tier!r} could be reached ({last_error})", code="upstream_unavailable",
+                       outcome="upstream_error")
+
+
+def upstream_body(ctx: RequestContext, raw: bytes, model: str) -> tuple[bytes, bool]:
+    """The body to send (re-serialised only when it must change) and whether to strip usage.
+
+    A routed request names the answering tier's model; a stream always asks for usage
+    (for accounting), which is stripped again when the client did not ask for it."""
+    body = ctx.body
+    changes: dict[str, Any] = {}
+    if ctx.tier != ctx.requested_tier:
+        changes["model"] = model
+    strip_usage = False
+    if ctx.stream:
+        opts = body.get("stream_options")
+        if not (isinstance(opts, dict) and opts.get("include_usage")):
+            changes["stream_options"] = {**(opts or {}), "include_usage": True}
+            strip_usage = True
+    if not changes:
+        return raw, strip_usage
+    if len(changes) == 1 and strip_usage and "stream_options" not in body:
+        # Append the one key to the client's own bytes instead of re-encoding the body.
+        end = raw.rstrip()
+        if end.endswith(b"}") and not end.endswith(b"\x00}"):  # (not UTF-16 JSON)
+            return end[:-1] + b',"stream_options":{"include_usage":true}}', strip_usage
+    return json.dumps({**body, **changes}).encode(), strip_usage
+
+
+def pick_request(ctx: RequestContext, raw: bytes) -> tuple[PickRequest, int]:
+    """What the balancer weighs: the prompt's prefix blocks (affinity) and its token footprint
+    (load); and the rendered prompt's length in characters."""
+    if ctx.endpoint == "embeddings":
+        return PickRequest(tokens=len(raw) // 4 + 1), len(raw)
+    text = render_prompt(ctx.endpoint, ctx.body)
+    max_out = ctx.body.get("max_tokens") or ctx.body.get("max_completion_tokens") or 256
+    return PickRequest(blocks=block_hashes(text), tokens=estimate_tokens(text) + min(int(max_out), 4096)), len(text)
+
+
+def _why_not(replicas: list[ReplicaState]) -> str:
+    healthy = [r for r in replicas if r.healthy]
+    if not healthy:
+        return f"all {len(replicas)} replicas are down"
+    return f"{len(healthy)} healthy replicas are saturated"
+
+
+def _plain_reply(ctx: RequestContext, resp: UpstreamResponse, data: bytes, keep_body: bool) -> Reply:
+    headers = {"Content-Type": resp.content_type, "X-Request-Id": ctx.request_id, TIER_HEADER: ctx.tier}
+    if resp.status >= 400:
+        data = upstream_error_body(resp.status, data)
+        headers["Content-Type"] = "application/json"
+    out = Reply(resp.status, data, headers)
+    if keep_body and resp.status == 200:
+        try:
+            out.thrifty_body = json.loads(data)
+        except ValueError:
+            pass
+    return out
 
 
 def make_session(timeouts: TimeoutSettings, max_connections: int = 4096) -> aiohttp.ClientSession:
@@ -51,7 +226,7 @@ async def open_upstream(pool: UpstreamPool, base_url: str, path: str, body: byte
                        type="timeout_error", code="upstream_timeout", outcome="timeout") from None
     if resp.status in RETRYABLE_STATUS:
         resp.close()
-        raise UpstreamUnavailable(f"replica answered {resp.status}")
+        raise UpstreamOverloaded(f"replica answered {resp.status}")
     return resp
 
 

@@ -22,7 +22,7 @@ POLICIES = ("thrifty", "least_loaded", "round_robin", "precise")
 @dataclass(slots=True)
 class Pick:
     replica: ReplicaState
-    reason: str  # "prefix" when affinity decided, else "load"
+    reason: str  # a scorer's `pick_reason` ("prefix") when its best candidate won, else "load"
 
 
 class Balancer:
@@ -43,21 +43,26 @@ class Balancer:
             chosen = self.picker.pick(candidates, [0.0] * len(candidates))
         else:
             totals = [0.0] * len(candidates)
-            prefix_scores: list[float] | None = None
+            named: tuple[str, list[float]] | None = None
             for scorer, weight in self.scorers:
                 scores = scorer.score(req, candidates)
-                if scorer.name == "prefix":
-                    prefix_scores = scores
+                if scorer.pick_reason is not None:
+                    named = (scorer.pick_reason, scores)
                 for i, s in enumerate(scores):
                     totals[i] += weight * s
             chosen = self.picker.pick(candidates, totals)
-            if prefix_scores is not None and max(prefix_scores) > 0:
-                if prefix_scores[candidates.index(chosen)] >= max(prefix_scores):
-                    reason = "prefix"
+            if named is not None and max(named[1]) > 0:
+                if named[1][candidates.index(chosen)] >= max(named[1]):
+                    reason = named[0]
         for scorer, _ in self.scorers:
             scorer.picked(req, chosen)
         chosen.picks += 1
         return Pick(chosen, reason)
+
+    def forget(self, url: str) -> None:
+        """A replica went down: every scorer drops what it remembered about it."""
+        for scorer, _ in self.scorers:
+            scorer.forget(url)
 
 
 def build_balancer(policy: str = "thrifty", *, max_waiting: float = float("inf"), max_kv: float = 1.01,

@@ -21,6 +21,7 @@ class PrecisePrefixScorer:
     """Scores `req.token_ids` against each replica's KV index; approximate where there is none."""
 
     name = "prefix"
+    pick_reason: str | None = "prefix"
 
     def __init__(self, feeds: Mapping[str, ReplicaKvFeed], fallback: PrefixAffinityScorer | None = None) -> None:
         self.feeds = feeds  # replica url -> feed (live view: replicas may come and go)

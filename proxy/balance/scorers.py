@@ -11,10 +11,14 @@ from thrifty.proxy.balance.pool import ReplicaState
 
 class Scorer(Protocol):
     name: str
+    pick_reason: str | None  # the `Pick.reason` when this scorer's best candidate won (None: never named)
 
     def score(self, req: PickRequest, replicas: list[ReplicaState]) -> list[float]: ...
 
     def picked(self, req: PickRequest, replica: ReplicaState) -> None: ...
+
+    def forget(self, url: str) -> None:
+        """Drop what the scorer remembers about a replica that went down."""
 
 
 class PrefixAffinityScorer:
@@ -26,6 +30,7 @@ class PrefixAffinityScorer:
     """
 
     name = "prefix"
+    pick_reason: str | None = "prefix"
 
     def __init__(self, capacity_blocks: int = 1 << 18) -> None:
         self.capacity_blocks = capacity_blocks
@@ -67,6 +72,7 @@ class QueueScorer:
     """Less outstanding work scores higher (sidecar's open tokens plus the engine's queue)."""
 
     name = "queue"
+    pick_reason: str | None = None
 
     def score(self, req: PickRequest, replicas: list[ReplicaState]) -> list[float]:
         loads = [r.load for r in replicas]
@@ -78,11 +84,15 @@ class QueueScorer:
     def picked(self, req: PickRequest, replica: ReplicaState) -> None:
         return None
 
+    def forget(self, url: str) -> None:
+        return None
+
 
 class KvCacheScorer:
     """More free KV cache scores higher (`vllm:kv_cache_usage_perc`)."""
 
     name = "kv"
+    pick_reason: str | None = None
 
     def score(self, req: PickRequest, replicas: list[ReplicaState]) -> list[float]:
         return [1.0 - min(max(r.kv_usage, 0.0), 1.0) for r in replicas]
@@ -90,11 +100,15 @@ class KvCacheScorer:
     def picked(self, req: PickRequest, replica: ReplicaState) -> None:
         return None
 
+    def forget(self, url: str) -> None:
+        return None
+
 
 class LatencyScorer:
     """Faster replicas (smoothed time to first byte) score higher; unmeasured ones count as fast."""
 
     name = "latency"
+    pick_reason: str | None = None
 
     def score(self, req: PickRequest, replicas: list[ReplicaState]) -> list[float]:
         measured = [r.ttfb_ewma_s for r in replicas if r.ttfb_ewma_s > 0]
@@ -104,4 +118,7 @@ class LatencyScorer:
         return [1.0 if r.ttfb_ewma_s <= 0 else best / r.ttfb_ewma_s for r in replicas]
 
     def picked(self, req: PickRequest, replica: ReplicaState) -> None:
+        return None
+
+    def forget(self, url: str) -> None:
         return None

@@ -20,19 +20,18 @@ semantic), `route` (reuses that embedding), and after a complete upstream answer
   answer obtained with it is never served to a plain request (or vice versa).
 
 Routing never goes above the tier the client asked for; `X-Thrifty-Tier: NAME`
-forces a tier. Escalation after an upstream error is the sidecar's job:
-`escalation_target` says where to go next and counts the decision.
+forces a tier. Escalation after an upstream error is the sidecar's job.
 
-The sidecar owns the dollar accounting (`thrifty_savings_dollars_total` by lever, from
-`ctx.cache_result` and `ctx.tier`) and the escalation counter; a hit can be replayed to a
-streaming client with `cached_body_as_sse(answer.body, include_usage=...)`.
+These levers own the cache policy: the sidecar asks `lookup` for every request and
+learns from `ctx.cache_result == "bypass"` that caching was off for it. The sidecar owns
+the dollar accounting (`thrifty_savings_dollars_total` by lever, from `ctx.cache_result`
+and `ctx.tier`), the escalation counter and the SSE replay of a hit.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -40,20 +39,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from thrifty.config import Config, ConfigError
 from thrifty.proxy.levers.embedder import Embedder, MiniLMEncoder
-from thrifty.proxy.levers.exact_cache import ExactCache, cached_body_as_sse, is_deterministic, request_key
-from thrifty.proxy.levers.protocol import CachedAnswer, RequestContext
-from thrifty.proxy.levers.router import RouterModel, next_tier_up, pick_tier, router_view
+from thrifty.proxy.levers.exact_cache import ExactCache, is_deterministic, request_key
+from thrifty.proxy.levers.protocol import CachedAnswer
+from thrifty.proxy.levers.router import RouterModel, pick_tier, router_view
 from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, partition_key
 from thrifty.proxy.levers.verifier import Verifier
-from thrifty.proxy.request.tenant import ANONYMOUS
+from thrifty.proxy.request.context import CACHE_HEADER, TIER_HEADER, RequestContext
 from thrifty.proxy.request.prefix import bounded_view
+from thrifty.proxy.request.tenant import ANONYMOUS
 
-__all__ = ["CostLevers", "LeverMetrics", "cached_body_as_sse", "query_text", "semantic_context"]
+__all__ = ["CostLevers", "LeverMetrics", "query_text", "semantic_context"]
 
 log = logging.getLogger(__name__)
 
-TIER_HEADER = "x-thrifty-tier"
-CACHE_HEADER = "x-thrifty-cache"
+_TIER_KEY = TIER_HEADER.lower()  # `ctx.headers` has lower-cased names
+_CACHE_KEY = CACHE_HEADER.lower()
 _NOT_CONTEXT = frozenset({"messages", "prompt", "stream", "stream_options", "user"})
 _STORABLE_FINISH = frozenset({"stop", "length", "tool_calls", "function_call"})  # same max_tokens is in the key
 
@@ -111,7 +111,7 @@ def _question(ctx: RequestContext) -> str | None:
 
 def forced_tier(ctx: RequestContext, tiers: Sequence[str]) -> str:
     """The tier `X-Thrifty-Tier` forces ("" when absent or not a tier: then it changes nothing)."""
-    forced = ctx.headers.get(TIER_HEADER, "").strip()
+    forced = ctx.headers.get(_TIER_KEY, "").strip()
     return forced if forced in tiers else ""
 
 
@@ -170,6 +170,10 @@ class CostLevers:
             self.semantic = SemanticCache(embedder.dim, max_bytes=semantic.max_bytes, ttl_s=semantic.ttl_s, similarity_floor=floor, verifier=verifier)
         self._publish_sizes()
 
+    @property
+    def stores_answers(self) -> bool:
+        return self.exact is not None or self.semantic is not None
+
     # ------------------------------------------------------------------ policy
 
     def apply_policy(self, policy: dict[str, Any]) -> None:
@@ -181,20 +185,18 @@ class CostLevers:
             self.cache_enabled = bool(policy["cache_enabled"])
 
     def _caching_allowed(self, ctx: RequestContext, tier: str) -> bool:
-        if ctx.bypass_cache or ctx.tenant == ANONYMOUS or ctx.headers.get(CACHE_HEADER, "").strip().lower() == "bypass":
+        if ctx.bypass_cache or ctx.tenant == ANONYMOUS or ctx.headers.get(_CACHE_KEY, "").strip().lower() == "bypass":
             return False
         return self.cache_enabled and self._tier_cache.get(tier, True)
 
     # ------------------------------------------------------------------ lookup
 
     async def lookup(self, ctx: RequestContext) -> CachedAnswer | None:
-        if ctx.endpoint not in ("chat", "completions"):
-            return None
-        if not self._caching_allowed(ctx, ctx.requested_tier):
+        if not self._caching_allowed(ctx, ctx.requested_tier):  # switched off: not a lookup, not counted
             ctx.bypass_cache = True
             ctx.cache_result = "bypass"
-            for kind in ("exact", "semantic"):
-                self.metrics.cache_lookups.labels(kind, "skipped").inc()
+            return None
+        if ctx.endpoint not in ("chat", "completions"):
             return None
         answer = self._lookup_exact(ctx)
         if answer is None:
@@ -277,15 +279,6 @@ class CostLevers:
         ctx.tier = tier
         self.metrics.router_decisions.labels(tier, reason).inc()
         return tier
-
-    def escalation_target(self, ctx: RequestContext, tiers: Sequence[str]) -> str | None:
-        """Next tier up after `ctx.tier` failed (None: nowhere to go, or escalation is off)."""
-        if not self.config.router.escalate_on_error:
-            return None
-        target = next_tier_up(ctx.tier, tiers)
-        if target is not None:
-            self._decide(ctx, target, "escalation")
-        return target
 
     # ------------------------------------------------------------------ store
 

@@ -7,10 +7,8 @@ any) and the request body minus the fields that do not change the answer (`strea
 canonicalised (sorted keys, compact JSON) so key order and whitespace never split
 entries. Only deterministic requests are cached by default (temperature 0, or a fixed
 seed): replaying a sampled answer would silently remove the diversity the client asked
-for. Bounded by bytes (LRU eviction) and by a TTL.
-
-`cached_body_as_sse` turns a stored non-streaming body into the SSE chunks a streaming
-client expects, so one cache serves both kinds of clients.
+for. Bounded by bytes (LRU eviction) and by a TTL. A hit is replayed to streaming
+clients by `thrifty.proxy.http.sse.answer_as_sse`.
 """
 
 from __future__ import annotations
@@ -101,47 +99,3 @@ class ExactCache:
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key)
         self.bytes -= entry.size
-
-
-def _sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-def cached_body_as_sse(body: dict[str, Any], *, include_usage: bool = False) -> list[bytes]:
-    """Render a complete `chat.completion` / `text_completion` body as SSE events.
-
-    One role chunk, one content chunk per choice (tool calls carried whole), one finish
-    chunk per choice, an optional usage chunk (when the client asked for
-    `stream_options.include_usage`), then `data: [DONE]`. The sidecar writes the events
-    as they come; each is a complete `data: ...\\n\\n` frame.
-    """
-    is_chat = body.get("object") == "chat.completion" or any("message" in c for c in body.get("choices", []))
-    base = {
-        "id": body.get("id", "cached"),
-        "object": "chat.completion.chunk" if is_chat else "text_completion",
-        "created": body.get("created", int(time.time())),
-        "model": body.get("model", ""),
-    }
-    if body.get("system_fingerprint") is not None:
-        base["system_fingerprint"] = body["system_fingerprint"]
-    events: list[bytes] = []
-    for choice in body.get("choices", []):
-        index = choice.get("index", 0)
-        if is_chat:
-            message = choice.get("message") or {}
-            events.append(_sse({**base, "choices": [{"index": index, "delta": {"role": message.get("role", "assistant"), "content": ""}, "logprobs": None, "finish_reason": None}]}))
-            delta: dict[str, Any] = {}
-            if message.get("content"):
-                delta["content"] = message["content"]
-            if message.get("tool_calls"):
-                delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
-            if delta:
-                events.append(_sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None}]}))
-            events.append(_sse({**base, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason", "stop")}]}))
-        else:
-            events.append(_sse({**base, "choices": [{"index": index, "text": choice.get("text", ""), "logprobs": None, "finish_reason": None}]}))
-            events.append(_sse({**base, "choices": [{"index": index, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason", "stop")}]}))
-    if include_usage and body.get("usage") is not None:
-        events.append(_sse({**base, "choices": [], "usage": body["usage"]}))
-    events.append(b"data: [DONE]\n\n")
-    return events

@@ -1,36 +1,20 @@
 """The seam between the data plane and the cost levers (caches, router).
 
-The sidecar builds one `RequestContext` per request and hands it to a `Levers`
-implementation at three points: before routing (cache lookup), to choose a tier,
-and after a complete answer (cache store). The data plane runs with `NoLevers`;
-the caches and the router plug in without touching the relay code.
+The pipeline hands each request's `RequestContext` to a `Levers` implementation at
+three points: before routing (cache lookup, which also decides whether the request
+may use the cache at all), to choose a tier, and after a complete answer (cache
+store). The data plane runs with `NoLevers`; the caches and the router plug in without
+touching the relay code, and the pipeline never asks which implementation it has.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
+from thrifty.proxy.request.context import RequestContext
 
-
-@dataclass(slots=True)
-class RequestContext:
-    """Everything the steps of the request path learn about one request."""
-
-    request_id: str
-    endpoint: str  # "chat" | "completions" | "embeddings"
-    body: dict[str, Any]  # the parsed, validated OpenAI request body
-    model_alias: str  # the model name the client sent
-    tenant: str  # from the API key (hashed) or `X-Thrifty-Tenant`; never logged raw
-    stream: bool
-    headers: dict[str, str] = field(default_factory=dict)  # lower-cased request headers
-    requested_tier: str = ""  # the tier the alias maps to (the client's intent)
-    tier: str = ""  # the tier that answers (after routing)
-    bypass_cache: bool = False  # `X-Thrifty-Cache: bypass` or per-tier switch
-    embedding: np.ndarray | None = None  # computed once, shared by semantic cache and router
-    router_score: float | None = None
-    cache_result: str = "miss"  # "miss" | "exact" | "semantic" | "bypass"
+__all__ = ["CachedAnswer", "Levers", "NoLevers", "RequestContext"]
 
 
 @dataclass(slots=True)
@@ -42,8 +26,16 @@ class CachedAnswer:
 
 
 class Levers(Protocol):
+    @property
+    def stores_answers(self) -> bool:
+        """True when `store` may keep answers, so the relay parses complete answer bodies for it."""
+
     async def lookup(self, ctx: RequestContext) -> CachedAnswer | None:
-        """Return a cached answer or None; must never raise (a failure is a miss)."""
+        """A cached answer or None; must never raise (a failure is a miss).
+
+        Owns the cache policy: when caching is switched off for this request (bypass
+        header, the tier's `cache: false`, policy `cache_enabled: false`) it sets
+        `ctx.cache_result = "bypass"` and returns None."""
 
     async def route(self, ctx: RequestContext, tiers: list[str]) -> str:
         """Pick the tier (from `tiers`, cheapest first) that answers `ctx`."""
@@ -51,9 +43,14 @@ class Levers(Protocol):
     async def store(self, ctx: RequestContext, response_body: dict[str, Any]) -> None:
         """Remember a complete answer; must never raise."""
 
+    def apply_policy(self, policy: dict[str, Any]) -> None:
+        """Controller-pushed policy (`router_threshold`, `cache_enabled`); unknown keys are ignored."""
+
 
 class NoLevers:
     """No caches, no routing: the alias's own tier answers."""
+
+    stores_answers = False
 
     async def lookup(self, ctx: RequestContext) -> CachedAnswer | None:
         return None
@@ -62,4 +59,7 @@ class NoLevers:
         return ctx.requested_tier
 
     async def store(self, ctx: RequestContext, response_body: dict[str, Any]) -> None:
+        return None
+
+    def apply_policy(self, policy: dict[str, Any]) -> None:
         return None

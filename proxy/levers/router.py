@@ -581,11 +581,3 @@ def pick_tier(score: float, tiers: Sequence[str], threshold: float) -> str:
         if score >= t:
             return tier
     return tiers[-1]
-
-
-def next_tier_up(tier: str, tiers: Sequence[str]) -> str | None:
-    """The tier to escalate to when `tier` errors or times out (None at the top)."""
-    if tier not in tiers:
-        return None
-    i = list(tiers).index(tier)
-    return tiers[i + 1] if i + 1 < len(tiers) else None

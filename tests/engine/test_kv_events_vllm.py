@@ -24,7 +24,7 @@ import yaml
 from tests.realparts import cpu_engine_venv, free_port_block, missing, wait_http
 from thrifty.config import parse_config
 from thrifty.proxy.balance.kv_index import chain_keys
-from thrifty.proxy.server import Sidecar, bound_port, serve
+from thrifty.proxy.app import Sidecar, bound_port, serve
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1500)]
 

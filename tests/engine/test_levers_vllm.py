@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import parse_config
+from thrifty.proxy.app import Sidecar, bound_port, serve
 from thrifty.proxy.levers.cost_levers import CostLevers
-from thrifty.proxy.server import Sidecar, bound_port, serve
 
 pytestmark = pytest.mark.engine
 
@@ -52,8 +52,7 @@ async def test_cache_hit_skips_engine_and_router_picks_tier(vllm_engine) -> None
         ],
     })
     sidecar = Sidecar(config)
-    sidecar.levers = CostLevers(config, sidecar.metrics.registry)
-    sidecar.has_levers = True
+    sidecar.set_levers(CostLevers(config, sidecar.metrics.registry))
     runner = await serve(sidecar, "127.0.0.1", 0)
     try:
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{bound_port(runner)}/v1", api_key="tenant-key", max_retries=0, timeout=120)

@@ -9,7 +9,7 @@ from typing import Any
 
 from thrifty.config import Config, parse_config
 from thrifty.proxy.levers.protocol import Levers
-from thrifty.proxy.server import Listener, Sidecar, bound_port, serve
+from thrifty.proxy.app import Listener, Sidecar, bound_port, serve
 from thrifty.sim.stub_backend import StubBackend, StubBehaviour
 
 

@@ -82,12 +82,12 @@ async def test_a_failure_in_the_request_path_is_a_500_counted_as_an_error_not_ok
     async with stack([StubBehaviour()]) as s, aiohttp.ClientSession() as http:
         from thrifty.proxy.observe.logs import AccessLog
 
-        s.sidecar.access_log = AccessLog(log)
+        s.sidecar.pipeline.access_log = AccessLog(log)
 
         async def broken(*args: object) -> None:
             raise RecursionError("maximum recursion depth exceeded")
 
-        s.sidecar._answer = broken  # type: ignore[method-assign]
+        s.sidecar.pipeline.answer = broken  # type: ignore[method-assign]
         async with http.post(s.url + "/v1/chat/completions", data=_chat(messages=[USER]),
                              headers={"Content-Type": "application/json"}) as resp:
             assert resp.status == 500 and (await resp.json())["error"]["type"] == "server_error"

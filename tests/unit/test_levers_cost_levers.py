@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import parse_config
-from thrifty.proxy.levers.cost_levers import CostLevers, cached_body_as_sse
+from thrifty.proxy.levers.cost_levers import CostLevers
 from thrifty.proxy.levers.embedder import Embedder, HashedNgramEncoder
-from thrifty.proxy.levers.protocol import RequestContext
+from thrifty.proxy.levers.protocol import NoLevers
+from thrifty.proxy.request.context import RequestContext
 from thrifty.proxy.levers.semantic_cache import NumpyIndex
 from thrifty.proxy.levers.verifier import Verifier
 from tests.unit.test_levers_router import small_set
@@ -87,7 +88,6 @@ async def test_exact_hit_and_sse_replay(encoder, router_model) -> None:
     hit = await levers.lookup(again)
     assert hit is not None and hit.kind == "exact" and again.cache_result == "exact"
     assert hit.body["choices"][0]["message"]["content"] == "Paris"
-    assert b"Paris" in b"".join(cached_body_as_sse(hit.body))
     assert metric(reg, "thrifty_cache_lookups_total", kind="exact", result="hit") == 1
     assert metric(reg, "thrifty_cache_entries", kind="exact") == 1
 
@@ -148,7 +148,35 @@ async def test_bypass_header_tier_switch_and_policy(encoder, router_model) -> No
     await levers.lookup(on)
     await levers.store(on, answer("a"))
     assert len(levers.exact) == 1
-    assert metric(reg, "thrifty_cache_lookups_total", kind="exact", result="skipped") == 3
+    # A switched-off cache is not a lookup: it shows as cache="bypass" on thrifty_requests_total.
+    assert metric(reg, "thrifty_cache_lookups_total", kind="exact", result="skipped") == 0
+    assert metric(reg, "thrifty_cache_lookups_total", kind="exact", result="miss") == 1
+
+
+async def test_bypass_is_decided_for_every_endpoint_and_answers_are_kept_only_with_a_cache(encoder, router_model) -> None:
+    levers, _ = make(encoder, router_model)
+    def embeddings() -> RequestContext:
+        return RequestContext(request_id="e", endpoint="embeddings", body={"model": "big", "input": "x"},
+                              model_alias="big", tenant="t1", stream=False, requested_tier="large")
+
+    levers.apply_policy({"cache_enabled": False})
+    off = embeddings()
+    assert await levers.lookup(off) is None and off.cache_result == "bypass"
+    levers.apply_policy({"cache_enabled": True})
+    on = embeddings()
+    assert await levers.lookup(on) is None and on.cache_result == "miss"  # embeddings are never cached
+    assert levers.stores_answers
+    router_only = CostLevers(parse_config({"tiers": [{"name": "small", "model": "smol", "price": {"gpu_hour": 1}},
+                                                     {"name": "large", "model": "big", "price": {"gpu_hour": 8}}],
+                                           "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}}}),
+                             CollectorRegistry(), embedder=Embedder(encoder), router_model=router_model)
+    assert not router_only.stores_answers
+
+
+def test_no_levers_is_a_complete_null_object() -> None:
+    levers = NoLevers()
+    levers.apply_policy({"cache_enabled": False, "router_threshold": 0.3})
+    assert not levers.stores_answers
 
 
 class FailingIndex:
@@ -207,8 +235,6 @@ async def test_routing_header_model_and_ceiling(encoder, router_model) -> None:
     assert metric(reg, "thrifty_router_decisions_total", tier="large", reason="header") == 1
     assert metric(reg, "thrifty_router_decisions_total", tier="small", reason="model") >= 2
     assert metric(reg, "thrifty_router_score_count") >= 3
-    assert levers.escalation_target(easy, TIERS) == "large"
-    assert metric(reg, "thrifty_router_decisions_total", tier="large", reason="escalation") == 1
 
 
 async def test_router_disabled_keeps_requested_tier(encoder, router_model) -> None:

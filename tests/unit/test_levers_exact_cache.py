@@ -1,10 +1,8 @@
-"""Exact cache: canonical keys, determinism rule, byte/TTL/LRU bounds, SSE replay."""
+"""Exact cache: canonical keys, determinism rule, byte/TTL/LRU bounds."""
 
 from __future__ import annotations
 
-import json
-
-from thrifty.proxy.levers.exact_cache import ExactCache, cached_body_as_sse, is_deterministic, request_key
+from thrifty.proxy.levers.exact_cache import ExactCache, is_deterministic, request_key
 
 BODY = {"model": "small", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
 
@@ -53,37 +51,3 @@ def test_get_refreshes_recency() -> None:
     cache.get("a")
     cache.put("c", body)
     assert cache.get("a") == body and cache.get("b") is None
-
-
-def _events(chunks: list[bytes]) -> list[dict | str]:
-    out: list[dict | str] = []
-    for chunk in chunks:
-        assert chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")
-        payload = chunk[6:-2].decode()
-        out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
-
-
-def test_chat_body_replays_as_sse() -> None:
-    body = {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "small",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
-    events = _events(cached_body_as_sse(body, include_usage=True))
-    assert events[-1] == "[DONE]"
-    chunks = [e for e in events if isinstance(e, dict)]
-    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == "Hello there"
-    assert chunks[-1]["usage"]["total_tokens"] == 5
-    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
-    no_usage = _events(cached_body_as_sse(body))
-    assert not any(isinstance(e, dict) and "usage" in e for e in no_usage)
-
-
-def test_completion_body_replays_as_sse() -> None:
-    body = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m", "choices": [{"index": 0, "text": "abc", "finish_reason": "length"}]}
-    chunks = [e for e in _events(cached_body_as_sse(body)) if isinstance(e, dict)]
-    assert "".join(c["choices"][0]["text"] for c in chunks) == "abc"
-    assert chunks[-1]["choices"][0]["finish_reason"] == "length"

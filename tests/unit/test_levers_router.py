@@ -19,7 +19,6 @@ from thrifty.proxy.levers.router import (
     RouterModel,
     choose_policy,
     load_labelled,
-    next_tier_up,
     pick_tier,
     router_view,
     threshold_for_quality,
@@ -112,7 +111,6 @@ def test_cascade_over_three_tiers() -> None:
     assert pick_tier(0.4, tiers, 0.6) == "medium"
     assert pick_tier(0.1, tiers, 0.6) == "large"
     assert pick_tier(0.5, ["small", "large"], 0.6) == "large"
-    assert next_tier_up("small", tiers) == "medium" and next_tier_up("large", tiers) is None
 
 
 def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:

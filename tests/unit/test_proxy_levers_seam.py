@@ -32,6 +32,29 @@ async def test_exact_cache_hit_served_without_upstream_and_accounted() -> None:
         assert reg.get_sample_value("thrifty_savings_dollars_total", {"lever": "cache_exact"}) > 0
 
 
+async def test_cache_switched_off_by_header_or_policy_goes_upstream_as_bypass() -> None:
+    """The levers own the cache policy: the sidecar passes the header and the controller's policy through."""
+    KEY = {"Authorization": "Bearer seam-test"}  # anonymous requests are not cached by default
+    cache_only = {"router": {"enabled": False}, "cache": {"exact": {"enabled": True}, "semantic": {"enabled": False}}}
+    async with stack([StubBehaviour()], **cache_only) as s, aiohttp.ClientSession() as http:
+        s.sidecar.set_levers(CostLevers(config_for({"small": [b.url for b in s.backends]}, **cache_only),
+                                        s.sidecar.metrics.registry))
+        async with http.post(s.url + "/v1/chat/completions", json=CHAT, headers=KEY) as resp:
+            assert resp.status == 200  # stored
+        async with http.post(s.url + "/v1/chat/completions", json=CHAT, headers={**KEY, "X-Thrifty-Cache": "bypass"}) as resp:
+            assert resp.status == 200 and "X-Thrifty-Cache" not in resp.headers
+        s.sidecar.apply_policy({"cache_enabled": False})
+        async with http.post(s.url + "/v1/chat/completions", json=CHAT, headers=KEY) as resp:
+            assert resp.status == 200 and "X-Thrifty-Cache" not in resp.headers
+        s.sidecar.apply_policy({"cache_enabled": True})
+        async with http.post(s.url + "/v1/chat/completions", json=CHAT, headers=KEY) as resp:
+            assert resp.headers["X-Thrifty-Cache"] == "exact"
+        assert s.backends[0].stats.requests == 3
+        reg = s.sidecar.metrics.registry
+        assert reg.get_sample_value("thrifty_requests_total", {"tier": "small", "outcome": "ok", "cache": "bypass"}) == 2
+        assert reg.get_sample_value("thrifty_cache_lookups_total", {"kind": "exact", "result": "skipped"}) is None
+
+
 async def test_unusable_router_artifact_is_a_one_line_config_error(tmp_path) -> None:
     """A missing or stale artifact stops the sidecar with one line naming it, not a traceback."""
     import pytest

@@ -122,6 +122,19 @@ async def test_retry_on_another_replica_before_first_byte() -> None:
             async with http.post(s.url + "/v1/chat/completions", json=_chat(i)) as resp:
                 assert resp.status == 200
         assert s.backends[1].stats.requests == 4
+        assert {r.url: r.healthy for r in s.sidecar.pool.all()} == {dead.url: False, s.backends[1].url: True}
+
+
+async def test_overloaded_replica_is_skipped_but_stays_up() -> None:
+    """502/503 means busy, not down: the request goes to another replica and the busy one keeps its place."""
+    async with stack([StubBehaviour(fail_status=503), StubBehaviour()], scrape_interval_s=10) as s, \
+            aiohttp.ClientSession() as http:
+        for i in range(4):
+            async with http.post(s.url + "/v1/chat/completions", json=_chat(i)) as resp:
+                assert resp.status == 200
+        assert s.backends[1].stats.requests == 4 and s.backends[0].stats.requests >= 1
+        assert all(r.healthy for r in s.sidecar.pool.all())
+        assert s.sidecar.metrics.registry.get_sample_value("thrifty_retries_total", {"tier": "small"}) >= 1
 
 
 async def test_thousand_concurrent_streams() -> None:

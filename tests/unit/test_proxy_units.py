@@ -55,6 +55,17 @@ def test_balancer_prefers_prefix_owner_until_it_is_overloaded() -> None:
     assert bal.pick(req, reps) is None
 
 
+def test_balancer_forget_drops_a_downed_replicas_prefix_affinity() -> None:
+    bal = build_balancer("thrifty", epsilon=10.0)
+    reps = [ReplicaState(url=f"r{i}", tier="t") for i in range(2)]
+    req = PickRequest(blocks=(7, 8), tokens=10)
+    first = bal.pick(req, reps)
+    assert first is not None and bal.pick(req, reps).reason == "prefix"
+    bal.forget(first.replica.url)
+    assert bal.pick(req, reps).reason == "load"  # nobody holds the blocks any more
+    bal.forget("http://never-seen")  # scorers without memory, and unknown URLs, are no-ops
+
+
 def test_parse_vllm_metrics_sums_label_sets() -> None:
     text = (b'# HELP x\nvllm:num_requests_waiting{model_name="a"} 2.0\nvllm:num_requests_waiting{model_name="b"} 3\n'
             b'vllm:kv_cache_usage_perc{model_name="a"} 0.5\nvllm:num_requests_running 7\n')

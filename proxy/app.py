@@ -1,0 +1,207 @@
+"""The sidecar process's state and wiring, and the endpoints that are not the request path.
+
+`Sidecar` owns what outlives a request: the replica pool and its scrapes, one balancer
+per tier, admission queues, metrics, the cost model, the levers and the upstream
+connections. It wires them into a `Pipeline` (pipeline.py: the request path of the
+hot endpoints) and answers `/v1/models` (from the config), `/metrics`, `/healthz`, and
+forwards any path it does not understand unchanged to a replica. The hot endpoints
+are served by the raw HTTP front (`http/front.py`); everything else by the aiohttp app,
+which the front hands those connections to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from thrifty.config import Config
+from thrifty.proxy.balance.admission import Admission
+from thrifty.proxy.balance.balancer import Balancer, build_balancer
+from thrifty.proxy.balance.kv_hub import KvEventHub, kv_event_sources, tier_tokenizer
+from thrifty.proxy.balance.pool import SCRAPE_INTERVAL_S, ReplicaPool, replica_urls
+from thrifty.proxy.http.errors import ApiError
+from thrifty.proxy.http.front import FrontServer, aiohttp_handler
+from thrifty.proxy.http.upstream import UpstreamPool
+from thrifty.proxy.levers.protocol import Levers, NoLevers
+from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S, CostModel
+from thrifty.proxy.observe.logs import LOGGER_NAME, AccessLog
+from thrifty.proxy.observe.metrics import SidecarMetrics
+from thrifty.proxy.pipeline import Pipeline
+from thrifty.proxy.relay import Relay, make_session
+from thrifty.proxy.request.context import TIER_HEADER
+from thrifty.proxy.request.validate import DEFAULT_MAX_BODY_BYTES, ENDPOINTS
+
+log = logging.getLogger(LOGGER_NAME)
+
+SIDECAR_KEY = web.AppKey("sidecar", object)
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+                         "transfer-encoding", "upgrade", "host", "content-length"})
+
+
+class Sidecar:
+    """All per-process state of one sidecar; `build_app` exposes it as `app[SIDECAR_KEY]`."""
+
+    def __init__(self, config: Config, *, levers: Levers | None = None,
+                 replicas: dict[str, list[str]] | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 access_log: AccessLog | None = None, nominal_tokens_per_s: float = DEFAULT_NOMINAL_TOKENS_PER_S,
+                 scrape_interval_s: float = SCRAPE_INTERVAL_S, max_attempts: int = 3) -> None:
+        self.config = config
+        self.max_body_bytes = max_body_bytes
+        urls = replica_urls(config, replicas)
+        adm = config.admission
+        self.pool = ReplicaPool(
+            urls,
+            max_inflight={t.name: t.engine.max_num_seqs + adm.saturation_waiting for t in config.tiers},
+            scrape_interval_s=scrape_interval_s,
+        )
+        # Precise prefix routing where replicas publish KV events and the tier's tokenizer is on disk.
+        self.kv_hub = KvEventHub()
+        sources = kv_event_sources(config, urls, set(replicas or ()))
+        self.tokenizers = {t.name: tok for t in config.tiers if t.name in sources and (tok := tier_tokenizer(t))}
+        for tier_name in self.tokenizers:
+            for url, (endpoint, replay) in sources[tier_name].items():
+                self.kv_hub.add(tier_name, url, endpoint, replay_endpoint=replay)
+        self.kv_hub.attach_pool(self.pool)
+        self.balancers: dict[str, Balancer] = {
+            t.name: build_balancer("precise" if t.name in self.tokenizers else "thrifty", max_waiting=adm.saturation_waiting,
+                                   max_kv=adm.saturation_kv, kv_feeds=self.kv_hub.feeds)
+            for t in config.tiers
+        }
+        self.admission = Admission([t.name for t in config.tiers], max_queue=adm.max_queue, max_wait_s=adm.max_wait_s)
+        self.pool.on_change(self.admission.wake)
+        self.metrics = SidecarMetrics([t.name for t in config.tiers])
+        self.metrics.attach_pool(self.pool, self.admission.depths)
+        self.metrics.registry.register(self.kv_hub.collector())
+        self.costs = CostModel(config, nominal_tokens_per_s=nominal_tokens_per_s, replicas={t: len(u) for t, u in urls.items()})
+        self.policy: dict[str, Any] = {}
+        self.session: aiohttp.ClientSession | None = None  # passthrough of unknown paths only
+        self.upstream = UpstreamPool(config.timeouts)  # the hot path's keep-alive connections
+        relay = Relay(self.pool, self.balancers, self.admission, self.metrics, self.upstream, config.timeouts,
+                      models={t.name: t.model for t in config.tiers}, tokenizers=self.tokenizers, max_attempts=max_attempts)
+        self.pipeline = Pipeline(config, levers=levers or NoLevers(), relay=relay, metrics=self.metrics, costs=self.costs,
+                                 access_log=access_log or AccessLog(enabled=False), max_body_bytes=max_body_bytes)
+
+    @property
+    def levers(self) -> Levers:
+        return self.pipeline.levers
+
+    def set_levers(self, levers: Levers) -> None:
+        self.pipeline.levers = levers
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def start(self, app: web.Application | None = None) -> None:
+        self.session = make_session(self.config.timeouts)
+        await self.pool.start()
+        self.kv_hub.start()
+        log.info("sidecar started", extra={"fields": {"replicas": {t: [r.url for r in rs] for t, rs in self.pool.tiers.items()}}})
+
+    async def stop(self, app: web.Application | None = None) -> None:
+        await self.kv_hub.close()
+        await self.pool.close()
+        self.upstream.close()
+        if self.session:
+            await self.session.close()
+
+    def apply_policy(self, policy: dict[str, Any]) -> None:
+        """Policy pushed by the controller; kept when the controller goes away."""
+        self.policy.update(policy)
+        self.levers.apply_policy(policy)
+        log.info("policy applied", extra={"fields": {"policy": {k: v for k, v in policy.items() if isinstance(v, (int, float, bool, str))}}})
+
+    # --- the endpoints that are not the request path --------------------------------------
+    async def handle_models(self, request: web.Request) -> web.Response:
+        created = int(time.time())
+        data = [{"id": name, "object": "model", "created": created, "owned_by": "thrifty", "root": t.model}
+                for t in self.config.tiers for name in t.served_names]
+        return web.json_response({"object": "list", "data": data})
+
+    async def handle_metrics(self, request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def handle_healthz(self, request: web.Request) -> web.Response:
+        up = sum(r.healthy for r in self.pool.all())
+        if up == 0:
+            return web.Response(status=503, text="no healthy replica\n")
+        return web.Response(text="ok\n")
+
+    async def handle_passthrough(self, request: web.Request) -> web.StreamResponse:
+        """Anything the sidecar does not understand goes, unchanged, to a healthy replica."""
+        assert self.session is not None
+        tier_name = request.headers.get(TIER_HEADER) or self.config.tiers[0].name
+        if tier_name not in self.pool.tiers:
+            return ApiError(404, f"unknown tier {tier_name!r} in {TIER_HEADER}").to_response()
+        healthy = [r for r in self.pool.tiers[tier_name] if r.healthy]
+        if not healthy:
+            return ApiError(503, f"no healthy replica of tier {tier_name!r}", retry_after_s=1, outcome="shed").to_response()
+        replica = min(healthy, key=lambda r: r.inflight)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        try:
+            async with self.session.request(request.method, replica.url + request.rel_url.raw_path_qs, headers=headers,
+                                            data=request.content if request.body_exists else None) as resp:
+                out = web.StreamResponse(status=resp.status, reason=resp.reason,
+                                         headers={k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP})
+                await out.prepare(request)
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return ApiError(502, f"replica {replica.url} failed: {type(exc).__name__}").to_response()
+
+
+def build_app(sidecar: Sidecar) -> web.Application:
+    """The aiohttp app: every path; the hot ones only see connections the raw front handed over."""
+    app = web.Application(client_max_size=sidecar.max_body_bytes, handler_args={"max_field_size": 65536})
+    app[SIDECAR_KEY] = sidecar
+    api = aiohttp_handler(sidecar.pipeline.handle, sidecar.max_body_bytes)
+    for path in ENDPOINTS:
+        app.router.add_route("*", path, api)
+    app.router.add_get("/v1/models", sidecar.handle_models)
+    app.router.add_get("/metrics", sidecar.handle_metrics)
+    app.router.add_get("/healthz", sidecar.handle_healthz)
+    app.router.add_route("*", "/{tail:.*}", sidecar.handle_passthrough)
+    app.on_startup.append(sidecar.start)
+    app.on_cleanup.append(sidecar.stop)
+    return app
+
+
+class Listener:
+    """The sidecar on its port: the raw front for the hot endpoints, the aiohttp app behind it."""
+
+    def __init__(self, front: FrontServer, runner: web.AppRunner) -> None:
+        self.front = front
+        self.runner = runner
+
+    @property
+    def port(self) -> int:
+        return self.front.port
+
+    async def cleanup(self) -> None:
+        await self.front.close()
+        await self.runner.cleanup()
+
+
+async def serve(sidecar: Sidecar, host: str, port: int) -> Listener:
+    """Start the sidecar on host:port (port 0 picks a free one); returns what to clean up."""
+    runner = web.AppRunner(build_app(sidecar), access_log=None, handler_cancellation=True)
+    await runner.setup()  # no site of its own: the front hands it connections
+    assert runner.server is not None
+    front = FrontServer(sidecar.pipeline.handle, ENDPOINTS, runner.server, sidecar.max_body_bytes)
+    try:
+        await front.start(host, port)
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return Listener(front, runner)
+
+
+def bound_port(listener: Listener) -> int:
+    return listener.port
