@@ -54,10 +54,14 @@ async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[s
     log.info("listening", extra={"fields": {"host": host, "port": port}})
     telemetry = None
     controller = args.controller or config.controller.url
+    from prometheus_client import Gauge
+
+    connected = Gauge("thrifty_controller_connected", "1 while the telemetry stream is up", registry=sidecar.metrics.registry)
     if controller:
         from thrifty.proxy.observe.telemetry import TelemetryClient
 
-        telemetry = TelemetryClient(controller, sidecar.metrics.registry, args.sidecar_id or f"{host}:{port}", sidecar.apply_policy)
+        telemetry = TelemetryClient(controller, sidecar.metrics.registry, args.sidecar_id or f"{host}:{port}", sidecar.apply_policy,
+                                    on_connected=lambda up: connected.set(1 if up else 0))
         await telemetry.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
