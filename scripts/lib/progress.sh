@@ -29,7 +29,8 @@ with_heartbeat() {
   "$@" &
   local pid=$!
   (
-    while sleep "${PROGRESS_EVERY:-10}"; do
+    # (sleep without our fds, so a killed heartbeat never holds a pipe open)
+    while sleep "${PROGRESS_EVERY:-10}" </dev/null >/dev/null 2>&1; do
       kill -0 "$pid" 2>/dev/null || exit 0
       local el=$(( $(date +%s) - t0 ))
       log "  … $label: $(fmt_s "$el") elapsed (usually ~$(fmt_s "$usual"))"
