@@ -2,7 +2,7 @@
 # usual time, and a heartbeat at least every 10 s while a silent command runs.
 # Kept out of the setup scripts so that editing them never changes those scripts' cache keys.
 # Messages go to stderr: the scripts' stdout carries only their result (the last line).
-# Settings: PROGRESS_TAG (the [tag] on each line), PROGRESS_EVERY (heartbeat seconds, 10).
+# Settings: PROGRESS_TAG (the [tag] on each line), PROGRESS_EVERY (heartbeat seconds, 8: under 10 s with slack).
 
 _progress_t0=$(date +%s)
 _step_t0=$_progress_t0
@@ -30,7 +30,7 @@ with_heartbeat() {
   local pid=$!
   (
     # (sleep without our fds, so a killed heartbeat never holds a pipe open)
-    while sleep "${PROGRESS_EVERY:-10}" </dev/null >/dev/null 2>&1; do
+    while sleep "${PROGRESS_EVERY:-8}" </dev/null >/dev/null 2>&1; do
       kill -0 "$pid" 2>/dev/null || exit 0
       local el=$(( $(date +%s) - t0 ))
       log "  … $label: $(fmt_s "$el") elapsed (usually ~$(fmt_s "$usual"))"
