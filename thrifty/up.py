@@ -236,11 +236,11 @@ def _engine_status(supervisor: object) -> str:
 
 
 def _usual_engine_start_s(config: object) -> float:
-    """Measured here: vLLM CPU with --enforce-eager ~45 s on 2 cores; a GPU vLLM ~90 s; the simulator ~5 s."""
+    """vLLM CPU with --enforce-eager: 40-75 s on 2 cores (quiet to shared); a GPU vLLM ~90 s; the simulator ~5 s."""
     usual = 5.0
     for tier in config.tiers:  # type: ignore[attr-defined]
         if tier.engine.kind == "vllm":
-            usual = max(usual, 45.0 if tier.engine.device == "cpu" else 90.0)
+            usual = max(usual, 60.0 if tier.engine.device == "cpu" else 90.0)
     return usual
 
 
