@@ -7,8 +7,8 @@ PROGRESS_TAG=setup-venv; source scripts/lib/progress.sh
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-12)
 [[ -f "$stamp" ]] && { echo "venv up to date"; exit 0; }
 if [[ ! -x .venv/bin/python ]]; then
-  step "creating .venv" 5
-  python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv
+  step "creating .venv" 10
+  with_heartbeat 10 "python -m venv" bash -c 'python3.11 -m venv .venv 2>/dev/null || python3 -m venv .venv' 
   step_done
 fi
 opts=(--disable-pip-version-check --progress-bar on)

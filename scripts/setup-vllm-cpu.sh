@@ -27,8 +27,8 @@ fi
 log "installing the vLLM CPU engine into $venv (about 5 minutes on 2 cores; 4 steps)"
 mkdir -p "$cache_root"
 rm -rf "$venv"
-step "1/4 creating the venv" 5
-python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
+step "1/4 creating the venv" 10
+with_heartbeat 10 "python -m venv" bash -c 'python3.11 -m venv "$1" 2>/dev/null || python3 -m venv "$1"' _ "$venv"
 step_done
 pip_opts=(--disable-pip-version-check --progress-bar on)
 [[ -d /opt/wheels ]] && pip_opts+=(--find-links /opt/wheels)
