@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO (default 2 s)")
     p.add_argument("--max-replicas", type=int, default=12, help="max replicas for both autoscalers (default 12)")
     p.add_argument("--limit", type=int, help="use only the first N requests of the trace")
+    p.add_argument("--plot", metavar="FILE.png", help="also write load, replicas and SLO attainment over time per policy (replays each once more) (matplotlib, headless)")
     args = p.parse_args(argv)
     try:
         trace = load_azure_trace(args.trace, args.limit)
@@ -354,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if best > 0.6:
         print(f"note: the trace is too flat for thrifty <= 0.6x static_peak: even the oracle needs {best:.2f}x")
     out = {name: results[name].to_json() for name in ("static_peak", "keda_threshold", "thrifty")}
+    if args.plot:
+        from thrifty.bench import plots
+        plots.autoscale_from_bench(args.plot, args, trace, profile, initial, static_n, common)
     print(json.dumps(out))
     return 0
 

@@ -42,6 +42,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encoder", help="embedding model name (default: all-MiniLM-L6-v2; 'hashed-ngrams:256' needs no model)")
     p.add_argument("--embed-cache", help="npz file to reuse embeddings between runs")
+    p.add_argument("--plot", metavar="FILE.png", help="also write precision/recall vs the verifier threshold (matplotlib, headless)")
     return p.parse_args(argv)
 
 
@@ -157,6 +158,9 @@ def _run(args: argparse.Namespace) -> int:
         "embed_batched_ms_per_text": round(embed_total_s / max(len(stored_texts) + len(queries), 1) * 1e3, 2),
     }
     _print_table(result)
+    if args.plot:
+        from thrifty.bench import plots
+        plots.cache(result, args.plot)
     print(json.dumps(result))
     return 0
 

@@ -93,6 +93,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO (default 2 s)")
     p.add_argument("--store-delay-s", type=float, default=30.0, help="an answer is cacheable this long after its request (default 30 s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", metavar="FILE.png", help="also write the lever-by-lever cost waterfall (matplotlib, headless)")
     return p.parse_args(argv)
 
 
@@ -367,6 +368,9 @@ def _run(args: argparse.Namespace) -> int:
     report = _report(results, args, trace, questions, tenants, pairs_used, rows, data, small, large,
                      threshold, threshold_source, not_ready, spec_for)
     _print_table(report)
+    if args.plot:
+        from thrifty.bench import plots
+        plots.cost(report, args.plot)
     print(json.dumps(report))
     return 0
 

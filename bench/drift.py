@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="replays (seeds) per injected drift (default 3)")
     p.add_argument("--method", choices=METHODS, default="cusum", help="the method the headline JSON reports")
     p.add_argument("--limit", type=int, help="use only the first N requests of the trace")
+    p.add_argument("--plot", metavar="FILE.png", help="also write each drift's signal with injected and detected points (matplotlib, headless)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for the router/cache draws and the replays' resampling (default 0); "
                         "other seeds check that the figures are not one draw's luck")
@@ -295,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         if kinds:
             print(f"false alarms ({m}): " + ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items())))
     out = {**results[args.method], "method": args.method, "methods": results}
+    if args.plot:
+        from thrifty.bench import plots
+        plots.drift_from_bench(args.plot, simulated, span, inject_at, args.method)
     print(json.dumps(out))
     return 0
 

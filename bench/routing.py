@@ -95,6 +95,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--max-rows", type=int, default=3000, help="score at most this many held-out rows (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embed-cache", help="npz file to reuse prompt embeddings between runs")
+    p.add_argument("--plot", metavar="FILE.png", help="also write the cost/quality curve with the chosen point and baselines (matplotlib, headless)")
     return p.parse_args(argv)
 
 
@@ -278,6 +279,9 @@ def _run(args: argparse.Namespace) -> int:
         "curve": [{"cost_reduction": round(1 - p.cost / all_strong.cost, 4), "quality_retained": round(p.quality / all_strong.quality, 4), "strong_share": round(p.strong_share, 4)} for p in _thin(curve, 12)],
     }
     _print_table(result)
+    if args.plot:
+        from thrifty.bench import plots
+        plots.routing(result, args.plot)
     print(json.dumps(result))
     return 0
 

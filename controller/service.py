@@ -330,6 +330,9 @@ class ControlPlane:
             "kv_cache_usage": (sum(r.kv_cache_usage for r in healthy) / len(healthy)) if healthy else 0.0,
             "spec_acceptance": s.spec_acceptance if t.engine.speculative is not None or s.spec_draft_tokens else None,
             "dollars_per_hour": s.dollars / (VIEW_SPAN_S / 3600),
+            # What the tier's running replicas cost per hour, traffic or not (None for API-priced tiers).
+            "replica_dollars_per_hour": (t.price.gpu_hour * t.price.gpus_per_replica * self.ready.get(name, len(healthy))
+                                         if t.price.gpu_hour is not None else None),
             "replicas": [
                 {"url": r.url, "healthy": r.healthy, "waiting": r.waiting, "running": r.running,
                  "kv_cache_usage": r.kv_cache_usage, "ttft_p95_ms": None}

@@ -89,7 +89,7 @@ class ThriftyApp(App[None]):
         except ControllerError as exc:
             self.failures += 1
             self.connected = False
-            self.banner.show_error(str(exc), self.failures, self.last_ok)
+            self.banner.show_error(str(exc), self.failures, self.last_ok, exc.status)
             return
         was_down = self.failures > 0
         self.snapshot, self.connected, self.failures, self.last_ok = snap, True, 0, time.time()

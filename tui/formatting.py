@@ -30,11 +30,13 @@ def money(value: Any) -> str:
     return f"${v:,.2f}" if abs(v) < 1000 else f"${v:,.0f}"
 
 
-def ms(value: Any) -> str:
-    v = _num(value)
+def seconds(value_ms: Any) -> str:
+    """Milliseconds as seconds, one unit for a whole column: 850 -> '0.85', 49600 -> '49.6'."""
+    v = _num(value_ms)
     if v is None:
         return MISSING
-    return f"{v / 1000:.1f}s" if v >= 10_000 else f"{v:.0f}"
+    s = v / 1000
+    return f"{s:.2f}" if s < 10 else f"{s:.1f}" if s < 100 else f"{s:.0f}"
 
 
 def count(value: Any) -> str:
@@ -61,9 +63,9 @@ def change(direction: Any, size: Any) -> str:
 
 
 def latency_vs_slo(value_ms: Any, slo_ms: Any) -> Text:
-    """'850/2000' in green when within the SLO, bold red when over it."""
+    """'0.85/2.00' (seconds, as the column header says) in green within the SLO, bold red over it."""
     v, slo = _num(value_ms), _num(slo_ms)
-    label = f"{ms(v)}/{ms(slo)}"
+    label = f"{seconds(v)}/{seconds(slo)}"
     if v is None or slo is None:
         return Text(label, style="dim")
     return Text(label, style="bold red" if v > slo else "green")

@@ -150,6 +150,7 @@ class ThresholdScreen(ModalScreen[float | None]):
 HELP_TEXT = """\
 [b]Keys[/b]
   ↑/↓      select a tier (pin acts on it)
+  Enter    open / fold the tier's replicas
   p        pause / resume the autoscaler
   m        pin the selected tier's min/max replicas
   t        change the router threshold

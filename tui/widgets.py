@@ -97,15 +97,27 @@ class StatusLine(Static):
 
 
 class ConnectionBanner(Static):
-    """Shown only while the controller is unreachable; the poll loop keeps retrying."""
+    """Shown only while polls fail; one line that fits the screen, the poll loop keeps retrying."""
 
-    def show_error(self, message: str, attempts: int, last_ok: float | None) -> None:
-        stale = f" · showing data from {fmt.clock(last_ok)} UTC" if last_ok else ""
-        self.update(f"⚠ controller unreachable ({attempts} tries) · retrying · {message}{stale}")
+    def show_error(self, message: str, attempts: int, last_ok: float | None, status: int | None = None) -> None:
+        stale = f" · data from {fmt.clock(last_ok)} UTC" if last_ok else ""
+        if status in (401, 403):
+            line = f"⚠ token rejected: pass --token or set THRIFTY_CONTROLLER_TOKEN · retrying{stale}"
+        elif status is None:
+            line = f"⚠ controller unreachable · try {attempts}{stale} · {message}"
+        else:
+            line = f"⚠ controller error · try {attempts}{stale} · {message}"
+        width = max(20, (self.app.size.width if self.is_attached else 80) - 2)
+        self.update(fmt.truncate(line, width))
         self.add_class("-visible")
 
     def clear_error(self) -> None:
         self.remove_class("-visible")
+
+
+SAVINGS_HINT = "savings trend: after the first minute of traffic"
+ALERTS_HINT = "none yet: the detectors learn a baseline from ~10 min of traffic, then flag changes here"
+DECISIONS_HINT = "none yet: the autoscaler reviews each tier every control round and lists every change of replicas here"
 
 
 class CostPanel(Vertical):
@@ -115,10 +127,12 @@ class CostPanel(Vertical):
         super().__init__(id=id)
         self.figures = Static(id="cost-figures")
         self.spark = Sparkline([0.0], id="savings-spark")
+        self.hint = Static(SAVINGS_HINT, id="savings-hint")
 
     def compose(self) -> ComposeResult:
         yield self.figures
         yield self.spark
+        yield self.hint
 
     def on_mount(self) -> None:
         self.border_title = "Cost"
@@ -136,6 +150,8 @@ class CostPanel(Vertical):
         self.figures.update(figures)
         history = [float(x) for x in (f.get("savings_history") or []) if isinstance(x, (int, float))]
         self.spark.data = history or [0.0]
+        self.spark.display = bool(history)  # an empty sparkline would draw a full-width bar
+        self.hint.display = not history
 
 
 class LeversPanel(Static):
@@ -161,28 +177,62 @@ class LeversPanel(Static):
 
 
 TIER_COLUMNS = [("tier / replica", "name"), ("ready", "ready"), ("min-max", "bounds"), ("share", "share"),
-                ("queue", "queue"), ("KV", "kv"), ("TTFT p95/SLO", "ttft"), ("$/h", "cost")]
+                ("queue", "queue"), ("KV", "kv"), ("TTFT p95/SLO s", "ttft"), ("$/h", "cost")]
 
 
 class TablePanel(Vertical):
-    """A bordered panel around one DataTable, built up front so `show` never queries."""
+    """A bordered panel around one DataTable, built up front so `show` never queries; an
+    optional hint takes the table's place while it has no rows, saying what will appear."""
 
-    def __init__(self, columns: Sequence[tuple[str, str]], table_id: str, *, cursor: bool, id: str | None = None) -> None:
+    def __init__(self, columns: Sequence[tuple[str, str]], table_id: str, *, cursor: bool, id: str | None = None,
+                 hint: str | None = None, table: DataTable | None = None) -> None:
         super().__init__(id=id)
-        self.table = _table(columns, table_id, cursor=cursor)
+        self.table = table or _table(columns, table_id, cursor=cursor)
+        self.hint_text = hint
+        self.hint = Static(hint or "", classes="empty-hint")
+        self.hint.display = False
 
     def compose(self) -> ComposeResult:
         yield self.table
+        yield self.hint
+
+    def show_hint_when_empty(self) -> None:
+        empty = self.table.row_count == 0 and bool(self.hint_text)
+        self.hint.display = empty
+        self.table.display = not empty
+
+
+class TierRowsTable(MeasuredDataTable):
+    """The tiers table: ↑/↓ move between tier rows only; Enter opens or closes a tier's replicas."""
+
+    def _tier_rows(self) -> list[int]:
+        return [i for i, r in enumerate(self.ordered_rows) if str(r.key.value).startswith("tier:")]
+
+    def action_cursor_down(self) -> None:
+        below = [i for i in self._tier_rows() if i > self.cursor_row]
+        if below:
+            self.move_cursor(row=below[0], animate=False)
+
+    def action_cursor_up(self) -> None:
+        above = [i for i in self._tier_rows() if i < self.cursor_row]
+        if above:
+            self.move_cursor(row=above[-1], animate=False)
 
 
 class TiersTable(TablePanel):
-    """Each tier, then its replicas: readiness/health, queue, KV-cache use, TTFT vs SLO."""
+    """Each tier (its replicas under it once opened with Enter): readiness, queue, KV-cache use,
+    TTFT vs SLO, and what its running replicas cost per hour."""
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(TIER_COLUMNS, "tiers-table", cursor=True, id=id)
+        table = TierRowsTable(id="tiers-table", cursor_type="row", zebra_stripes=False)
+        for label, key in TIER_COLUMNS:
+            table.add_column(label, key=key)
+        super().__init__(TIER_COLUMNS, "tiers-table", cursor=True, id=id, table=table)
+        self.expanded: set[str] = set()
+        self._last: FleetSnapshot | None = None
 
     def on_mount(self) -> None:
-        self.border_title = "Tiers & replicas"
+        self.border_title = "Tiers & replicas (Enter: replicas)"
 
     def selected_tier(self) -> str | None:
         """The tier under the cursor (a replica row selects its tier)."""
@@ -192,24 +242,40 @@ class TiersTable(TablePanel):
         key = table.ordered_rows[min(table.cursor_row, table.row_count - 1)].key.value or ""
         return key.split(":", 2)[1]
 
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        name = self.selected_tier()
+        if name is None:
+            return
+        self.expanded.symmetric_difference_update({name})
+        if self._last is not None:
+            self.show(self._last)
+
     def show(self, snap: FleetSnapshot) -> None:
+        self._last = snap
         rows: list[Row] = []
         for t in snap.fleet.get("tiers") or []:
             name = str(t.get("name"))
             bounds = f"{fmt.count(t.get('min'))}-{fmt.count(t.get('max'))}"
             ready, desired = t.get("replicas_ready"), t.get("replicas_desired")
             ready_style = "green" if ready == desired else "yellow"
+            replicas = t.get("replicas") or []
+            opened = name in self.expanded
+            marker = ("▾ " if opened else "▸ ") if replicas else "  "
+            cost = t.get("replica_dollars_per_hour")
             rows.append((f"tier:{name}", (
-                Text(fmt.truncate(name, 16), style="bold"),
+                Text(marker + fmt.truncate(name, 14), style="bold"),
                 Text(f"{fmt.count(ready)}/{fmt.count(desired)}", style=ready_style),
                 Text(bounds + (" pin" if t.get("pinned") else ""), style="bold yellow" if t.get("pinned") else ""),
                 fmt.pct(t.get("routing_share")),
                 fmt.count(t.get("queue")),
                 fmt.pct(t.get("kv_cache_usage")),
                 fmt.latency_vs_slo(t.get("ttft_p95_ms"), t.get("slo_ttft_p95_ms")),
-                fmt.money(t.get("dollars_per_hour")),
+                fmt.money(cost if cost is not None else t.get("dollars_per_hour")),
             )))
-            for r in t.get("replicas") or []:
+            if not opened:
+                continue
+            for r in replicas:
                 url = str(r.get("url"))
                 healthy = bool(r.get("healthy"))
                 rows.append((f"rep:{name}:{url}", (
@@ -232,7 +298,7 @@ class AlertsPanel(TablePanel):
     """Drift alerts, active ones first and in bold."""
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(ALERT_COLUMNS, "alerts-table", cursor=False, id=id)
+        super().__init__(ALERT_COLUMNS, "alerts-table", cursor=False, id=id, hint=ALERTS_HINT)
 
     def on_mount(self) -> None:
         self.border_title = "Drift alerts"
@@ -252,6 +318,7 @@ class AlertsPanel(TablePanel):
                 Text(fmt.clock(a.get("detected_time") or a.get("start_time"))[:5], style=style),
             )))
         sync_rows(self.table, rows)
+        self.show_hint_when_empty()
 
 
 DECISION_COLUMNS = [("time", "time"), ("tier", "tier"), ("scale", "change"), ("reason", "reason")]
@@ -263,7 +330,7 @@ class DecisionsPanel(TablePanel):
     MAX_ROWS = 200
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(DECISION_COLUMNS, "decisions-table", cursor=False, id=id)
+        super().__init__(DECISION_COLUMNS, "decisions-table", cursor=False, id=id, hint=DECISIONS_HINT)
 
     def on_mount(self) -> None:
         self.border_title = "Scaling decisions"
@@ -288,5 +355,6 @@ class DecisionsPanel(TablePanel):
         table = self.table
         grew = len(rows) > table.row_count
         sync_rows(table, rows)
+        self.show_hint_when_empty()
         if grew:
             table.scroll_end(animate=False)

@@ -157,13 +157,18 @@ async def test_every_panel_shows_the_controllers_fleet(controller: RunningContro
         assert f"large {fmt.pct(large['spec_acceptance'])}" in levers
 
         rows = [r.key.value for r in app.tiers.table.ordered_rows]
+        assert rows == [f"tier:{t['name']}" for t in view["tiers"]]  # replicas stay folded until Enter
+        await pilot.press("enter", "down", "enter")  # open small, move to large, open it
+        await until(pilot, lambda: app.tiers.table.row_count > len(view["tiers"]) + 1)
+        rows = [r.key.value for r in app.tiers.table.ordered_rows]
         expected = [k for t in view["tiers"] for k in [f"tier:{t['name']}", *(f"rep:{t['name']}:{r['url']}" for r in t["replicas"])]]
         assert rows == expected
         assert cell(app, "tiers-table", "tier:large", "ready") == f"{large['replicas_ready']}/{large['replicas_desired']}"
         assert cell(app, "tiers-table", "tier:large", "kv") == fmt.pct(large["kv_cache_usage"])
         assert cell(app, "tiers-table", "tier:large", "queue") == fmt.count(large["queue"])
         ttft = app.tiers.table.get_cell("tier:large", "ttft")
-        assert ttft.plain == f"{fmt.ms(large['ttft_p95_ms'])}/{fmt.ms(large['slo_ttft_p95_ms'])}"
+        assert ttft.plain == f"{fmt.seconds(large['ttft_p95_ms'])}/{fmt.seconds(large['slo_ttft_p95_ms'])}"
+        assert cell(app, "tiers-table", "tier:large", "cost") == fmt.money(2.5 * large["replicas_ready"])
         assert ("red" in str(ttft.style)) == (large["ttft_p95_ms"] > large["slo_ttft_p95_ms"])
         down = next(r for r in large["replicas"] if not r["healthy"])
         assert cell(app, "tiers-table", f"rep:large:{down['url']}", "ready") == "DOWN"
@@ -186,7 +191,9 @@ async def test_refreshes_every_second_in_place(controller: RunningController) ->
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.polls >= 1)
         table = app.tiers.table
-        await pilot.press("down", "down")
+        await pilot.press("down", "down")  # the last tier: the cursor stops there
+        assert app.tiers.selected_tier() == "large"
+        cursor = table.cursor_row
         rows_before = dict(table.rows)
         kv_before = cell(app, "tiers-table", "tier:large", "kv")
         await controller.feed(1, large_kv=0.55, large_waiting=3)
@@ -197,7 +204,7 @@ async def test_refreshes_every_second_in_place(controller: RunningController) ->
         await until(pilot, lambda: cell(app, "tiers-table", "tier:large", "kv") == new_kv, timeout=3)
         assert loop.time() - started <= 2.5  # one 1 s interval plus slack for a loaded machine
         assert all(table.rows[k] is rows_before[k] for k in rows_before)
-        assert table.cursor_row == 2
+        assert table.cursor_row == cursor
 
 
 async def test_pause_and_resume_reach_the_controller_after_confirmation(controller: RunningController) -> None:
@@ -226,7 +233,7 @@ async def test_pin_and_unpin_a_tier(controller: RunningController) -> None:
     app = console(controller)
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.polls >= 1)
-        await pilot.press("down", "down")  # small, its replica, then large
+        await pilot.press("down")  # from small to large: arrows move between tiers
         assert app.tiers.selected_tier() == "large"
         await pilot.press("m")
         await until(pilot, lambda: isinstance(app.screen, PinScreen))
@@ -296,7 +303,8 @@ async def test_wrong_token_shows_the_banner_not_a_crash(controller: RunningContr
     app = console(controller, token="wrong")
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: app.failures >= 1)
-        assert app.banner.has_class("-visible") and "401" in plain(app.banner)
+        assert app.banner.has_class("-visible")
+        assert "token rejected: pass --token or set THRIFTY_CONTROLLER_TOKEN" in plain(app.banner)
         await pilot.press("p")  # no data yet: the action says so instead of guessing
         await pilot.pause(0.05)
         assert not isinstance(app.screen, ConfirmScreen)
@@ -316,3 +324,62 @@ async def test_banner_when_the_controller_goes_away_then_reconnects(controller: 
         await controller.start_http()
         await until(pilot, lambda: not app.banner.has_class("-visible") and app.polls > polls)
         assert app.connected
+
+
+async def test_arrows_skip_replica_rows_and_enter_opens_a_tier(controller: RunningController) -> None:
+    """With small's replicas open, ↓ goes to large (not onto small's replica), so ↓ then m pins large."""
+    app = console(controller)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.polls >= 1)
+        table = app.tiers.table
+        assert app.tiers.selected_tier() == "small"
+        await pilot.press("enter")
+        await until(pilot, lambda: any(str(r.key.value).startswith("rep:small:") for r in table.ordered_rows))
+        assert cell(app, "tiers-table", "tier:small", "name").startswith("▾")
+        await pilot.press("down")
+        assert table.ordered_rows[table.cursor_row].key.value == "tier:large"
+        await pilot.press("up")
+        assert table.ordered_rows[table.cursor_row].key.value == "tier:small"
+        await pilot.press("down", "m")
+        await until(pilot, lambda: isinstance(app.screen, PinScreen))
+        assert app.screen.tier == "large"
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, PinScreen))
+        await pilot.press("up", "enter")  # Enter again folds small's replicas
+        await until(pilot, lambda: not any(str(r.key.value).startswith("rep:small:") for r in table.ordered_rows))
+
+
+async def test_auth_error_is_one_line_that_fits_100_columns(controller: RunningController) -> None:
+    app = console(controller, token="wrong")
+    async with app.run_test(size=(100, 24)) as pilot:
+        await until(pilot, lambda: app.failures >= 1)
+        await pilot.pause(0.05)
+        text = plain(app.banner)
+        assert "\n" not in text and len(text) <= 98
+        assert text.startswith("⚠ token rejected: pass --token or set THRIFTY_CONTROLLER_TOKEN")
+
+
+async def test_empty_panels_say_what_will_appear_and_when() -> None:
+    ctl = await start_controller(minutes=0)  # a fresh controller: no traffic, no history yet
+    try:
+        app = console(ctl)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.polls >= 1)
+            await pilot.pause(0.1)
+            assert not app.cost.spark.display and app.cost.hint.display
+            assert "after the first minute of traffic" in plain(app.cost.hint)
+            assert app.alerts.hint.display and not app.alerts.table.display
+            assert "~10 min of traffic" in plain(app.alerts.hint)
+            assert app.decisions.hint.display and "every change of replicas" in plain(app.decisions.hint)
+            await ctl.feed(8)  # traffic: the hints give way to the data
+            await until(pilot, lambda: app.alerts.table.display and app.decisions.table.display and app.cost.spark.display,
+                        timeout=5)
+            assert not app.alerts.hint.display and not app.cost.hint.display
+    finally:
+        await ctl.stop_http()
+
+
+def test_latency_column_has_one_unit() -> None:
+    assert fmt.latency_vs_slo(49_600, 2000).plain == "49.6/2.00"
+    assert fmt.latency_vs_slo(23, 2000).plain == "0.02/2.00"
+    assert fmt.latency_vs_slo(None, 2000).plain == f"{fmt.MISSING}/2.00"
