@@ -9,12 +9,13 @@ step() { printf '\n=== [%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 start=$(date +%s)
 
 step "apt packages (prometheus for promtool + Prometheus server)"
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null
 fi
 # Debian starts the packaged service; the tests run their own instances.
 systemctl stop prometheus >/dev/null 2>&1 || pkill -x prometheus || true
+systemctl stop redis-server >/dev/null 2>&1 || pkill -x redis-server || true
 
 step "project venv (.venv)"
 scripts/setup-venv.sh
