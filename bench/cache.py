@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from thrifty.bench import cache_fleet
 from thrifty.training.qqp_pairs import pairs_and_labels as load_pairs
 
 
@@ -43,12 +44,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--encoder", help="embedding model name (default: all-MiniLM-L6-v2; 'hashed-ngrams:256' needs no model)")
     p.add_argument("--embed-cache", help="npz file to reuse embeddings between runs")
     p.add_argument("--plot", metavar="FILE.png", help="also write precision/recall vs the verifier threshold (matplotlib, headless)")
+    cache_fleet.add_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
+        if args.sidecars:
+            return cache_fleet.run(args)
         return _run(args)
     except (OSError, ValueError) as exc:
         print(f"thrifty bench cache: {exc}", file=sys.stderr)

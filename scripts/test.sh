@@ -9,14 +9,14 @@ PROGRESS_TAG=test; source scripts/lib/progress.sh  # with_heartbeat
 start=$(date +%s)
 step() { printf '\n=== [%s, %s s in] %s\n' "$(date +%H:%M:%S)" "$(( $(date +%s) - start ))" "$*"; }
 
-step "apt packages (prometheus for promtool + Prometheus server; usually ~40 s when missing)"
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+step "apt packages (prometheus for promtool + Prometheus server, redis-server for the shared cache; usually ~40 s when missing)"
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null; then
   with_heartbeat 30 "apt-get update" apt-get update -qq
   export DEBIAN_FRONTEND=noninteractive
-  with_heartbeat 40 "apt-get install prometheus" apt-get install -y --no-install-recommends prometheus
-  # Debian starts the packaged service on install; the tests run their own instances. Stop
-  # only the service this install started, through the service manager (never by name).
-  systemctl stop prometheus >/dev/null 2>&1 || service prometheus stop >/dev/null 2>&1 || true
+  with_heartbeat 40 "apt-get install prometheus redis-server" apt-get install -y --no-install-recommends prometheus redis-server
+  # Debian starts the packaged services on install; the tests run their own instances. Stop
+  # only the services this install started, through the service manager (never by name).
+  systemctl stop prometheus redis-server >/dev/null 2>&1 || { service prometheus stop; service redis-server stop; } >/dev/null 2>&1 || true
 fi
 
 step "project venv (.venv)"

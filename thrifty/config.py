@@ -194,10 +194,32 @@ class TenancySettings(_Strict):
         return self
 
 
+class SharedCacheSettings(_Strict):
+    """The shared cache tier on Redis (docs/design/shared-cache.md); absent: caches stay per pod."""
+
+    url: Annotated[str, Field(min_length=1)]  # redis://[user:pass@]host:port/db, rediss://..., unix:///path
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")] = "thr"
+    timeout_ms: Annotated[float, Field(gt=0, le=5000)] = 50  # per request-path call
+    connect_timeout_ms: Annotated[float, Field(gt=0, le=10000)] = 200
+    breaker_failures: Annotated[int, Field(ge=1)] = 3  # consecutive failures that open the breaker
+    breaker_cooldown_s: Annotated[float, Field(gt=0, le=300)] = 2.0
+    max_entry_bytes: Annotated[int, Field(ge=256)] = 256 * 1024  # compressed entry cap
+    stream_maxlen: Annotated[int, Field(ge=100)] = 100_000  # approximate trim of the semantic stream
+    block_ms: Annotated[int, Field(ge=10, le=60_000)] = 1000  # stream consumer's blocking read
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")  # never echo it: it may hold a password
+        return value
+
+
 class CacheSettings(_Strict):
     exact: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
     semantic: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
     tenancy: TenancySettings = Field(default_factory=TenancySettings)
+    shared: SharedCacheSettings | None = None
 
 
 class RouterSettings(_Strict):

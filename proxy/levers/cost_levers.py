@@ -147,7 +147,19 @@ class CostLevers:
         self.cache_enabled = True
         exact = config.cache.exact
         semantic = config.cache.semantic
-        self.exact = ExactCache(exact.max_bytes, exact.ttl_s) if exact.enabled else None
+        # cache.shared: a Redis tier behind both caches (docs/design/shared-cache.md)
+        # (imported only then: the `redis` client is needed only with a shared tier)
+        self.shared: Any = None
+        self.exact: ExactCache | None = None
+        if config.cache.shared:
+            from thrifty.proxy.levers.shared.metrics import SharedMetrics
+            from thrifty.proxy.levers.shared.redis_exact import SharedExactCache
+            from thrifty.proxy.levers.shared.tier import SharedTier
+
+            self.shared = SharedTier(config.cache.shared, SharedMetrics(registry))
+            self.exact = SharedExactCache(exact.max_bytes, exact.ttl_s, self.shared) if exact.enabled else None
+        elif exact.enabled:
+            self.exact = ExactCache(exact.max_bytes, exact.ttl_s)
         self.router_model = router_model
         if config.router.enabled and router_model is None:
             self.router_model = RouterModel.load(config.router.artifact) if config.router.artifact else RouterModel.load()
@@ -167,7 +179,13 @@ class CostLevers:
             floor = getattr(verifier, "similarity_floor", 0.8)
             if semantic.threshold is not None:
                 floor = semantic.threshold
-            self.semantic = SemanticCache(embedder.dim, max_bytes=semantic.max_bytes, ttl_s=semantic.ttl_s, similarity_floor=floor, verifier=verifier)
+            options = dict(max_bytes=semantic.max_bytes, ttl_s=semantic.ttl_s, similarity_floor=floor, verifier=verifier)
+            if self.shared is not None:
+                from thrifty.proxy.levers.shared.redis_mirror import SharedSemanticCache
+
+                self.semantic = SharedSemanticCache(embedder.dim, tier=self.shared, **options)
+            else:
+                self.semantic = SemanticCache(embedder.dim, **options)
         self._publish_sizes()
 
     @property
@@ -198,7 +216,11 @@ class CostLevers:
             return None
         if ctx.endpoint not in ("chat", "completions"):
             return None
+        if self.shared is not None and self.semantic is not None:
+            self.semantic.ensure_started()  # type: ignore[attr-defined]  # the mirror's consumer
         answer = self._lookup_exact(ctx)
+        if answer is None and self.shared is not None and self.exact is not None:
+            answer = await self._lookup_shared_exact(ctx)
         if answer is None:
             answer = await self._lookup_semantic(ctx)
         if answer is not None:
@@ -217,6 +239,18 @@ class CostLevers:
             return None
         self.metrics.cache_lookups.labels("exact", "hit" if body is not None else "miss").inc()
         return CachedAnswer(body=copy.deepcopy(body), kind="exact") if body is not None else None
+
+    async def _lookup_shared_exact(self, ctx: RequestContext) -> CachedAnswer | None:
+        """A local exact miss asks the shared tier (bounded by its timeout and breaker)."""
+        if self.config.cache.exact.deterministic_only and not is_deterministic(ctx.body):
+            return None
+        try:
+            key = request_key(ctx.tenant, ctx.endpoint, ctx.body, forced_tier(ctx, self._tier_names))
+            body = await self.exact.fetch(ctx.tenant, key)  # type: ignore[union-attr]
+        except Exception:
+            log.exception("shared exact lookup failed; treating as a miss")
+            return None
+        return CachedAnswer(body=body, kind="exact") if body is not None else None
 
     async def _ensure_embedding(self, ctx: RequestContext) -> np.ndarray | None:
         if ctx.embedding is None and self.embedder is not None:
@@ -293,7 +327,11 @@ class CostLevers:
         forced = forced_tier(ctx, self._tier_names)
         try:
             if self.exact is not None and (not self.config.cache.exact.deterministic_only or is_deterministic(ctx.body)):
-                self.exact.put(request_key(ctx.tenant, ctx.endpoint, ctx.body, forced), copy.deepcopy(response_body))
+                key = request_key(ctx.tenant, ctx.endpoint, ctx.body, forced)
+                if self.shared is not None:
+                    self.exact.put(key, copy.deepcopy(response_body), tenant=ctx.tenant)  # type: ignore[call-arg]
+                else:
+                    self.exact.put(key, copy.deepcopy(response_body))
             text = query_text(ctx)
             if self.semantic is not None and text is not None and self._semantic_allowed(ctx):
                 vector = await self._ensure_embedding(ctx)
@@ -311,5 +349,9 @@ class CostLevers:
             self.metrics.cache_entries.labels(kind).set(len(cache) if cache else 0)
 
     async def aclose(self) -> None:
+        if self.shared is not None:
+            if self.semantic is not None:
+                await self.semantic.aclose()  # type: ignore[attr-defined]
+            await self.shared.aclose()
         if self.embedder is not None:
             await self.embedder.aclose()

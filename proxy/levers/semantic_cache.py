@@ -138,6 +138,19 @@ class AdaptiveIndex:
             hnsw.add_many(keys.copy(), vectors.copy())
             self._inner = hnsw
 
+    def add_many(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Bulk add (a mirror rebuild): goes straight to HNSW when the result is large."""
+        if isinstance(self._inner, NumpyIndex) and len(self._inner) + len(keys) >= self._hnsw_from:
+            old_keys, old_vectors = self._inner.vectors()
+            hnsw = HnswIndex(self._dim)
+            hnsw.add_many(np.concatenate([old_keys, keys]).astype(np.int64), np.vstack([old_vectors, vectors]).astype(np.float32))
+            self._inner = hnsw
+        elif isinstance(self._inner, HnswIndex):
+            self._inner.add_many(keys, vectors)
+        else:
+            for key, vector in zip(keys.tolist(), vectors, strict=True):
+                self._inner.add(key, vector)
+
     def remove(self, key: int) -> None:
         self._inner.remove(key)
 
@@ -151,6 +164,7 @@ class SemanticHit:
     similarity: float
     verifier_score: float
     cached_text: str
+    key: int = -1  # the entry's local key (a shared mirror tells its own entries from other pods')
 
 
 @dataclass(slots=True)
@@ -228,24 +242,58 @@ class SemanticCache:
         if score < threshold:
             return None
         self._entries.move_to_end(key)
-        return SemanticHit(body=entry.body, similarity=sim, verifier_score=score, cached_text=entry.text)
+        return SemanticHit(body=entry.body, similarity=sim, verifier_score=score, cached_text=entry.text, key=key)
 
     def put(self, partition: str, text: str, vector: np.ndarray, body: dict[str, Any]) -> bool:
-        size = len(canonical_json(body).encode()) + len(text.encode()) + vector.nbytes + _VECTOR_OVERHEAD
-        if size > self.max_bytes:
-            return False
-        key = self._next_key
-        self._next_key += 1
-        index = self._partitions.get(partition)
-        if index is None:
-            index = self._partitions[partition] = self._index_factory(self.dim)
-        vector = np.array(vector, dtype=np.float32)  # our own copy
-        index.add(key, vector)
-        self._entries[key] = _Entry(partition=partition, text=text, vector=vector, body=body, size=size, expires_at=self._clock() + self.ttl_s)
-        self.bytes += size
+        return self.insert(partition, text, vector, body) is not None
+
+    def insert(self, partition: str, text: str, vector: np.ndarray, body: dict[str, Any], ttl_s: float | None = None) -> int | None:
+        """`put` that returns the entry's local key (None: larger than the whole budget);
+        `ttl_s` overrides the configured TTL (a mirrored entry keeps its remaining life)."""
+        return self.insert_many([(partition, text, vector, body, ttl_s)])[0]
+
+    def insert_many(self, items: list[tuple[str, str, np.ndarray, dict[str, Any], float | None]]) -> list[int | None]:
+        """Bulk insert, one index call per partition (what makes a mirror rebuild fast)."""
+        now = self._clock()
+        out: list[int | None] = []
+        grouped: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        for partition, text, vector, body, ttl_s in items:
+            size = len(canonical_json(body).encode()) + len(text.encode()) + vector.nbytes + _VECTOR_OVERHEAD
+            if size > self.max_bytes:
+                out.append(None)
+                continue
+            key = self._next_key
+            self._next_key += 1
+            vector = np.array(vector, dtype=np.float32)  # our own copy
+            self._entries[key] = _Entry(partition=partition, text=text, vector=vector, body=body, size=size,
+                                        expires_at=now + (self.ttl_s if ttl_s is None else ttl_s))
+            self.bytes += size
+            keys, vectors = grouped.setdefault(partition, ([], []))
+            keys.append(key)
+            vectors.append(vector)
+            out.append(key)
+        for partition, (keys, vectors) in grouped.items():
+            index = self._partitions.get(partition)
+            if index is None:
+                index = self._partitions[partition] = self._index_factory(self.dim)
+            if len(keys) > 1 and hasattr(index, "add_many"):
+                index.add_many(np.array(keys, dtype=np.int64), np.stack(vectors))
+            else:
+                for key, vector in zip(keys, vectors, strict=True):
+                    index.add(key, vector)
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
+        return [k if k is not None and k in self._entries else None for k in out]
+
+    def remove(self, key: int) -> bool:
+        """Drop one entry by local key; False when it is already gone."""
+        if key not in self._entries:
+            return False
+        self._drop(key)
         return True
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._entries
 
     def clear(self) -> None:
         self._partitions.clear()

@@ -1,0 +1,2 @@
+"""The shared cache tier: exact and semantic entries on Redis, local mirrors in each sidecar
+(docs/design/shared-cache.md)."""
