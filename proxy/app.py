@@ -120,6 +120,15 @@ class Sidecar:
                 for t in self.config.tiers for name in t.served_names]
         return web.json_response({"object": "list", "data": data})
 
+    async def handle_model(self, request: web.Request) -> web.Response:
+        """`GET /v1/models/{id}`: any listed alias (model ids may contain '/'), else an OpenAI-shaped 404."""
+        model_id = request.match_info["model"]
+        for t in self.config.tiers:
+            if model_id in t.served_names:
+                return web.json_response({"id": model_id, "object": "model", "created": int(time.time()),
+                                          "owned_by": "thrifty", "root": t.model})
+        return ApiError(404, f"The model `{model_id}` does not exist", param="model", code="model_not_found").to_response()
+
     async def handle_metrics(self, request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -165,6 +174,7 @@ def build_app(sidecar: Sidecar) -> web.Application:
     for path in ENDPOINTS:
         app.router.add_route("*", path, api)
     app.router.add_get("/v1/models", sidecar.handle_models)
+    app.router.add_get("/v1/models/{model:.+}", sidecar.handle_model)
     app.router.add_get("/metrics", sidecar.handle_metrics)
     app.router.add_get("/healthz", sidecar.handle_healthz)
     app.router.add_route("*", "/{tail:.*}", sidecar.handle_passthrough)

@@ -40,6 +40,21 @@ _REFERENCE_USAGE = Usage(input=1000, output=200)  # to order tiers by price on o
 _NOT_FOR_LEVERS = ("authorization", "cookie")  # request headers the levers never see
 
 
+_POOLING_FLAGS = {("--runner", "pooling"), ("--task", "embed"), ("--task", "embedding"), ("--convert", "embed")}
+
+
+def serves_embeddings(tier: Tier) -> bool:
+    """vLLM tiers started as pooling models serve `/v1/embeddings`; external tiers are asked
+    (their engine answers); the simulator and generative vLLM tiers do not."""
+    eng = tier.engine
+    if eng.kind == "external":
+        return True
+    if eng.kind != "vllm":
+        return False
+    args = [a for arg in eng.extra_args for a in arg.split("=", 1)]
+    return any((a, b) in _POOLING_FLAGS for a, b in zip(args, args[1:]))
+
+
 class Pipeline:
     """One request, step by step; the state shared between requests lives in `Sidecar` (app.py)."""
 
@@ -60,6 +75,7 @@ class Pipeline:
         cheapest_first = sorted(self.tiers, key=lambda n: price[n])
         # The tiers a request may be routed to: its own and every cheaper one, cheapest first.
         self.route_candidates = {name: [t for t in cheapest_first if price[t] <= price[name]] for name in self.tiers}
+        self.embedding_tiers = [t.name for t in config.tiers if serves_embeddings(t)]
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -146,8 +162,16 @@ class Pipeline:
 
     # --- 3. route -------------------------------------------------------------------------
     async def route(self, ctx: RequestContext) -> None:
-        """Sets `ctx.tier`; embeddings stay on the tier asked for (no cheaper stand-in for a vector space)."""
+        """Sets `ctx.tier`; embeddings go to the tier asked for when it serves them, else to the one
+        tier configured to (never a cheaper stand-in chosen by the router: a vector space is not interchangeable)."""
         if ctx.endpoint == "embeddings":
+            if self.tiers[ctx.requested_tier].name in self.embedding_tiers:
+                return
+            if not self.embedding_tiers:
+                raise ApiError(404, f"The model `{ctx.model_alias}` does not serve embeddings and no tier is configured "
+                               "to (a tier serves them when its engine runs with `--runner pooling`)",
+                               param="model", code="model_not_found")
+            ctx.tier = self.embedding_tiers[0]
             return
         chosen = await self.levers.route(ctx, self.route_candidates[ctx.requested_tier])
         ctx.tier = chosen if chosen in self.tiers else ctx.requested_tier

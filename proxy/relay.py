@@ -211,6 +211,12 @@ def _why_not(replicas: list[ReplicaState]) -> str:
 def _plain_reply(ctx: RequestContext, resp: UpstreamResponse, data: bytes, keep_body: bool) -> Reply:
     headers = {"Content-Type": resp.content_type, "X-Request-Id": ctx.request_id, TIER_HEADER: ctx.tier}
     if resp.status >= 400:
+        headers["Content-Type"] = "application/json"
+    if resp.status == 404 and ctx.endpoint == "embeddings" and b'"model"' not in data:
+        # the engine has no embeddings route (a generative model): say so, not its framework's "Not Found"
+        data = json.dumps(ApiError(404, f"The model `{ctx.model_alias}` (tier {ctx.tier}) does not serve embeddings",
+                                   param="model", code="model_not_found").body()).encode()
+    elif resp.status >= 400:
         data = upstream_error_body(resp.status, data)
         headers["Content-Type"] = "application/json"
     else:

@@ -103,6 +103,25 @@ async def test_sdk_answers_conform_through_the_sim_engine() -> None:
         assert finish and finish[0]["finish_reason"] == a["choices"][0]["finish_reason"] and "stop_reason" in finish[0]
         assert isinstance(chunks[-1]["usage"]["prompt_tokens_details"], dict)
 
+        # models: list and retrieve every alias; an unknown id is an OpenAI-shaped 404
+        listed = await client.models.list()
+        for m in listed.data:
+            got = await client.models.with_raw_response.retrieve(m.id)
+            schema.check_model(json.loads(got.content))
+            assert got.parse().id == m.id
+        try:
+            await client.models.retrieve("org/no-such-model")
+            raise AssertionError("unknown model retrieved")
+        except openai.NotFoundError as exc:
+            schema.check_error(exc.response.json())
+        # the sim engine (generative) has no embeddings route: a clear 404, not its "Not Found" wrapped
+        try:
+            await client.embeddings.create(model="alias-small", input="hi")
+            raise AssertionError("embeddings answered")
+        except openai.NotFoundError as exc:
+            schema.check_error(exc.response.json())
+            assert "does not serve embeddings" in exc.response.json()["error"]["message"]
+
         # errors in OpenAI's shape
         try:
             await client.chat.completions.create(model="gpt-nope", messages=MSG)
@@ -206,3 +225,16 @@ async def test_seeded_sweep_of_malformed_bodies_has_no_5xx() -> None:
                 if resp.status >= 400:
                     schema.check_error(json.loads(raw))
     assert statuses.get(200, 0) > 50 and sum(v for k, v in statuses.items() if k >= 400) > 100, statuses
+
+
+def test_embeddings_go_to_a_pooling_tier_or_404() -> None:
+    from thrifty.config import parse_config
+    from thrifty.proxy.pipeline import serves_embeddings
+
+    def tier(kind: str, extra: list[str]) -> Any:
+        return parse_config({"tiers": [{"name": "t", "model": "m", "engine": {"kind": kind, "extra_args": extra},
+                                        "price": {"input_per_1m": 1, "output_per_1m": 1}}]}).tiers[0]
+
+    assert serves_embeddings(tier("vllm", ["--runner", "pooling"])) and serves_embeddings(tier("vllm", ["--task=embed"]))
+    assert not serves_embeddings(tier("vllm", [])) and not serves_embeddings(tier("sim", []))
+    assert serves_embeddings(tier("external", []))
