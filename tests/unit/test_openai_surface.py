@@ -238,3 +238,30 @@ def test_embeddings_go_to_a_pooling_tier_or_404() -> None:
     assert serves_embeddings(tier("vllm", ["--runner", "pooling"])) and serves_embeddings(tier("vllm", ["--task=embed"]))
     assert not serves_embeddings(tier("vllm", [])) and not serves_embeddings(tier("sim", []))
     assert serves_embeddings(tier("external", []))
+
+
+async def test_tool_calls_and_structured_outputs_are_cached_per_tools() -> None:
+    """A cached tool call is never served to a request with other tools (or another response_format)."""
+    weather = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}]
+    time_fn = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    async with stack([StubBehaviour()], **CACHES) as s:
+        s.sidecar.set_levers(CostLevers(config_for({"small": [b.url for b in s.backends]}, **CACHES),
+                                        s.sidecar.metrics.registry, embedder=Embedder(HashedNgramEncoder(64))))
+        client = openai.AsyncOpenAI(base_url=s.url + "/v1", api_key="sk-t", max_retries=0)
+
+        async def ask(**kw: Any) -> tuple[str | None, dict[str, Any]]:
+            raw = await client.chat.completions.with_raw_response.create(model="alias-small", messages=MSG, temperature=0, **kw)
+            body = json.loads(raw.content)
+            schema.check_chat_completion(body, model="alias-small")
+            return raw.headers.get("x-thrifty-cache"), body
+
+        assert (await ask(tools=weather))[0] is None
+        hit, body = await ask(tools=weather)
+        assert hit == "exact" and body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        miss, body = await ask(tools=time_fn)
+        assert miss is None and body["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_time"
+        assert (await ask(tools=weather, tool_choice="required"))[0] is None
+        assert (await ask(response_format=fmt))[0] is None and (await ask(response_format=fmt))[0] == "exact"
+        assert (await ask())[0] is None  # no tools, no format: its own entry
+        await client.close()
