@@ -265,3 +265,15 @@ async def test_tool_calls_and_structured_outputs_are_cached_per_tools() -> None:
         assert (await ask(response_format=fmt))[0] is None and (await ask(response_format=fmt))[0] == "exact"
         assert (await ask())[0] is None  # no tools, no format: its own entry
         await client.close()
+
+
+async def test_unknown_v1_paths_pass_through_admitted_and_counted() -> None:
+    async with stack([StubBehaviour()]) as s, aiohttp.ClientSession() as http:
+        counted = s.sidecar.metrics.requests.labels("small", "ok", "miss")
+        before = counted.value
+        async with http.post(s.url + "/v1/not-modelled-yet", json={"model": "small-model"}) as resp:
+            assert resp.status == 200  # the stub echoes unknown paths: its answer, unchanged
+        async with http.get(s.url + "/health") as resp:
+            assert resp.status < 500
+        assert counted.value == before + 1
+        assert s.backends[0].stats.inflight == 0 and all(r.inflight == 0 for r in s.sidecar.pool.all())
