@@ -110,6 +110,8 @@ def vllm_args(tier: Tier, *, port: int, host: str = "127.0.0.1", model_path: str
         args.append("--enforce-eager")
     if kv_events is not None:
         args += ["--kv-events-config", kv_events_config(*kv_events)]
+    if eng.tool_call_parser:
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", eng.tool_call_parser]
     return args + list(eng.extra_args)
 
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from thrifty.config import Config
 from thrifty.proxy.balance.admission import Admission
 from thrifty.proxy.balance.balancer import Balancer, build_balancer
+from thrifty.proxy.balance.filters import PickRequest
 from thrifty.proxy.balance.kv_hub import KvEventHub, kv_event_sources, tier_tokenizer
 from thrifty.proxy.balance.pool import SCRAPE_INTERVAL_S, ReplicaPool, replica_urls
 from thrifty.proxy.http.errors import ApiError
@@ -120,6 +121,15 @@ class Sidecar:
                 for t in self.config.tiers for name in t.served_names]
         return web.json_response({"object": "list", "data": data})
 
+    async def handle_model(self, request: web.Request) -> web.Response:
+        """`GET /v1/models/{id}`: any listed alias (model ids may contain '/'), else an OpenAI-shaped 404."""
+        model_id = request.match_info["model"]
+        for t in self.config.tiers:
+            if model_id in t.served_names:
+                return web.json_response({"id": model_id, "object": "model", "created": int(time.time()),
+                                          "owned_by": "thrifty", "root": t.model})
+        return ApiError(404, f"The model `{model_id}` does not exist", param="model", code="model_not_found").to_response()
+
     async def handle_metrics(self, request: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -133,28 +143,65 @@ class Sidecar:
         return web.Response(text="ok\n")
 
     async def handle_passthrough(self, request: web.Request) -> web.StreamResponse:
-        """Anything the sidecar does not understand goes, unchanged, to a healthy replica."""
+        """Anything the sidecar does not understand goes, unchanged, to a healthy replica.
+
+        Unknown `/v1/*` paths (API calls the sidecar does not model yet) are admitted like
+        the hot path (a saturated tier queues or sheds them) and counted in the request
+        metrics with endpoint-agnostic labels; other paths (`/health`, `/tokenize`, ...) are not."""
         assert self.session is not None
         tier_name = request.headers.get(TIER_HEADER) or self.config.tiers[0].name
         if tier_name not in self.pool.tiers:
             return ApiError(404, f"unknown tier {tier_name!r} in {TIER_HEADER}").to_response()
-        healthy = [r for r in self.pool.tiers[tier_name] if r.healthy]
-        if not healthy:
-            return ApiError(503, f"no healthy replica of tier {tier_name!r}", retry_after_s=1, outcome="shed").to_response()
-        replica = min(healthy, key=lambda r: r.inflight)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        replicas = self.pool.tiers[tier_name]
+        api = request.path.startswith("/v1/")
+        started, outcome = time.monotonic(), "ok"
+        replica = None
         try:
-            async with self.session.request(request.method, replica.url + request.rel_url.raw_path_qs, headers=headers,
-                                            data=request.content if request.body_exists else None) as resp:
-                out = web.StreamResponse(status=resp.status, reason=resp.reason,
-                                         headers={k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP})
-                await out.prepare(request)
-                async for chunk in resp.content.iter_any():
-                    await out.write(chunk)
-                await out.write_eof()
-                return out
+            if api:
+                balancer = self.balancers[tier_name]
+                pick, _ = await self.admission.admit(tier_name, lambda: balancer.pick(PickRequest(tokens=256), replicas),
+                                                     why_not=lambda: f"{sum(r.healthy for r in replicas)} healthy replicas")
+                replica = pick.replica
+            else:
+                healthy = [r for r in replicas if r.healthy]
+                if not healthy:
+                    raise ApiError(503, f"no healthy replica of tier {tier_name!r}", retry_after_s=1, outcome="shed")
+                replica = min(healthy, key=lambda r: r.inflight)
+            replica.inflight += 1
+            out = await self._forward(request, replica.url)
+            if out.status >= 400:
+                outcome = "client_error" if out.status < 500 else "upstream_error"
+            return out
+        except ApiError as exc:
+            outcome = exc.outcome
+            return exc.to_response()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return ApiError(502, f"replica {replica.url} failed: {type(exc).__name__}").to_response()
+            outcome = "upstream_error"
+            where = replica.url if replica else tier_name
+            return ApiError(502, f"replica {where} failed: {type(exc).__name__}").to_response()
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if replica is not None:
+                replica.inflight -= 1
+                self.admission.wake(tier_name)
+            if api:
+                self.metrics.requests.labels(tier_name, outcome, "miss").inc()
+                self.metrics.tier(tier_name).duration.observe(time.monotonic() - started)
+
+    async def _forward(self, request: web.Request, base_url: str) -> web.StreamResponse:
+        assert self.session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self.session.request(request.method, base_url + request.rel_url.raw_path_qs, headers=headers,
+                                        data=request.content if request.body_exists else None) as resp:
+            out = web.StreamResponse(status=resp.status, reason=resp.reason,
+                                     headers={k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP})
+            await out.prepare(request)
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
 
 
 def build_app(sidecar: Sidecar) -> web.Application:
@@ -165,6 +212,7 @@ def build_app(sidecar: Sidecar) -> web.Application:
     for path in ENDPOINTS:
         app.router.add_route("*", path, api)
     app.router.add_get("/v1/models", sidecar.handle_models)
+    app.router.add_get("/v1/models/{model:.+}", sidecar.handle_model)
     app.router.add_get("/metrics", sidecar.handle_metrics)
     app.router.add_get("/healthz", sidecar.handle_healthz)
     app.router.add_route("*", "/{tail:.*}", sidecar.handle_passthrough)

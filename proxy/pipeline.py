@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from thrifty.config import Config, Tier
+from thrifty.proxy.http.conform import ORIGIN_KEY, cached_answer
 from thrifty.proxy.http.errors import ApiError
 from thrifty.proxy.http.front import FrontRequest, Reply, StreamReply, error_reply, json_reply
 from thrifty.proxy.http.sse import answer_as_sse
@@ -33,10 +34,25 @@ from thrifty.proxy.observe.metrics import SidecarMetrics, TierMetrics
 from thrifty.proxy.relay import SSE_HEADERS, ClientGone, Relay
 from thrifty.proxy.request.context import CACHE_HEADER, TIER_HEADER, RequestContext
 from thrifty.proxy.request.tenant import client_address, tenant_of
-from thrifty.proxy.request.validate import DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, request_id_of, validate
+from thrifty.proxy.request.validate import DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, request_id_of, validate, wants_usage
 
 _REFERENCE_USAGE = Usage(input=1000, output=200)  # to order tiers by price on one scale
 _NOT_FOR_LEVERS = ("authorization", "cookie")  # request headers the levers never see
+
+
+_POOLING_FLAGS = {("--runner", "pooling"), ("--task", "embed"), ("--task", "embedding"), ("--convert", "embed")}
+
+
+def serves_embeddings(tier: Tier) -> bool:
+    """vLLM tiers started as pooling models serve `/v1/embeddings`; external tiers are asked
+    (their engine answers); the simulator and generative vLLM tiers do not."""
+    eng = tier.engine
+    if eng.kind == "external":
+        return True
+    if eng.kind != "vllm":
+        return False
+    args = [a for arg in eng.extra_args for a in arg.split("=", 1)]
+    return any((a, b) in _POOLING_FLAGS for a, b in zip(args, args[1:]))
 
 
 class Pipeline:
@@ -59,6 +75,7 @@ class Pipeline:
         cheapest_first = sorted(self.tiers, key=lambda n: price[n])
         # The tiers a request may be routed to: its own and every cheaper one, cheapest first.
         self.route_candidates = {name: [t for t in cheapest_first if price[t] <= price[name]] for name in self.tiers}
+        self.embedding_tiers = [t.name for t in config.tiers if serves_embeddings(t)]
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -128,14 +145,16 @@ class Pipeline:
     async def serve_cached(self, request: FrontRequest, ctx: RequestContext, hit: CachedAnswer) -> Reply | StreamReply:
         ctx.cache_result = hit.kind
         ctx.usage = Usage.from_body(hit.body.get("usage"))
-        headers = {"X-Request-Id": ctx.request_id, CACHE_HEADER: hit.kind, TIER_HEADER: ctx.tier}
+        # The header names the tier whose answer this is (stored with it), not the tier asked for.
+        origin = hit.body.get(ORIGIN_KEY)
+        headers = {"X-Request-Id": ctx.request_id, CACHE_HEADER: hit.kind,
+                   TIER_HEADER: origin if isinstance(origin, str) and origin in self.tiers else ctx.tier}
+        body = cached_answer(hit.body, ctx.endpoint, ctx.model_alias)
         if not ctx.stream:
-            return json_reply(hit.body, headers=headers)
+            return json_reply(body, headers=headers)
         out = StreamReply({**SSE_HEADERS, **headers})
         await out.prepare(request)
-        opts = ctx.body.get("stream_options")
-        include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        for event in answer_as_sse(hit.body, include_usage=include_usage):
+        for event in answer_as_sse(body, include_usage=wants_usage(ctx.body)):
             await out.write(event)
         await out.write_eof()
         ctx.ttft = 0.0
@@ -143,8 +162,16 @@ class Pipeline:
 
     # --- 3. route -------------------------------------------------------------------------
     async def route(self, ctx: RequestContext) -> None:
-        """Sets `ctx.tier`; embeddings stay on the tier asked for (no cheaper stand-in for a vector space)."""
+        """Sets `ctx.tier`; embeddings go to the tier asked for when it serves them, else to the one
+        tier configured to (never a cheaper stand-in chosen by the router: a vector space is not interchangeable)."""
         if ctx.endpoint == "embeddings":
+            if self.tiers[ctx.requested_tier].name in self.embedding_tiers:
+                return
+            if not self.embedding_tiers:
+                raise ApiError(404, f"The model `{ctx.model_alias}` does not serve embeddings and no tier is configured "
+                               "to (a tier serves them when its engine runs with `--runner pooling`)",
+                               param="model", code="model_not_found")
+            ctx.tier = self.embedding_tiers[0]
             return
         chosen = await self.levers.route(ctx, self.route_candidates[ctx.requested_tier])
         ctx.tier = chosen if chosen in self.tiers else ctx.requested_tier
@@ -165,7 +192,7 @@ class Pipeline:
     async def store(self, ctx: RequestContext, reply: Reply | StreamReply) -> None:
         """A complete, accounted non-streaming answer goes to the levers (which decide whether to keep it)."""
         if isinstance(reply, Reply) and reply.status == 200 and reply.thrifty_body is not None and ctx.usage is not None:
-            await self.levers.store(ctx, reply.thrifty_body)
+            await self.levers.store(ctx, {**reply.thrifty_body, ORIGIN_KEY: ctx.tier})
 
     # --- 6. finish: metrics, dollars, access log ------------------------------------------
     def finish(self, ctx: RequestContext) -> None:

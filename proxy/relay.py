@@ -24,6 +24,7 @@ from thrifty.proxy.balance.admission import Admission
 from thrifty.proxy.balance.balancer import Balancer
 from thrifty.proxy.balance.filters import PickRequest
 from thrifty.proxy.balance.pool import ReplicaPool, ReplicaState
+from thrifty.proxy.http.conform import StreamEditor, rewrite_model
 from thrifty.proxy.http.errors import ApiError, upstream_error_body
 from thrifty.proxy.http.front import FrontRequest, Reply, StreamReply
 from thrifty.proxy.http.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
@@ -31,6 +32,7 @@ from thrifty.proxy.observe.accounting import Usage
 from thrifty.proxy.observe.metrics import SidecarMetrics
 from thrifty.proxy.request.context import TIER_HEADER, RequestContext
 from thrifty.proxy.request.prefix import block_hashes, estimate_tokens, render_prompt
+from thrifty.proxy.request.validate import lax, wants_usage
 from thrifty.proxy.request.tokenize import PromptTokenizer, tokenize_request
 
 __all__ = ["ClientGone", "Relay", "UpstreamOverloaded", "UpstreamUnavailable", "find_usage", "make_session",
@@ -127,7 +129,8 @@ class Relay:
                     return out
                 stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier})
                 await stream.prepare(request)
-                result = await relay_stream(resp, stream, strip_usage=strip_usage, on_gap=tier_metrics.itl.observe,
+                editor = StreamEditor(ctx.model_alias, strip_added_usage=strip_usage)
+                result = await relay_stream(resp, stream, editor=editor, on_gap=tier_metrics.itl.observe,
                                             timeouts=self.timeouts)
                 if result.error is not None:
                     if result.error.code == "upstream_disconnected":
@@ -163,9 +166,9 @@ def upstream_body(ctx: RequestContext, raw: bytes, model: str) -> tuple[bytes, b
         changes["model"] = model
     strip_usage = False
     if ctx.stream:
-        opts = body.get("stream_options")
-        if not (isinstance(opts, dict) and opts.get("include_usage")):
-            changes["stream_options"] = {**(opts or {}), "include_usage": True}
+        if not wants_usage(body):
+            opts = body.get("stream_options")
+            changes["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
             strip_usage = True
     if not changes:
         return raw, strip_usage
@@ -183,8 +186,19 @@ def pick_request(ctx: RequestContext, raw: bytes) -> tuple[PickRequest, int]:
     if ctx.endpoint == "embeddings":
         return PickRequest(tokens=len(raw) // 4 + 1), len(raw)
     text = render_prompt(ctx.endpoint, ctx.body)
-    max_out = ctx.body.get("max_tokens") or ctx.body.get("max_completion_tokens") or 256
-    return PickRequest(blocks=block_hashes(text), tokens=estimate_tokens(text) + min(int(max_out), 4096)), len(text)
+    return PickRequest(blocks=block_hashes(text), tokens=estimate_tokens(text) + min(_max_out(ctx.body), 4096)), len(text)
+
+
+def _max_out(body: dict[str, Any]) -> int:
+    """The output budget the balancer weighs: max_tokens (or max_completion_tokens) as vLLM reads it, else 256."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        try:
+            value = lax(int, body.get(key))
+        except ValueError:
+            continue
+        if value > 0:
+            return value
+    return 256
 
 
 def _why_not(replicas: list[ReplicaState]) -> str:
@@ -197,8 +211,16 @@ def _why_not(replicas: list[ReplicaState]) -> str:
 def _plain_reply(ctx: RequestContext, resp: UpstreamResponse, data: bytes, keep_body: bool) -> Reply:
     headers = {"Content-Type": resp.content_type, "X-Request-Id": ctx.request_id, TIER_HEADER: ctx.tier}
     if resp.status >= 400:
+        headers["Content-Type"] = "application/json"
+    if resp.status == 404 and ctx.endpoint == "embeddings" and b'"model"' not in data:
+        # the engine has no embeddings route (a generative model): say so, not its framework's "Not Found"
+        data = json.dumps(ApiError(404, f"The model `{ctx.model_alias}` (tier {ctx.tier}) does not serve embeddings",
+                                   param="model", code="model_not_found").body()).encode()
+    elif resp.status >= 400:
         data = upstream_error_body(resp.status, data)
         headers["Content-Type"] = "application/json"
+    else:
+        data = rewrite_model(data, ctx.model_alias)
     out = Reply(resp.status, data, headers)
     if keep_body and resp.status == 200:
         try:
@@ -267,9 +289,9 @@ class StreamResult:
     events: int = 0
 
 
-async def relay_stream(resp: UpstreamResponse, out: StreamReply, *, strip_usage: bool,
+async def relay_stream(resp: UpstreamResponse, out: StreamReply, *, editor: StreamEditor,
                        on_gap: Callable[[float], None], timeouts: TimeoutSettings) -> StreamResult:
-    """Forward SSE events from `resp` to `out` until the upstream ends; never raises for upstream faults."""
+    """Forward SSE events from `resp` to `out` (through `editor`) until the upstream ends; never raises for upstream faults."""
     result = StreamResult()
     pending = b""
     last = time.monotonic()
@@ -282,11 +304,9 @@ async def relay_stream(resp: UpstreamResponse, out: StreamReply, *, strip_usage:
                 pending = data
                 continue
             pending = data[cut + 2 :]
-            events = data[: cut + 2]
-            if b'"usage"' in events and _USAGE_RE.search(events):
-                events = _take_usage(events, result, strip_usage)
-                if not events:
-                    continue
+            events = editor.feed(data[: cut + 2])
+            if not events:
+                continue
             now = time.monotonic()
             if result.first_byte_at is None:
                 result.first_byte_at = now
@@ -296,16 +316,19 @@ async def relay_stream(resp: UpstreamResponse, out: StreamReply, *, strip_usage:
             result.events += 1
             await _write(out, events)
         if pending.strip():
-            await _write(out, pending if pending.endswith(b"\n\n") else pending + b"\n\n")
+            await _write(out, editor.feed(pending if pending.endswith(b"\n\n") else pending + b"\n\n"))
+        if editor.held:
+            await _write(out, editor.flush())
     except TimeoutError:
         result.error = ApiError(504, f"upstream replica stalled for {timeouts.first_byte_s:g} s mid-stream",
                                 type="timeout_error", code="upstream_timeout", outcome="timeout")
     except UpstreamBroken as exc:
         result.error = ApiError(502, f"upstream replica failed mid-stream ({exc}); the answer is incomplete",
                                 type="upstream_error", code="upstream_disconnected", outcome="upstream_error")
+    result.usage = editor.usage
     if result.error is not None:
         resp.close()
-        await _write(out, result.error.sse_event())
+        await _write(out, editor.flush() + result.error.sse_event())
     return result
 
 
@@ -314,21 +337,3 @@ async def _write(out: StreamReply, data: bytes) -> None:
         await out.write(data)
     except (ConnectionError, RuntimeError) as exc:  # RuntimeError: transport already closed
         raise ClientGone(str(exc)) from None
-
-
-def _take_usage(events: bytes, result: StreamResult, strip: bool) -> bytes:
-    kept: list[bytes] = []
-    for event in events.split(b"\n\n"):
-        if not event:
-            continue
-        if _USAGE_RE.search(event) and event.startswith(b"data: "):
-            try:
-                chunk = json.loads(event[6:])
-            except ValueError:
-                chunk = None
-            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                result.usage = chunk["usage"]
-                if strip and not chunk.get("choices"):
-                    continue
-        kept.append(event + b"\n\n")
-    return b"".join(kept)

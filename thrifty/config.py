@@ -87,6 +87,9 @@ class EngineSettings(_Strict):
     enforce_eager: bool = False
     device: Literal["cuda", "cpu"] = "cuda"
     extra_args: list[str] = Field(default_factory=list)
+    # Tool calling with `tool_choice: "auto"`: vLLM's parser for this model's tool-call format
+    # (e.g. hermes, llama3_json); set, the engine runs with --enable-auto-tool-choice.
+    tool_call_parser: str | None = None
     # Simulator: which performance profile stands in for this tier's GPU + model.
     sim_profile: str = "a100-llama3-8b"
     # The autoscaler's capacity prior before telemetry: a performance profile describing this

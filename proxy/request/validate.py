@@ -1,23 +1,29 @@
 """Parse and validate OpenAI request bodies before anything else touches them.
 
-Only the fields the sidecar or an engine would choke on are checked (types, ranges,
-required keys); unknown fields pass through untouched, so new OpenAI parameters keep
-working. Every failure is an `ApiError` with a 4xx status and the offending `param`.
+Only the fields the sidecar needs (routing, caching, accounting) or that are unsafe
+(sizes, depth, `n`) are checked, and never more strictly than vLLM behind it: scalars
+are coerced as vLLM's pydantic models coerce them (`n: 1.0`, `max_tokens: "2"`,
+`temperature: "0.5"` are fine; `max_tokens: 1.5` is not), any string is a role (vLLM
+takes custom roles). Unknown fields pass through untouched, so new OpenAI parameters
+keep working. Every failure is an `ApiError` with a 4xx status and the offending `param`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from thrifty.proxy.http.errors import ApiError
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_TOKENS_LIMIT = 1 << 20
 MAX_JSON_DEPTH = 256  # deeper bodies are refused: re-encoding them would hit Python's recursion limit
-_ROLES = frozenset({"system", "user", "assistant", "tool", "function", "developer"})
+_LAX = {int: TypeAdapter(int), float: TypeAdapter(float), bool: TypeAdapter(bool)}  # pydantic lax mode, as vLLM
 _REQUEST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")  # an RFC 9110 token
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
 
@@ -81,19 +87,39 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def lax(kind: type, value: Any) -> Any:
+    """`value` coerced as vLLM's request models coerce it (pydantic lax mode); ValueError if they would refuse it."""
+    try:
+        return _LAX[kind].validate_python(value)
+    except ValidationError:
+        raise ValueError(f"not {kind.__name__}") from None
+
+
+def lax_bool(value: Any) -> bool:
+    """A flag as vLLM reads it (`"false"` is false); anything it would refuse counts as false."""
+    try:
+        return bool(lax(bool, value))
+    except ValueError:
+        return False
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """Whether a streaming request asked for the trailing usage chunk."""
+    opts = body.get("stream_options")
+    return isinstance(opts, dict) and lax_bool(opts.get("include_usage"))
 
 
 def _in_range(body: dict[str, Any], key: str, lo: float, hi: float, *, integer: bool) -> None:
-    """`body[key]`, when present, is an integer (or any number) within [lo, hi]."""
+    """`body[key]`, when present, is an integer (or any number), as vLLM coerces it, within [lo, hi]."""
     v = body.get(key)
     if v is None:
         return
-    if not (_is_int(v) if integer else _is_number(v)):
+    try:
+        n = lax(int if integer else float, v)
+    except ValueError:
         kind = "an integer" if integer else "a number"
-        raise ApiError(400, f"'{key}' must be {kind}, got {type(v).__name__}", param=key)
-    if not lo <= v <= hi:
+        raise ApiError(400, f"'{key}' must be {kind}, got {type(v).__name__}", param=key) from None
+    if not lo <= n <= hi:
         raise ApiError(400, f"'{key}' must be between {lo} and {hi}, got {v}", param=key)
 
 
@@ -113,9 +139,8 @@ def _check_messages(messages: Any) -> None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise ApiError(400, f"'messages[{i}]' must be an object", param=f"messages[{i}]")
-        role = m.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise ApiError(400, f"'messages[{i}].role' must be one of {sorted(_ROLES)}", param=f"messages[{i}].role")
+        if not isinstance(m.get("role"), str):  # any string: vLLM takes custom roles
+            raise ApiError(400, f"'messages[{i}].role' must be a string", param=f"messages[{i}].role")
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise ApiError(400, f"'messages[{i}].content' must be a string or an array", param=f"messages[{i}].content")
@@ -148,11 +173,10 @@ def validate(endpoint: str, body: dict[str, Any], *, max_tokens_limit: int = DEF
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "'model' is required and must be a string", param="model")
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise ApiError(400, "'stream' must be a boolean", param="stream")
+    try:
+        stream = bool(lax(bool, body.get("stream") or False))
+    except ValueError:
+        raise ApiError(400, "'stream' must be a boolean", param="stream") from None
     if endpoint == "embeddings":
         _check_input(body.get("input"))
         return ParsedRequest(endpoint, body, model, False)
@@ -161,8 +185,11 @@ def validate(endpoint: str, body: dict[str, Any], *, max_tokens_limit: int = DEF
         _int_range(body, "max_completion_tokens", 1, max_tokens_limit)
         _int_range(body, "top_logprobs", 0, 20)
         logprobs = body.get("logprobs")
-        if logprobs is not None and not isinstance(logprobs, bool):
-            raise ApiError(400, "'logprobs' must be a boolean", param="logprobs")
+        if logprobs is not None:
+            try:
+                lax(bool, logprobs)
+            except ValueError:
+                raise ApiError(400, "'logprobs' must be a boolean", param="logprobs") from None
         tools = body.get("tools")
         if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
             raise ApiError(400, "'tools' must be an array of objects", param="tools")
@@ -171,7 +198,7 @@ def validate(endpoint: str, body: dict[str, Any], *, max_tokens_limit: int = DEF
         _int_range(body, "logprobs", 0, 20)
     _int_range(body, "max_tokens", 1, max_tokens_limit)
     _int_range(body, "n", 1, 128)
-    _number_range(body, "temperature", 0, 2)
+    _number_range(body, "temperature", 0, math.inf)  # vLLM has no upper bound
     _number_range(body, "top_p", 0, 1)
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):

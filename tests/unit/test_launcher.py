@@ -53,3 +53,9 @@ def test_engine_profiles_lists_every_profile(capsys) -> None:
     assert main(["engine", "profiles"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == sorted(PROFILES)
+
+
+def test_tool_call_parser_turns_on_auto_tool_choice() -> None:
+    args = vllm_args(tier({"tool_call_parser": "hermes"}), port=1)
+    assert args[args.index("--tool-call-parser") + 1] == "hermes" and "--enable-auto-tool-choice" in args
+    assert "--enable-auto-tool-choice" not in vllm_args(tier({}), port=1)
