@@ -169,7 +169,7 @@ def _predicted_quality_guard(args, router, n_models: int, rows, ease: np.ndarray
     it stands: on MMLU the heads' wider margin would only cost savings the pooled
     calibration's cross-validation already vouches for. Returns (raised threshold or None,
     predicted share kept at `threshold`, the raised target)."""
-    from thrifty.proxy.levers.router import threshold_for_quality
+    from thrifty.training.router_calibration import threshold_for_quality
 
     index_of = {r: i for i, r in enumerate(rows)}
     asked = np.array([index_of[q.row] for q in questions])
@@ -209,8 +209,9 @@ def _run(args: argparse.Namespace) -> int:
     from thrifty.profiles import get_profile
     from thrifty.sim.model import SpeculativeSim
     from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
-    from thrifty.proxy.levers.router import (ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, router_view, strongest,
-                                      threshold_for_quality, threshold_for_strong_share)
+    from thrifty.proxy.levers.router import ARTIFACT, RouterModel, pick_tier, router_view
+    from thrifty.training.labels import default_weak, load_labelled, strongest
+    from thrifty.training.router_calibration import threshold_for_quality, threshold_for_strong_share
     from thrifty.proxy.levers.verifier import ARTIFACT as VERIFIER_ARTIFACT
     from thrifty.proxy.levers.verifier import Verifier
 
