@@ -24,9 +24,9 @@ x the stated price per GPU type. The small tier answers with the labels of the f
 cheaper model (Mixtral-8x7B for RouteLLM's MMLU) but runs the Llama-3-8B profile (no
 Mixtral profile is derived here): a stand-in that flatters the small tier's cost per
 answer; `--small-profile` takes another one. The router's threshold comes from its
-calibration pooled over its training files, which prices a task by the training mix:
-alone it sent every RouterBench arc prompt to Yi-34B (quality 0.936; mbpp 0.905,
-winogrande 0.853). So when the artifact has per-model heads for both tiers' models,
+calibration pooled over its training files, which prices a task by the training mix
+and alone misses the quality goal on the RouterBench files (docs/design/router.md). So
+when the artifact has per-model heads for both tiers' models,
 they check it on the scored prompts (no labels): if they predict the pooled threshold
 keeps less than the target, it is raised until they predict target + their
 cross-validated margin (`_predicted_quality_guard`); on MMLU it stands.
