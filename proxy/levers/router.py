@@ -5,8 +5,8 @@ or stale file); `ease_score(vector, text)` is the chance the cheaper tier answer
 the strongest; `pick_tier(score, tiers, threshold)` walks the cheapest-first cascade
 (`tier_thresholds`). Why linear heads over the cache's embedding: the vector is already
 computed for the semantic cache, so routing costs a dot product. Fitting and calibration
-live in `thrifty.training` (router_fit, router_calibration, labels); the design and its
-measurements are in docs/design/router.md.
+live in the training package (training/router_fit.py, router_calibration.py, labels.py);
+the design and its measurements are in docs/design/router.md.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ hit when it reaches `threshold`; `for_encoder(name)` picks the text-only trees w
 cache embeds with another encoder than stage 1's. Why: cosine similarity cannot separate
 "best laptop under $500" from "... under $1000" (both above 0.95); text features (numbers,
 negations, entities, word order, rare words) plus a small network over the two vectors can,
-evaluated here with numpy alone. Fitting (scikit-learn) lives in `thrifty.training.verifier_fit`;
+evaluated here with numpy alone. Fitting (scikit-learn) lives in training/verifier_fit.py;
 the design and its measurements are in docs/design/semantic-cache.md.
 """
 

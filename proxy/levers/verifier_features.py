@@ -2,7 +2,7 @@
 
 Contract: `pair_features(a, b, cosine, df)` is a float vector in `FEATURE_NAMES` order;
 `same_words_or` forces 1.0 where both sides have the same words in the same order. Why
-separate: serving (`verifier.Verifier`) and fitting (`thrifty.training.verifier_fit`)
+separate: serving (`verifier.Verifier`) and fitting (`training/verifier_fit.py`)
 must compute identical features, so both import this one module.
 """
 
