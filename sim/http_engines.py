@@ -204,6 +204,9 @@ class SimEngine:
         m.child("vllm:kv_cache_usage_perc").set(self.replica.kv_usage)
 
 
+LOAD_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
+
+
 class InstantEngine:
     """Answers every choice at once with `tokens` tokens reading "w0 w1 ..." (no timing model).
 

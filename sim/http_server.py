@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from thrifty.profiles import GpuProfile
-from thrifty.sim.http_engines import InstantEngine, SimEngine, Subscriber
+from thrifty.sim.http_engines import LOAD_GAUGES, InstantEngine, SimEngine, Subscriber
 from thrifty.sim.metrics import SimMetrics
 from thrifty.sim.model import SimCompletion, SpeculativeSim
 from thrifty.sim.openai_api import (
@@ -81,7 +81,7 @@ class SimServer:
                 faults: Faults | None = None) -> "SimServer":
         """Answers at once with `tokens` tokens per choice; any model name unless `served_model_names`."""
         server = cls.__new__(cls)
-        metrics = SimMetrics(name, max_model_len=INSTANT_MAX_MODEL_LEN)
+        metrics = SimMetrics(name, max_model_len=INSTANT_MAX_MODEL_LEN, only=LOAD_GAUGES)
         server._setup(name, list(served_model_names) if served_model_names else None, INSTANT_MAX_MODEL_LEN,
                       INSTANT_BLOCK_TOKENS, metrics, InstantEngine(tokens, metrics), faults, stub_routes=True)
         return server
