@@ -24,9 +24,9 @@ x the stated price per GPU type. The small tier answers with the labels of the f
 cheaper model (Mixtral-8x7B for RouteLLM's MMLU) but runs the Llama-3-8B profile (no
 Mixtral profile is derived here): a stand-in that flatters the small tier's cost per
 answer; `--small-profile` takes another one. The router's threshold comes from its
-calibration pooled over its training files, which prices a task by the training mix:
-alone it sent every RouterBench arc prompt to Yi-34B (quality 0.936; mbpp 0.905,
-winogrande 0.853). So when the artifact has per-model heads for both tiers' models,
+calibration pooled over its training files, which prices a task by the training mix
+and alone misses the quality goal on the RouterBench files (docs/design/router.md). So
+when the artifact has per-model heads for both tiers' models,
 they check it on the scored prompts (no labels): if they predict the pooled threshold
 keeps less than the target, it is raised until they predict target + their
 cross-validated margin (`_predicted_quality_guard`); on MMLU it stands.
@@ -170,7 +170,7 @@ def _predicted_quality_guard(args, router, n_models: int, rows, ease: np.ndarray
     it stands: on MMLU the heads' wider margin would only cost savings the pooled
     calibration's cross-validation already vouches for. Returns (raised threshold or None,
     predicted share kept at `threshold`, the raised target)."""
-    from thrifty.proxy.levers.router import threshold_for_quality
+    from thrifty.training.router_calibration import threshold_for_quality
 
     index_of = {r: i for i, r in enumerate(rows)}
     asked = np.array([index_of[q.row] for q in questions])
@@ -210,8 +210,9 @@ def _run(args: argparse.Namespace) -> int:
     from thrifty.profiles import get_profile
     from thrifty.sim.model import SpeculativeSim
     from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
-    from thrifty.proxy.levers.router import (ARTIFACT, RouterModel, default_weak, load_labelled, pick_tier, router_view, strongest,
-                                      threshold_for_quality, threshold_for_strong_share)
+    from thrifty.proxy.levers.router import ARTIFACT, RouterModel, pick_tier, router_view
+    from thrifty.training.labels import default_weak, load_labelled, strongest
+    from thrifty.training.router_calibration import threshold_for_quality, threshold_for_strong_share
     from thrifty.proxy.levers.verifier import ARTIFACT as VERIFIER_ARTIFACT
     from thrifty.proxy.levers.verifier import Verifier
 

@@ -5,65 +5,12 @@ Reads a RouteLLM (`prompt,<weak>,<strong>`, bool or 0-1 scores) or RouterBench
 are dropped (the artifact keeps their hashes), so on the development files only
 their held-out halves are scored, and unseen files are scored whole.
 
-The operating point is chosen WITHOUT the file's labels: the router predicts each
-model's chance of answering correctly, and the bench takes the cheapest policy whose
-*predicted* quality keeps (target + margin) of the predicted-strongest model's
-(`router.choose_policy`: a sweep of argmax_m (p_m - lam * price_m), then prompts moved
-from the cheapest feasible policy to the next cheaper one, least predicted loss per
-dollar first, until the predicted goal is met). The margin ships in the artifact:
-`thrifty router train` cross-validates it on out-of-fold predictions over its own
-training halves (two folds by prompt hash), per policy kind, as the smallest margin
-that keeps the target on every training file of that kind: 0.015 for two-model files,
-0.025 for 11-model files (out-of-fold quality_retained at those margins: MMLU 0.953,
-arc 0.956, mbpp 0.951, winogrande 0.972; `thrifty router show` prints the table).
-The per-model heads see a topic cluster (16 spherical k-means clusters over the
-training embeddings, the count cross-validated on out-of-fold savings; see
-`thrifty.proxy.levers.router`), so each task keeps its own per-model prior instead of being
-pulled towards MMLU's.
-The labels only measure what that choice achieved. For reference the table also
-reads the cheapest point off the labelled curve (how RouteLLM reports savings),
-random routing (best mix of one cheaper model with the strongest, generous: picked on
-labels) and the oracle (cheapest model that gets each prompt right).
-
-Measured with the shipped artifact on the held-out halves (`--max-rows 0`), label-free
-point (cost_reduction @ quality_retained): MMLU 0.466 @ 0.960 (RouteLLM: 0.45);
-arc_challenge 0.509 @ 0.956; mbpp 0.516 @ 0.971; winogrande 0.259 @ 0.957. Every file
-keeps 0.95; none reaches 0.60. Read-off labelled curve: MMLU 0.511, arc 0.599, mbpp
-0.698, winogrande 0.230. Random (on labels): MMLU 0.315, arc 0.806, mbpp 0.557,
-winogrande 0.328. Before the topic clusters and the every-file margin (pooled heads,
-margins from the mean over files): MMLU 0.520 @ 0.950, arc 0.923 @ 0.930 (missed: the
-pooled GPT-4 head priced GPT-4 at 0.91 on arc, real 0.95, so the all-Yi policy looked
-good enough), mbpp 0.152 @ 0.971 (GPT-4 priced at 0.83, real 0.70), winogrande 0.276 @
-0.951. Winogrande stays below random routing: no prompt signal says which of its
-questions Yi-34B gets wrong, and the margin that makes arc safe costs winogrande.
-
-Leave-one-dataset-out (heads trained on the other three files' training halves, whole
-held-out file scored, target 0.95, their own cross-validated margins): arc 0.274 @
-0.963, mbpp 0.215 @ 0.932, winogrande 0.452 @ 0.726, MMLU (its Mixtral scored by the
-RouterBench Mixtral head) 0.527 @ 0.911 (before the topic clusters: arc 0.875 @ 0.943,
-mbpp 0.725 @ 0.863, winogrande 0.523 @ 0.777, MMLU 0.364 @ 0.952). Per-prompt signal
-within a task is near zero (correlation of predicted and real correctness <= 0.24 on
-arc, ~0 on mbpp and winogrande); what the heads learn is each task's per-model prior,
-and that does not transfer to a task they have not seen (predicted Claude-v1 0.85 on
-winogrande, real 0.56; Yi-34B 0.75 on mbpp, real 0.37). So on an unseen RouterBench
-task the 11-model label-free point is NOT trustworthy: add a labelled sample of that
-task to `thrifty router train`, or run two tiers with `thrifty router calibrate
---strong-share` on its unlabelled prompts.
-
-A response-based cascade does not close the gap either (scratch experiment on the
-files' `|model_response` columns, not shipped: answer with a cheap model, ask a second
-cheap model too, escalate to GPT-4 when the two responses' MiniLM embeddings disagree;
-logistic fit on the training halves, best point read off the held-out labelled curve,
-probe calls paid for): arc 0.83, mbpp 0.29-0.47 (150 rows, noisy), winogrande 0.14.
-On winogrande neither the prompt nor the cheap answers say when a cheap model is wrong.
-
-Prompts are embedded through `router.router_view` (their last 1,000 characters):
-RouterBench prompts share a long few-shot prefix and the encoder reads only ~256 tokens
-from the start, so whole-prompt embeddings were one vector per task.
-
-Costs: the file's `|total_cost` columns (real dollars); otherwise `--cost MODEL=DOLLARS`
-per call; otherwise the RouteLLM paper's prices for its two models (GPT-4 $24.7,
-Mixtral $0.24 per million tokens, equal tokens assumed).
+The operating point is chosen WITHOUT the file's labels (`choose_policy` over the
+per-model heads' predictions, with the artifact's cross-validated margin); the labels
+only measure what that choice achieved, next to the labelled curve's cheapest point,
+random routing and the oracle. Costs: the file's `|total_cost` columns, else
+`--cost MODEL=DOLLARS`, else RouteLLM's paper prices. Method, figures and history:
+docs/design/router.md.
 """
 
 from __future__ import annotations
@@ -76,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from thrifty.proxy.levers.router import REFERENCE_PRICES as DEFAULT_PRICES
+from thrifty.training.labels import REFERENCE_PRICES as DEFAULT_PRICES
 
 
 @dataclass(slots=True)
@@ -179,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from thrifty.proxy.levers.embedder import encode_with_disk_cache, encoder_for
-    from thrifty.proxy.levers.router import ARTIFACT, RouterModel, choose_policy, load_labelled, router_view, strongest
+    from thrifty.proxy.levers.router import ARTIFACT, RouterModel, router_view
+    from thrifty.training.labels import load_labelled, strongest
+    from thrifty.training.router_calibration import choose_policy
 
     if not 0 < args.target_quality <= 1:
         raise ValueError("--target-quality must be in (0, 1]")

@@ -1,36 +1,13 @@
 """Per-tier replica targets: pure policy on a caller-supplied clock (no I/O, no sleeps).
 
-The main signal is token throughput: desired = ceil(forecast token arrival rate /
-(per-replica capacity x target utilisation)). Capacity is learned online from what the
-replicas actually serve (`CapacityEstimator`): a replica's sustained tokens/s while its
-queue is non-empty is its capacity at the current prompt/output mix; tokens/s served
-within the SLO is a lower bound. Until telemetry says otherwise a conservative prior from
-the tier's performance profile stands in, where the tier names one (`capacity_profile`, or
-`sim_profile` for a simulated tier); without one the concurrency, KV and backlog rules
-below act alone until capacity has been measured. The arrival rate is projected one start-up
-delay ahead with Holt's linear forecast, because a replica asked for now only helps after
-it has started, and never taken below the 90th percentile of the last ten minutes' rates:
-bursts shorter than a start-up delay cannot be chased, only provisioned for (on a
-prefill-heavy variant of the Azure trace this lifted SLO attainment from 0.988 to 0.996
-at the same GPU-hours; on the flat public hour it costs ~10% more GPU-hours). In-flight sequences against a target concurrency and KV-cache use
-against a target fill are floors (memory, not compute, can be the limit), and a queue
-building up, or TTFT p95 near the SLO while requests miss it faster than the error budget
-allows, adds replicas at once (p95 near the SLO with misses inside the budget is service
-time, e.g. long prompts, which more replicas would not shorten: on a Mooncake-derived
-replay that rule alone had held 1.33x the static peak's GPU-hours). Scale-up is immediate and
-sized in one step; scale-down takes the highest recommendation of the stabilisation
-window (the lower target must have held for the whole window), goes to it in steps of
-at most a quarter of the replicas (at least one) a minute, and drains (scale-to-zero
-after idle_to_zero_s goes at once); it waits while TTFT p95 is over half the SLO (replicas already queueing:
-one fewer turns the next burst into misses; on a prefill-heavy variant of the Azure
-trace this halved the scale actions and cut misses by a quarter).
-How close to its capacity a tier runs is set by its SLO error budget
-(`thrifty.controller.slo_budget`): while fewer requests miss the TTFT SLO than the
-attainment target allows, the capacity planned with creeps above the estimate; when the
-misses burn the budget, it falls back to the estimate.
-Tiers are coupled through the routing share: each tier's demand is the fleet's
-forecast times its share, so when the router moves traffic (or an operator moves the
-threshold) the tier gaining share scales up at once and the other releases capacity.
+Contract: call `Autoscaler.decide(now, observations)` every interval with one
+`TierObservation` per tier; apply the `Decision`s it returns. desired = ceil(forecast token
+arrivals / (learned per-replica capacity x target utilisation x SLO-budget factor)), with
+concurrency, KV-cache and backlog floors; scale-up is immediate, scale-down stabilised,
+stepped and held while TTFT is over half the SLO. Tiers are coupled through the routing
+share. Why: a replica asked for now only helps after its start-up delay, so demand is
+forecast and provisioned for, not chased. Estimators: `autoscale_estimators`; the SLO
+budget: `slo_budget`; each rule's measured reason: docs/design/autoscaler.md.
 """
 
 from __future__ import annotations
@@ -41,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from thrifty.controller.autoscale_estimators import CapacityEstimator, HoltForecast
 from thrifty.controller.slo_budget import SloBudget
 
 
@@ -56,8 +34,7 @@ class TierPolicy:
     slo_ttft_s: float = 2.0
     down_stabilization_s: float = 300.0
     # A scale-down removes at most this share of the replicas (at least one) per
-    # down_step_s: the capacity factor is evidence at the current count, and one step to
-    # half the replicas (6 -> 3 at factor 1.5, winogrande replay) outran it.
+    # down_step_s: the capacity factor is evidence at the current count only.
     down_step_fraction: float = 0.25
     down_step_s: float = 60.0
     idle_to_zero_s: float = 300.0  # no arrivals this long -> zero (when allowed)
@@ -112,94 +89,6 @@ class Decision:
     @property
     def direction(self) -> str:
         return "up" if self.to_replicas > self.from_replicas else "down"
-
-
-class HoltForecast:
-    """Holt's double exponential smoothing; `forecast(h)` is h seconds ahead."""
-
-    def __init__(self, alpha: float = 0.3, beta: float = 0.05) -> None:
-        # Fed every few seconds with a rate over a ~30 s window: a slow trend term keeps
-        # sampling noise, multiplied by a 90 s horizon, from reading as growth.
-        self.alpha, self.beta = alpha, beta
-        self.level: float | None = None
-        self.trend = 0.0  # per second
-        self.last_t = 0.0
-        self.first_t = 0.0
-
-    def update(self, t: float, x: float) -> None:
-        if self.level is None:
-            self.level, self.last_t, self.first_t = x, t, t
-            return
-        dt = max(t - self.last_t, 1e-9)
-        prev = self.level
-        self.level = self.alpha * x + (1 - self.alpha) * (self.level + self.trend * dt)
-        self.trend = self.beta * (self.level - prev) / dt + (1 - self.beta) * self.trend
-        self.last_t = t
-
-    def forecast(self, horizon_s: float) -> float:
-        """Level plus trend; a trend seen over less than the horizon is extrapolated only as
-        far as it was seen (a few samples after start-up are no basis for a 90 s projection)."""
-        if self.level is None:
-            return 0.0
-        reach = min(horizon_s, self.last_t - self.first_t)
-        return max(0.0, self.level + self.trend * reach)
-
-
-class CapacityEstimator:
-    """Tokens/s one replica of a tier serves, learned from its own telemetry.
-
-    Samples are per-replica served tokens/s averaged over `sample_s` (bursts shorter than
-    that say nothing about sustained capacity), over windows in which the ready count did
-    not change: a replica that has just become ready, or is draining, serves less than a
-    full one and would drag the per-replica figure down (then the fleet grows, the new
-    replicas look slow again, and the estimate spirals down). A sample taken while every
-    replica had a queue the whole time (engine waiting at least one per ready replica, or
-    requests held in the sidecar's admission queue) is the replica's capacity at the
-    current mix: the estimate moves toward it, down as well as up; one replica queueing
-    behind a long prompt while the others idle says nothing about the tier's capacity. A sample
-    taken while everything was served within the SLO only proves capacity is at least that;
-    such proofs are remembered for `memory_s` (the mix drifts) and one above a later
-    saturated measurement is dropped. Before any measurement the prior stands.
-    """
-
-    def __init__(self, sample_s: float = 30.0, smoothing: float = 0.3, memory_s: float = 1800.0) -> None:
-        self.sample_s, self.smoothing, self.memory_s = sample_s, smoothing, memory_s
-        self.measured: float | None = None  # EWMA of saturated samples
-        self._proven: deque[tuple[float, float]] = deque()  # (time, tokens/s served within the SLO)
-        self._window: deque[tuple[float, float, bool]] = deque()  # (time, per-replica tokens/s, queued)
-        self._window_ready = 0  # the ready count the current window was taken at
-
-    def observe(self, now: float, o: TierObservation, slo_ttft_s: float) -> None:
-        if o.served_token_rate is None or o.ready <= 0:
-            self._window.clear()
-            self._window_ready = 0
-            return
-        if o.ready != self._window_ready:  # the fleet changed: start a new window
-            self._window.clear()
-            self._window_ready = o.ready
-        every_replica_queued = o.waiting >= o.ready or o.queue_depth > 0
-        self._window.append((now, o.served_token_rate / o.ready, every_replica_queued))
-        if now - self._window[0][0] < self.sample_s:
-            return
-        sustained = sum(r for _, r, _ in self._window) / len(self._window)
-        saturated = all(q for _, _, q in self._window)
-        within_slo = o.ttft_p95_s is None or o.ttft_p95_s <= slo_ttft_s
-        self._window.clear()
-        while self._proven and self._proven[0][0] < now - self.memory_s:
-            self._proven.popleft()
-        if saturated:
-            prev = sustained if self.measured is None else self.measured
-            self.measured = prev + self.smoothing * (sustained - prev)
-            self._proven = deque(p for p in self._proven if p[1] <= sustained)
-        elif within_slo:
-            self._proven.append((now, sustained))
-
-    def proven(self) -> float:
-        return max((r for _, r in self._proven), default=0.0)
-
-    def capacity(self, prior: float) -> float:
-        base = self.measured if self.measured is not None else prior
-        return max(base, self.proven())
 
 
 @dataclass(slots=True)

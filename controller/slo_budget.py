@@ -3,8 +3,8 @@
 A TTFT objective such as "99% of requests see their first token within 2 s" allows 1%
 of misses. Sizing every tier so that it never misses anything spends none of that budget
 and pays for it in GPU-hours; sizing it on a fixed guess of safe utilisation either
-wastes capacity or blows the budget, depending on the traffic (on the replays here a
-fixed 1.3x ran at 0.999 attainment on one workload and 0.967 on another). So the budget
+wastes capacity or blows the budget, depending on the traffic (measured:
+docs/design/autoscaler.md). So the budget
 is measured and spent: `SloBudget.factor` multiplies the per-replica capacity the
 autoscaler plans with. While misses stay under half the budget, the factor creeps up (2%
 a minute, to at most 1.5x); as soon as they burn it faster than it is earned, it falls

@@ -1,10 +1,15 @@
-"""A simulated vLLM replica served over HTTP in real time (the server behind `thrifty engine sim`).
+"""The fake OpenAI-compatible replica over HTTP: one server for the simulator and the stub.
 
-It speaks the OpenAI API (chat and completions, streaming or not) and exposes `/metrics`
-with vLLM's own `vllm:` names, so the sidecar, the controller and Prometheus cannot tell
-it from a real engine, while the timing comes from the performance model in
-`sim_model` (a GPU profile) running on the wall clock (optionally sped up). The text is
-deterministic filler: this stands in for GPU timings at fleet scale, not for answers.
+Contract: `SimServer(profile, ...)` is the simulated vLLM replica behind `thrifty engine sim`:
+it speaks the OpenAI API (chat and completions, streaming or not) and exposes `/metrics` with
+vLLM's own `vllm:` names, with timing from the performance model (`http_engines.SimEngine`)
+on the wall clock (optionally sped up). `SimServer.instant(tokens, ...)` is the same server
+answering at once with a fixed answer (`InstantEngine`), accepting any model name, plus
+`/v1/embeddings` and an echo of every other path: the stub replica of the sidecar tests and
+`thrifty bench overhead`. `Faults` inject what a real replica does when it goes wrong (a
+delay, a hang, death mid-stream, an error status). Why one server: the answers' shapes come
+from one code path (`openai_api`), so what the sidecar is tested against is what it meets
+from the simulator. The text is deterministic filler: no model runs here.
 """
 
 from __future__ import annotations
@@ -12,216 +17,92 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from thrifty.profiles import GpuProfile
+from thrifty.sim.http_engines import LOAD_GAUGES, InstantEngine, SimEngine, Subscriber
 from thrifty.sim.metrics import SimMetrics
-from thrifty.sim.model import SimCompletion, SimReplica, SimRequest, SimStats, SpeculativeSim
+from thrifty.sim.model import SimCompletion, SpeculativeSim
 from thrifty.sim.openai_api import (
-    Generation, RequestError, chat_logprobs, completion_logprobs, filler_text, parse_generation, usage,
+    STREAM_END, Generation, RequestError, content_choice, embeddings_body, finish_choice, parse_generation,
+    reply_body, reply_choice, stream_chunk, usage,
 )
 
 VLLM_VERSION = "0.32.0"  # the engine version whose API and metrics this mimics
+INSTANT_BLOCK_TOKENS = 16  # prefix-hash block size of the instant server (it caches nothing)
+INSTANT_MAX_MODEL_LEN = 1 << 30  # the instant server refuses no prompt for its length
 
 
 @dataclass(slots=True)
-class _Subscriber:
-    queue: asyncio.Queue
-    key: int  # choice index within its HTTP request
-    prompt_tokens: int
-    n: int
-    max_tokens: int
-    finish_reason: str
-    sent: int = 0
-    arrival: float = 0.0  # virtual time it was submitted
+class Faults:
+    """Misbehaviour on demand, applied to every generation request."""
+
+    delay_s: float = 0.0  # before the first byte
+    chunk_delay_s: float = 0.0  # after each streamed chunk of text
+    hang: bool = False  # never answer
+    die_after_chunks: int | None = None  # abort the connection before this streamed chunk of a choice
+    fail_status: int | None = None  # answer every request with this error status
 
 
-class SimEngine:
-    """Runs a SimReplica against the wall clock and streams token events to waiting requests."""
-
-    def __init__(self, profile: GpuProfile, metrics: SimMetrics, *, kv_blocks: int | None = None,
-                 speculative: SpeculativeSim | None = None, seed: int = 0, time_scale: float = 1.0,
-                 tick_s: float = 0.001) -> None:
-        if time_scale <= 0:
-            raise ValueError("time_scale must be > 0")
-        self.profile = profile
-        self.metrics = metrics
-        self.time_scale = time_scale
-        self.tick_s = tick_s
-        self.speculative = speculative
-        self.replica = SimReplica(profile, kv_blocks=kv_blocks, speculative=speculative, seed=seed,
-                                  hash_block_tokens=profile.block_tokens)
-        self.replica.record_steps = True
-        self._subs: dict[int, _Subscriber] = {}
-        self._next_id = 0
-        self._t0 = time.monotonic()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._seen = SimStats()
-
-    def virtual_now(self) -> float:
-        return (time.monotonic() - self._t0) * self.time_scale
-
-    def start(self) -> None:
-        self._t0 = time.monotonic()
-        self._task = asyncio.create_task(self._drive(), name="sim-engine")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    def submit(self, sub: _Subscriber, output_tokens: int, block_hashes: tuple[int, ...]) -> int:
-        now = self.virtual_now()
-        self._pump(now)
-        rid = self._next_id
-        self._next_id += 1
-        sub.arrival = now
-        self.replica.submit(SimRequest(rid, now, sub.prompt_tokens, output_tokens, block_hashes), now)
-        self._subs[rid] = sub
-        self._publish_gauges()
-        self._wake.set()
-        return rid
-
-    def cancel(self, rid: int) -> None:
-        sub = self._subs.pop(rid, None)
-        if sub is not None and self.replica.cancel(rid):
-            self.metrics.child("vllm:request_success", "abort").inc()
-            self._publish_gauges()
-
-    async def _drive(self) -> None:
-        while True:
-            if not self._subs:
-                self._wake.clear()
-                await self._wake.wait()
-            now = self.virtual_now()
-            self._pump(now)
-            # Sleep until the next step ends (tokens come out then), within [tick, 50 ms].
-            upcoming = self.replica.next_step_end()
-            delay = self.tick_s if upcoming is None else (upcoming - now) / self.time_scale
-            await asyncio.sleep(min(0.05, max(self.tick_s, delay)))
-
-    def _pump(self, now: float) -> None:
-        """Advance the model to `now` and hand out the tokens generated since the last pump."""
-        for completion in self.replica.advance(now):
-            sub = self._subs.pop(completion.id, None)
-            if sub is None:
-                continue
-            self._emit(sub, completion.output_tokens, completion.first_token_time, completion.cached_tokens)
-            sub.queue.put_nowait(("done", sub.key, completion))
-            self._observe_finished(sub, completion)
-        for rid, sub in self._subs.items():
-            progress = self.replica.progress(rid)
-            if progress is not None and progress[1] is not None:
-                self._emit(sub, progress[0], progress[1], self.replica.cached_tokens_of(rid))
-        self._publish_counters()
-        self._publish_gauges()
-
-    def _emit(self, sub: _Subscriber, generated: int, first_token_time: float, cached: int) -> None:
-        new = generated - sub.sent
-        if new <= 0:
-            return
-        if sub.sent == 0:
-            m = self.metrics
-            m.child("vllm:time_to_first_token_seconds").observe((first_token_time - sub.arrival) / self.time_scale)
-            m.child("vllm:prompt_tokens").inc(sub.prompt_tokens)
-            m.child("vllm:prompt_tokens_by_source", "local_compute").inc(sub.prompt_tokens - cached)
-            m.child("vllm:prompt_tokens_by_source", "local_cache_hit").inc(cached)
-            m.child("vllm:prompt_tokens_cached").inc(cached)
-            m.child("vllm:prompt_tokens_cached_by_source", "device").inc(cached)
-        sub.sent = generated
-        self.metrics.child("vllm:generation_tokens").inc(new)
-        sub.queue.put_nowait(("tokens", sub.key, new))
-
-    def _observe_finished(self, sub: _Subscriber, c: SimCompletion) -> None:
-        m = self.metrics
-        scale = self.time_scale
-        m.child("vllm:request_success", sub.finish_reason).inc()
-        m.child("vllm:e2e_request_latency_seconds").observe((c.finish_time - c.arrival) / scale)
-        m.child("vllm:request_queue_time_seconds").observe(max(0.0, c.scheduled_time - c.arrival) / scale)
-        m.child("vllm:request_inference_time_seconds").observe((c.finish_time - c.scheduled_time) / scale)
-        m.child("vllm:request_prefill_time_seconds").observe((c.first_token_time - c.scheduled_time) / scale)
-        m.child("vllm:request_decode_time_seconds").observe((c.finish_time - c.first_token_time) / scale)
-        m.child("vllm:request_prompt_tokens").observe(c.prompt_tokens)
-        m.child("vllm:request_generation_tokens").observe(c.output_tokens)
-        m.child("vllm:request_params_max_tokens").observe(sub.max_tokens)
-        m.child("vllm:request_max_num_generation_tokens").observe(sub.max_tokens)
-        m.child("vllm:request_params_n").observe(sub.n)
-        m.child("vllm:request_num_preemptions").observe(c.preemptions)
-        m.child("vllm:request_prefill_kv_computed_tokens").observe(c.prompt_tokens - c.cached_tokens)
-        if c.output_tokens > 1:
-            m.child("vllm:request_time_per_output_token_seconds").observe(
-                (c.finish_time - c.first_token_time) / (c.output_tokens - 1) / scale)
-        if c.decode_steps:
-            itl = m.child("vllm:inter_token_latency_seconds")
-            gap = (c.finish_time - c.first_token_time) / c.decode_steps / scale
-            for _ in range(min(c.decode_steps, 4096)):
-                itl.observe(gap)
-
-    def _publish_counters(self) -> None:
-        m = self.metrics
-        stats, seen = self.replica.stats, self._seen
-        if stats.prefix_queries > seen.prefix_queries:
-            m.child("vllm:prefix_cache_queries").inc(stats.prefix_queries - seen.prefix_queries)
-        if stats.prefix_hits > seen.prefix_hits:
-            m.child("vllm:prefix_cache_hits").inc(stats.prefix_hits - seen.prefix_hits)
-        if stats.preemptions > seen.preemptions:
-            m.child("vllm:num_preemptions").inc(stats.preemptions - seen.preemptions)
-        spec = self.speculative
-        if spec is not None and stats.spec_drafts > seen.spec_drafts:
-            drafts = stats.spec_drafts - seen.spec_drafts
-            m.child("vllm:spec_decode_num_drafts").inc(drafts)
-            m.child("vllm:spec_decode_num_draft_tokens").inc(stats.spec_draft_tokens - seen.spec_draft_tokens)
-            m.child("vllm:spec_decode_num_accepted_tokens").inc(
-                max(0.0, stats.spec_accepted_tokens - seen.spec_accepted_tokens))
-            for position in range(spec.num_tokens):  # position i is accepted when the first i+1 drafts are
-                m.child("vllm:spec_decode_num_accepted_tokens_per_pos", str(position)).inc(
-                    drafts * spec.acceptance_rate ** (position + 1))
-        self._seen = SimStats(**{f: getattr(stats, f) for f in SimStats.__dataclass_fields__})
-        log = self.replica.step_log
-        if log:
-            hist = m.child("vllm:iteration_tokens_total")
-            for tokens, count in log:
-                for _ in range(min(count, 4096)):
-                    hist.observe(tokens)
-            log.clear()
-
-    def _publish_gauges(self) -> None:
-        m = self.metrics
-        m.child("vllm:num_requests_running").set(self.replica.running)
-        m.child("vllm:num_requests_waiting").set(self.replica.waiting)
-        m.child("vllm:num_requests_waiting_by_reason", "capacity").set(self.replica.waiting)
-        m.child("vllm:kv_cache_usage_perc").set(self.replica.kv_usage)
+@dataclass(slots=True)
+class ServerStats:
+    requests: int = 0  # generation and embedding requests received
+    inflight: int = 0  # generation requests being answered
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    keep_bodies: bool = False  # record every request body in `bodies`
 
 
 class SimServer:
-    """The aiohttp application around one SimEngine."""
+    """The aiohttp application around one engine (modelled or instant)."""
 
     def __init__(self, profile: GpuProfile, *, model: str | None = None, served_model_names: list[str] | None = None,
                  kv_blocks: int | None = None, speculative: SpeculativeSim | None = None, seed: int = 0,
-                 time_scale: float = 1.0, max_model_len: int | None = None) -> None:
-        self.profile = profile
-        self.model = model or profile.model
-        self.served_names = list(served_model_names or [self.model])
-        self.max_model_len = max_model_len or profile.max_model_len
-        self.metrics = SimMetrics(self.served_names[0], max_model_len=self.max_model_len,
-                                  speculative_tokens=speculative.num_tokens if speculative else 0,
-                                  cache_info={
-                                      "block_size": str(profile.block_tokens), "cache_dtype": "auto",
-                                      "num_gpu_blocks": str(kv_blocks or profile.kv_blocks),
-                                      "kv_cache_size_tokens": str((kv_blocks or profile.kv_blocks) * profile.block_tokens),
-                                      "prefix_caching_hash_algo": "sha256",
-                                  })
-        self.engine = SimEngine(profile, self.metrics, kv_blocks=kv_blocks, speculative=speculative, seed=seed,
-                                time_scale=time_scale)
+                 time_scale: float = 1.0, max_model_len: int | None = None, faults: Faults | None = None) -> None:
+        model = model or profile.model
+        served = list(served_model_names or [model])
+        max_len = max_model_len or profile.max_model_len
+        metrics = SimMetrics(served[0], max_model_len=max_len,
+                             speculative_tokens=speculative.num_tokens if speculative else 0,
+                             cache_info={
+                                 "block_size": str(profile.block_tokens), "cache_dtype": "auto",
+                                 "num_gpu_blocks": str(kv_blocks or profile.kv_blocks),
+                                 "kv_cache_size_tokens": str((kv_blocks or profile.kv_blocks) * profile.block_tokens),
+                                 "prefix_caching_hash_algo": "sha256",
+                             })
+        engine = SimEngine(profile, metrics, kv_blocks=kv_blocks, speculative=speculative, seed=seed, time_scale=time_scale)
+        self._setup(model, served, max_len, profile.block_tokens, metrics, engine, faults, stub_routes=False)
+
+    @classmethod
+    def instant(cls, tokens: int = 4, *, name: str = "stub", served_model_names: list[str] | None = None,
+                faults: Faults | None = None) -> "SimServer":
+        """Answers at once with `tokens` tokens per choice; any model name unless `served_model_names`."""
+        server = cls.__new__(cls)
+        metrics = SimMetrics(name, max_model_len=INSTANT_MAX_MODEL_LEN, only=LOAD_GAUGES)
+        server._setup(name, list(served_model_names) if served_model_names else None, INSTANT_MAX_MODEL_LEN,
+                      INSTANT_BLOCK_TOKENS, metrics, InstantEngine(tokens, metrics), faults, stub_routes=True)
+        return server
+
+    def _setup(self, model: str, served_names: list[str] | None, max_model_len: int, block_tokens: int,
+               metrics: SimMetrics, engine: SimEngine | InstantEngine, faults: Faults | None, *, stub_routes: bool) -> None:
+        self.model = model
+        self.served_names = served_names  # None: any model name is served
+        self.max_model_len = max_model_len
+        self.block_tokens = block_tokens
+        self.metrics = metrics
+        self.engine = engine
+        self.faults = faults or Faults()
+        self.stats = ServerStats()
+        self.transports: set[Any] = set()  # every connection that sent a request (for a simulated crash)
+        self.stub_routes = stub_routes  # /v1/embeddings and an echo of every other path
         self.created = int(time.time())
+
+    @property
+    def model_name(self) -> str:
+        return self.served_names[0] if self.served_names else self.model
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024 * 1024)
@@ -232,6 +113,9 @@ class SimServer:
         app.router.add_get("/ping", self._health)
         app.router.add_get("/version", self._version)
         app.router.add_get("/metrics", self._metrics)
+        if self.stub_routes:
+            app.router.add_post("/v1/embeddings", self._embeddings)
+            app.router.add_route("*", "/{tail:.*}", self._echo)
         app.on_startup.append(self._on_startup)
         app.on_cleanup.append(self._on_cleanup)
         return app
@@ -257,6 +141,7 @@ class SimServer:
         return web.json_response({"version": VLLM_VERSION})
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        self.engine.publish_inflight(self.stats.inflight)
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -264,8 +149,44 @@ class SimServer:
         data = [{
             "id": name, "object": "model", "created": self.created, "owned_by": "vllm", "root": self.model,
             "parent": None, "max_model_len": self.max_model_len,
-        } for name in self.served_names]
+        } for name in (self.served_names or [self.model])]
         return web.json_response({"object": "list", "data": data})
+
+    async def _echo(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        return web.json_response({"path": request.path_qs, "method": request.method, "body_bytes": len(data),
+                                  "backend": self.model})
+
+    # ----------------------------------------------------------------- requests
+    async def _body(self, request: web.Request) -> Any:
+        self.stats.requests += 1
+        if request.transport is not None:
+            self.transports.add(request.transport)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError("request body is not valid JSON") from None
+        if self.stats.keep_bodies:
+            self.stats.bodies.append(body)
+        return body
+
+    async def _misbehave(self) -> None:
+        f = self.faults
+        if f.fail_status:
+            raise RequestError("stub failure", status=f.fail_status, err_type="server_error")
+        if f.hang:
+            await asyncio.Event().wait()
+        if f.delay_s:
+            await asyncio.sleep(f.delay_s)
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        model = body.get("model") if isinstance(body, dict) else None
+        if self.served_names is not None and model not in self.served_names:
+            raise RequestError(f"The model `{model}` does not exist.", status=404, err_type="NotFoundError", param="model")
+        await self._misbehave()
+        inputs = body.get("input")
+        return web.json_response(embeddings_body(model, len(inputs) if isinstance(inputs, list) else 1))
 
     # ----------------------------------------------------------------- generation
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -275,11 +196,15 @@ class SimServer:
         return await self._generate(request, "completion")
 
     async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
+        self.stats.inflight += 1
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise RequestError("request body is not valid JSON") from None
-        gen = parse_generation(kind, body, self.served_names, self.profile.block_tokens)
+            gen = parse_generation(kind, await self._body(request), self.served_names, self.block_tokens)
+            await self._misbehave()
+            return await self._answer(request, gen)
+        finally:
+            self.stats.inflight -= 1
+
+    async def _answer(self, request: web.Request, gen: Generation) -> web.StreamResponse:
         for prompt_tokens, _ in gen.prompts:
             wanted = prompt_tokens + (gen.max_tokens or 1)
             if wanted > self.max_model_len or prompt_tokens >= self.max_model_len:
@@ -287,13 +212,13 @@ class SimServer:
                     f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
                     f"{wanted} tokens ({prompt_tokens} in the messages, {gen.max_tokens or 1} in the completion). "
                     "Please reduce the length of the messages or completion.", param="max_tokens")
-        lengths = gen.output_lengths(self.max_model_len)
+        lengths = self.engine.output_lengths(gen, self.max_model_len)
         queue: asyncio.Queue = asyncio.Queue()
         rids: dict[int, int] = {}
         for p, (prompt_tokens, hashes) in enumerate(gen.prompts):
             for c, (length, reason) in enumerate(lengths[p]):
                 key = p * gen.n + c
-                sub = _Subscriber(queue, key, prompt_tokens, gen.n, gen.max_tokens or length, reason)
+                sub = Subscriber(queue, key, prompt_tokens, gen.n, gen.max_tokens or length, reason)
                 rids[key] = self.engine.submit(sub, length, hashes)
         try:
             if gen.stream:
@@ -318,85 +243,46 @@ class SimServer:
         for key in sorted(finished):
             c = finished[key]
             p, i = divmod(key, gen.n)
-            reason = lengths[p][i][1]
-            tokens, text = filler_text(0, c.output_tokens, self._salt(gen, key))
+            tokens, text = self.engine.text(0, c.output_tokens, self._salt(gen, key))
             if i == 0:
                 prompt_total += c.prompt_tokens
                 cached_total += c.cached_tokens
             completion_total += c.output_tokens
-            if gen.kind == "chat":
-                choices.append({
-                    "index": key, "message": {"role": "assistant", "content": text, "tool_calls": []},
-                    "logprobs": chat_logprobs(tokens, gen.logprobs) if gen.logprobs is not None else None,
-                    "finish_reason": reason, "stop_reason": None,
-                })
-            else:
-                choices.append({
-                    "index": key, "text": text,
-                    "logprobs": completion_logprobs(tokens, gen.logprobs, 0) if gen.logprobs is not None else None,
-                    "finish_reason": reason, "stop_reason": None,
-                })
-        body = {
-            "id": ("chatcmpl-" if gen.kind == "chat" else "cmpl-") + gen.request_id,
-            "object": "chat.completion" if gen.kind == "chat" else "text_completion",
-            "created": gen.created, "model": gen.model, "choices": choices,
-            "usage": usage(prompt_total, completion_total, cached_total),
-        }
-        return web.json_response(body)
+            choices.append(reply_choice(gen, key, tokens, text, lengths[p][i][1]))
+        return web.json_response(reply_body(gen, choices, usage(prompt_total, completion_total, cached_total)))
 
     async def _stream(self, request: web.Request, gen: Generation, lengths: list[list[tuple[int, str]]],
                       queue: asyncio.Queue, expected: int) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
-        chat = gen.kind == "chat"
-        base = {
-            "id": ("chatcmpl-" if chat else "cmpl-") + gen.request_id,
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": gen.created, "model": gen.model,
-        }
-
-        async def send(choices: list[dict[str, Any]], usage_body: dict[str, Any] | None = None, final: bool = False) -> None:
-            chunk = {**base, "choices": choices}
-            if gen.include_usage:
-                chunk["usage"] = usage_body if final else None
-            await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
-
-        if chat:
-            for key in range(expected):
-                await send([{"index": key, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None}])
+        faults = self.faults
         sent = dict.fromkeys(range(expected), 0)
         offsets = dict.fromkeys(range(expected), 0)
         finished: dict[int, SimCompletion] = {}
         while len(finished) < expected:
             event, key, payload = await queue.get()
             total = payload.output_tokens if event == "done" else sent[key] + payload
-            tokens, text = filler_text(sent[key], total - sent[key], self._salt(gen, key))
-            sent[key] = total
-            reason = None
+            if total > sent[key]:
+                if faults.die_after_chunks is not None and sent[key] >= faults.die_after_chunks:
+                    assert request.transport is not None
+                    request.transport.abort()  # die like a crashed replica: no end of stream
+                    return response
+                tokens, text = self.engine.text(sent[key], total - sent[key], self._salt(gen, key))
+                await response.write(stream_chunk(gen, [content_choice(gen, key, tokens, text, first=sent[key] == 0,
+                                                                       offset=offsets[key])]))
+                offsets[key] += len(text)
+                sent[key] = total
+                if faults.chunk_delay_s:
+                    await asyncio.sleep(faults.chunk_delay_s)
             if event == "done":
                 finished[key] = payload
                 p, i = divmod(key, gen.n)
-                reason = lengths[p][i][1]
-            if not tokens and reason is None:
-                continue
-            if chat:
-                choice = {"index": key, "delta": {"content": text},
-                          "logprobs": chat_logprobs(tokens, gen.logprobs) if gen.logprobs is not None else None,
-                          "finish_reason": reason}
-            else:
-                choice = {"index": key, "text": text,
-                          "logprobs": completion_logprobs(tokens, gen.logprobs, offsets[key]) if gen.logprobs is not None else None,
-                          "finish_reason": reason}
-                offsets[key] += len(text)
-            if reason is not None:
-                choice["stop_reason"] = None
-            await send([choice])
+                await response.write(stream_chunk(gen, [finish_choice(gen, key, lengths[p][i][1])]))
         if gen.include_usage:
             prompt_total = sum(c.prompt_tokens for k, c in finished.items() if k % gen.n == 0)
             cached_total = sum(c.cached_tokens for k, c in finished.items() if k % gen.n == 0)
             completion_total = sum(c.output_tokens for c in finished.values())
-            await send([], usage(prompt_total, completion_total, cached_total), final=True)
-        await response.write(b"data: [DONE]\n\n")
+            await response.write(stream_chunk(gen, [], usage(prompt_total, completion_total, cached_total)))
+        await response.write(STREAM_END)
         await response.write_eof()
         return response

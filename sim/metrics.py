@@ -158,7 +158,9 @@ class SimMetrics:
     """Owns the registry and one labelled child per metric for this replica."""
 
     def __init__(self, model_name: str, *, max_model_len: int, speculative_tokens: int = 0,
-                 cache_info: dict[str, str] | None = None) -> None:
+                 cache_info: dict[str, str] | None = None, only: tuple[str, ...] | None = None) -> None:
+        """`only`: serve just these families (the instant stub's load gauges: a page its
+        scrapers parse four times a second stays small)."""
         self._inner = CollectorRegistry(auto_describe=True)
         self.registry = CollectorRegistry(auto_describe=True)  # what /metrics serves
         self.registry.register(_MultiprocessStyle(self._inner))
@@ -169,6 +171,8 @@ class SimMetrics:
             "preemptions": PREEMPTION_BUCKETS,
         }
         specs = VLLM_METRICS + (SPEC_DECODE_METRICS if speculative_tokens else ())
+        if only is not None:
+            specs = tuple(spec for spec in specs if spec.name in only)
         self._families: dict[str, Counter | Gauge | Histogram] = {}
         self._engine_label: dict[str, bool] = {}
         for spec in specs:
@@ -186,8 +190,10 @@ class SimMetrics:
                 self.child(spec.name)  # unlabelled series exist from the start, as in vLLM
             for value in spec.label_values:
                 self.child(spec.name, value)
-        self.child("vllm:engine_sleep_state", "awake").set(1)
         self.speculative_tokens = speculative_tokens
+        if only is not None:
+            return
+        self.child("vllm:engine_sleep_state", "awake").set(1)
         for position in range(speculative_tokens):
             self.child("vllm:spec_decode_num_accepted_tokens_per_pos", str(position))
         info = {"block_size": "16", "enable_prefix_caching": "True", **(cache_info or {})}

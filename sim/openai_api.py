@@ -1,14 +1,20 @@
-"""OpenAI request parsing and response shapes for the simulated replica.
+"""OpenAI request parsing and response shapes for the fake replicas (`thrifty.sim`).
 
-The simulator has no tokenizer and no model: prompt lengths are estimated (about four
-characters per token, plus chat-template tokens per message), prefix-cache block hashes
-are chained over those pseudo-tokens (so shared prefixes share blocks, as in vLLM), and
-the generated text is deterministic filler words. Shapes follow vLLM's OpenAI server.
+Contract: `parse_generation` validates a /v1/chat/completions or /v1/completions body into a
+`Generation` (or raises `RequestError`, an OpenAI-style JSON error); `reply_body`,
+`stream_chunk`, `content_choice`, `finish_choice` and `embeddings_body` build every answer
+both servers send (the performance-modelled simulator and the instant stub are one server,
+`http_server.SimServer`), so their shapes come from this one place. Shapes follow vLLM's
+OpenAI server. There is no tokenizer and no model: prompt lengths are estimated (about four
+characters per token, plus chat-template tokens per message), prefix-cache block hashes are
+chained over those pseudo-tokens (so shared prefixes share blocks, as in vLLM), and the text
+is deterministic filler.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 import time
@@ -56,6 +62,7 @@ class Generation:
     include_usage: bool
     logprobs: int | None  # None = not requested; else number of top logprobs
     seed: int
+    tool_name: str | None = None  # chat with `tools` (and tool_choice not "none"): answer with a call to it
     created: int = field(default_factory=lambda: int(time.time()))
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -144,12 +151,25 @@ def completion_prompt(text: str, block_tokens: int) -> tuple[int, tuple[int, ...
     return len(pieces), block_hashes(pieces, block_tokens)
 
 
-def parse_generation(kind: str, body: Any, served_names: list[str], block_tokens: int) -> Generation:
-    """Validate a request body; raises RequestError with an OpenAI-style message."""
+def _tool_name(body: dict[str, Any]) -> str | None:
+    tools = body.get("tools")
+    if not tools or body.get("tool_choice") == "none":
+        return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise RequestError("tools must be a list of objects", param="tools")
+    function = tools[0].get("function")
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) and name else "f"
+
+
+def parse_generation(kind: str, body: Any, served_names: list[str] | None, block_tokens: int) -> Generation:
+    """Validate a request body; raises RequestError with an OpenAI-style message.
+
+    `served_names` None accepts any model name (the answer echoes it)."""
     if not isinstance(body, dict):
         raise RequestError("request body must be a JSON object")
-    model = body.get("model", served_names[0])
-    if not isinstance(model, str) or model not in served_names:
+    model = body.get("model", served_names[0] if served_names else "")
+    if not isinstance(model, str) or (served_names is not None and model not in served_names):
         raise RequestError(f"The model `{model}` does not exist.", status=404, err_type="NotFoundError", param="model")
     if kind == "chat":
         messages = body.get("messages")
@@ -202,6 +222,7 @@ def parse_generation(kind: str, body: Any, served_names: list[str], block_tokens
         kind=kind, model=model, prompts=prompts, n=n, max_tokens=max_tokens, min_tokens=min_tokens,
         ignore_eos=ignore_eos, stream=stream, include_usage=bool(options.get("include_usage")),
         logprobs=logprobs, seed=seed if seed is not None else int.from_bytes(digest, "big"),
+        tool_name=_tool_name(body) if kind == "chat" else None,
     )
 
 
@@ -256,3 +277,67 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
         "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens, "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+
+
+# ----------------------------------------------------------------- response shapes
+
+
+def _header(gen: Generation, *, chunk: bool) -> dict[str, Any]:
+    chat = gen.kind == "chat"
+    obj = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+    return {"id": ("chatcmpl-" if chat else "cmpl-") + gen.request_id, "object": obj, "created": gen.created, "model": gen.model}
+
+
+def reply_choice(gen: Generation, key: int, tokens: list[str], text: str, reason: str) -> dict[str, Any]:
+    """One choice of a non-streamed answer (a tool call instead of text when `gen.tool_name` is set)."""
+    if gen.kind != "chat":
+        return {"index": key, "text": text,
+                "logprobs": completion_logprobs(tokens, gen.logprobs, 0) if gen.logprobs is not None else None,
+                "finish_reason": reason, "stop_reason": None}
+    message: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": []}
+    if gen.tool_name is not None:
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{key}", "type": "function", "function": {"name": gen.tool_name, "arguments": "{}"}}]}
+        reason = "tool_calls"
+    return {"index": key, "message": message,
+            "logprobs": chat_logprobs(tokens, gen.logprobs) if gen.logprobs is not None else None,
+            "finish_reason": reason, "stop_reason": None}
+
+
+def reply_body(gen: Generation, choices: list[dict[str, Any]], usage_body: dict[str, Any]) -> dict[str, Any]:
+    return {**_header(gen, chunk=False), "choices": choices, "usage": usage_body}
+
+
+def content_choice(gen: Generation, key: int, tokens: list[str], text: str, *, first: bool, offset: int) -> dict[str, Any]:
+    """A streamed choice carrying new text; a chat choice's first one also carries the role."""
+    if gen.kind != "chat":
+        return {"index": key, "text": text,
+                "logprobs": completion_logprobs(tokens, gen.logprobs, offset) if gen.logprobs is not None else None,
+                "finish_reason": None}
+    delta = {"role": "assistant", "content": text} if first else {"content": text}
+    return {"index": key, "delta": delta,
+            "logprobs": chat_logprobs(tokens, gen.logprobs) if gen.logprobs is not None else None, "finish_reason": None}
+
+
+def finish_choice(gen: Generation, key: int, reason: str) -> dict[str, Any]:
+    """The streamed choice that ends one choice (no new text)."""
+    if gen.kind != "chat":
+        return {"index": key, "text": "", "logprobs": None, "finish_reason": reason, "stop_reason": None}
+    return {"index": key, "delta": {}, "logprobs": None, "finish_reason": reason, "stop_reason": None}
+
+
+def stream_chunk(gen: Generation, choices: list[dict[str, Any]], usage_body: dict[str, Any] | None = None) -> bytes:
+    """One SSE event; `usage_body` only on the final usage chunk (sent when include_usage was asked)."""
+    chunk = {**_header(gen, chunk=True), "choices": choices}
+    if usage_body is not None:
+        chunk["usage"] = usage_body
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+STREAM_END = b"data: [DONE]\n\n"
+
+
+def embeddings_body(model: Any, count: int) -> dict[str, Any]:
+    """A fixed 3-d vector per input (the fakes embed nothing)."""
+    return {"object": "list", "model": model, "usage": usage(count, 0, 0),
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(count)]}

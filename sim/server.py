@@ -1,7 +1,7 @@
 """`thrifty engine sim`: serve a simulated vLLM replica (OpenAI API + `vllm:` metrics).
 
 This module stays light (argparse only at import) so `thrifty --help` is fast; the
-aiohttp server lives in `sim_http` and is imported when it is run.
+aiohttp server lives in `thrifty.sim.http_server` and is imported when it is run.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from thrifty.profiles import PROFILES, get_profile
 from thrifty.sim.model import SpeculativeSim
+
+if TYPE_CHECKING:
+    from thrifty.sim.http_server import Faults
 
 
 # --------------------------------------------------------------------- running it
@@ -25,14 +29,14 @@ def _speculative(tokens: int, acceptance: float) -> SpeculativeSim | None:
 async def running_sim_server(profile: str = "cpu-smollm2-135m", *, model: str | None = None,
                              served_model_names: list[str] | None = None, kv_blocks: int | None = None,
                              speculative: SpeculativeSim | None = None, seed: int = 0, time_scale: float = 1.0,
-                             host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+                             host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None) -> AsyncIterator[str]:
     """Serve a simulated replica in this event loop; yields its base URL (http://host:port)."""
     from aiohttp import web
 
     from thrifty.sim.http_server import SimServer
 
     server = SimServer(get_profile(profile), model=model, served_model_names=served_model_names, kv_blocks=kv_blocks,
-                       speculative=speculative, seed=seed, time_scale=time_scale)
+                       speculative=speculative, seed=seed, time_scale=time_scale, faults=faults)
     runner = web.AppRunner(server.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -83,7 +87,7 @@ def run_sim(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"thrifty engine sim: {exc}", file=sys.stderr)
         return 2
-    print(f"simulated replica ({profile.name}, model {server.served_names[0]}) on http://{args.host}:{args.port}/v1",
+    print(f"simulated replica ({profile.name}, model {server.model_name}) on http://{args.host}:{args.port}/v1",
           flush=True)
     try:
         web.run_app(server.app(), host=args.host, port=args.port, print=None, access_log=None, handler_cancellation=True)

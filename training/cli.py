@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from thrifty.proxy.levers.embedder import encode_with_disk_cache, encoder_for
-    from thrifty.proxy.levers.router import ARTIFACT, load_labelled, train_router
+    from thrifty.proxy.levers.router import ARTIFACT
+    from thrifty.training.labels import load_labelled
+    from thrifty.training.router_fit import train_router
 
     sets = [load_labelled(p) for p in args.data]
     encoder = encoder_for(args.encoder, threads=2)
@@ -96,7 +98,8 @@ def _train(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from thrifty.proxy.levers.router import ARTIFACT, RouterModel, threshold_for_quality, threshold_for_strong_share
+    from thrifty.proxy.levers.router import ARTIFACT, RouterModel
+    from thrifty.training.router_calibration import threshold_for_quality, threshold_for_strong_share
 
     src = args.artifact or ARTIFACT
     model = RouterModel.load(src)
@@ -138,10 +141,9 @@ def _train_verifier(args: argparse.Namespace) -> int:
     import numpy as np
 
     from thrifty.proxy.levers.embedder import MiniLMEncoder, encode_with_disk_cache
-    from thrifty.proxy.levers.verifier import ARTIFACT, train_verifier
-
+    from thrifty.proxy.levers.verifier import ARTIFACT, pair_hash
     from thrifty.training.qqp_pairs import pairs_and_labels
-    from thrifty.proxy.levers.verifier import pair_hash, split_of
+    from thrifty.training.verifier_fit import split_of, train_verifier
 
     pairs, labels = pairs_and_labels(args.data)
 

@@ -39,7 +39,8 @@ def _head(src: Path, dst: Path, lines: int) -> Path:
 @pytest.fixture(scope="module")
 def small_inputs(tmp_path_factory) -> dict[str, Path]:
     from thrifty.proxy.levers.embedder import HashedNgramEncoder
-    from thrifty.proxy.levers.router import load_labelled, train_router
+    from thrifty.training.labels import load_labelled
+    from thrifty.training.router_fit import train_router
 
     tmp = tmp_path_factory.mktemp("cost")
     routing = _head(ROUTING, tmp / "routing.csv", 301)

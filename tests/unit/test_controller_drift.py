@@ -6,9 +6,8 @@ import random
 
 import pytest
 
-from thrifty.controller.drift import (
-    METHODS, Cusum, DriftMonitor, bucket_signals, spec_break_even, spec_speedup,
-)
+from thrifty.controller.drift import DriftMonitor, bucket_signals, spec_break_even, spec_speedup
+from thrifty.controller.drift_detectors import METHODS, Cusum
 from thrifty.controller.fleet import FleetView
 from thrifty.wire.stats import Histogram, StatsWindow, TierStats
 
@@ -103,7 +102,7 @@ def test_bucket_signals_from_fleet() -> None:
 
 
 def test_threshold_follows_the_false_alarm_budget() -> None:
-    from thrifty.controller.drift import cusum_arl, threshold_for
+    from thrifty.controller.drift_detectors import cusum_arl, threshold_for
     h = threshold_for(0.25, 12, 60.0)
     assert cusum_arl(1.0, h) == pytest.approx(2 * 12 * 1440 / 0.25, rel=1e-3)
     assert threshold_for(0.1, 12, 60.0) > h > threshold_for(1.0, 12, 60.0)  # fewer alarms -> higher bar
@@ -114,7 +113,7 @@ def test_threshold_follows_the_false_alarm_budget() -> None:
 def test_autocorrelated_noise_widens_the_scale() -> None:
     from collections import deque
 
-    from thrifty.controller.drift import autocorrelation_inflation
+    from thrifty.controller.drift_detectors import autocorrelation_inflation
     rng = random.Random(3)
     white = deque(rng.gauss(0, 1) for _ in range(400))
     ar, x = deque(), 0.0

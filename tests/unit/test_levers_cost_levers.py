@@ -54,7 +54,7 @@ def encoder() -> CountingEncoder:
 
 @pytest.fixture(scope="module")
 def router_model():
-    from thrifty.proxy.levers.router import train_router
+    from thrifty.training.router_fit import train_router
 
     return train_router([small_set()], HashedNgramEncoder(64).encode, embedder_name=HashedNgramEncoder(64).name, l2=1.0)
 

@@ -10,24 +10,17 @@ import pytest
 
 from thrifty.proxy.levers.embedder import HashedNgramEncoder
 from thrifty.proxy.levers.router import (
-    CLUSTER_CHOICES,
     CLUSTER_SCALE,
-    MARGINS,
     VIEW_CHARS,
-    DataFormatError,
-    LabelledSet,
     RouterModel,
-    choose_policy,
-    load_labelled,
     pick_tier,
     router_view,
-    threshold_for_quality,
-    threshold_for_strong_share,
     tier_thresholds,
-    topic_centroids,
     topic_features,
-    train_router,
 )
+from thrifty.training.labels import DataFormatError, LabelledSet, load_labelled
+from thrifty.training.router_calibration import choose_policy, threshold_for_quality, threshold_for_strong_share
+from thrifty.training.router_fit import CLUSTER_CHOICES, MARGINS, topic_centroids, train_router
 
 ENC = HashedNgramEncoder(64)
 

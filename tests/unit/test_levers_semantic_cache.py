@@ -108,13 +108,13 @@ def test_indexes_agree_on_nearest() -> None:
 def test_exported_trees_match_sklearn() -> None:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from thrifty.proxy.levers.verifier import TreeEnsemble
+    from thrifty.training.verifier_fit import trees_from_sklearn
 
     rng = np.random.default_rng(0)
     x = rng.random((1500, 5))
     y = (x[:, 0] + x[:, 1] * x[:, 2] + 0.3 * rng.random(1500) > 0.9).astype(int)
     model = HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=15).fit(x, y)
-    np.testing.assert_allclose(TreeEnsemble.from_sklearn(model).log_odds(x), model.decision_function(x), atol=1e-9)
+    np.testing.assert_allclose(trees_from_sklearn(model).log_odds(x), model.decision_function(x), atol=1e-9)
 
 
 def test_stage1_numpy_forward_matches_sklearn() -> None:
@@ -123,7 +123,8 @@ def test_stage1_numpy_forward_matches_sklearn() -> None:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
-    from thrifty.proxy.levers.verifier import PairMLP, vector_interaction
+    from thrifty.proxy.levers.verifier import vector_interaction
+    from thrifty.training.verifier_fit import mlp_from_sklearn
 
     rng = np.random.default_rng(0)
     u, v = rng.standard_normal((400, 8)).astype(np.float32), rng.standard_normal((400, 8)).astype(np.float32)
@@ -132,7 +133,7 @@ def test_stage1_numpy_forward_matches_sklearn() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # a few iterations are enough to compare forward passes
             model = MLPClassifier(hidden_layer_sizes=hidden, max_iter=100, random_state=0).fit(vector_interaction(u, v), y)
-        mlp = PairMLP.from_sklearn(model)
+        mlp = mlp_from_sklearn(model)
         np.testing.assert_allclose(mlp.probability(u, v), model.predict_proba(vector_interaction(u, v))[:, 1], atol=1e-5)
         np.testing.assert_allclose(mlp.probability(u[0], v[:3]), mlp.probability(np.repeat(u[:1], 3, axis=0), v[:3]), atol=1e-7)
         assert mlp.vector_dim == 8
@@ -201,7 +202,8 @@ SMALL_STAGE1 = {"hidden_layer_sizes": (32,), "max_iter": 200}  # a toy problem: 
 
 
 def test_train_verifier_round_trip_and_held_out(tmp_path) -> None:
-    from thrifty.proxy.levers.verifier import Verifier, pair_hash, split_of, train_verifier
+    from thrifty.proxy.levers.verifier import Verifier, pair_hash
+    from thrifty.training.verifier_fit import split_of, train_verifier
 
     pairs, labels, a, b = _city_pairs(np.random.default_rng(1))
     cosines = np.full(len(pairs), 0.9)
@@ -225,7 +227,7 @@ def test_train_verifier_round_trip_and_held_out(tmp_path) -> None:
 
 def test_stage1_carries_what_the_text_cannot(tmp_path) -> None:
     """Same texts for both labels: only the vectors tell them apart, so only stage 1 can."""
-    from thrifty.proxy.levers.verifier import split_of, train_verifier
+    from thrifty.training.verifier_fit import split_of, train_verifier
 
     pairs, labels, a, b = _city_pairs(np.random.default_rng(2))
     pairs = [(f"question {i} about a city", f"question {i} about some city") for i in range(len(pairs))]

@@ -1,0 +1,233 @@
+"""The statistics under drift detection: standardise one series, test it sequentially.
+
+Contract: `RollingBaseline` gives a lagged robust level (`center`) and noise `scale` for a
+series; `make_test(method, cusum_h)` returns a `SequentialTest` (two-sided CUSUM,
+Page-Hinkley or an EWMA chart) that reports (direction, estimated start) on alarm;
+`threshold_for` derives CUSUM's h from a fleet-wide false-alarm budget (Siegmund's
+approximation). Why: thresholds come from a budget, not a tuned constant, so they hold as
+the number of watched series changes. Measurements: docs/design/drift.md.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Method = Literal["cusum", "page_hinkley", "ewma"]
+METHODS: tuple[Method, ...] = ("cusum", "page_hinkley", "ewma")
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSpec:
+    """How noisy a signal is allowed to be: floors on the scale, minimum effect size."""
+
+    name: str
+    rel_floor: float  # scale >= rel_floor * |baseline|
+    abs_floor: float  # scale >= abs_floor
+    min_effect: float  # |shift| must be >= this relative (or absolute for shares/rates) change
+    relative: bool = True  # size reported relative to baseline (else absolute difference)
+
+
+# Winsorising bound on z: with CUSUM's k = 1 a bucket adds at most Z_CLIP - k = 2, so an alarm
+# (S > h ~ 5) needs at least ceil(h / 2) = 3 buckets of evidence: a sustained change, not a blip.
+Z_CLIP = 3.0
+CUSUM_K = 1.0
+
+
+class SequentialTest(Protocol):
+    statistic: float
+    threshold: float
+
+    def update(self, z: float, t: float) -> tuple[str, float] | None:
+        """Feed one standardised value; on alarm return (direction, estimated start time)."""
+
+    def reset(self) -> None: ...
+
+
+def cusum_arl(k: float, h: float) -> float:
+    """In-control average run length (buckets) of a one-sided CUSUM on N(0, 1) (Siegmund 1985)."""
+    b = 2 * k * (h + 1.166)
+    return (math.exp(b) - b - 1) / (2 * k * k)
+
+
+def cusum_threshold(k: float, arl: float) -> float:
+    """The h whose one-sided in-control run length is `arl` buckets (bisection on `cusum_arl`)."""
+    lo, hi = 0.0, 50.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if cusum_arl(k, mid) < arl:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def threshold_for(false_alarms_per_day: float, series: int, bucket_s: float, k: float = CUSUM_K) -> float:
+    """CUSUM h for a fleet-wide false-alarm budget spread over `series` two-sided tests."""
+    if false_alarms_per_day <= 0 or series < 1 or bucket_s <= 0:
+        raise ValueError("false_alarms_per_day, series and bucket_s must be positive")
+    two_sided_arl = series * (86400.0 / bucket_s) / false_alarms_per_day
+    return cusum_threshold(k, 2 * two_sided_arl)  # each side gets half the budget
+
+
+class Cusum:
+    """Two-sided tabular CUSUM: S = max(0, S + z - k); alarm at S > h."""
+
+    def __init__(self, k: float = CUSUM_K, h: float = 5.0) -> None:
+        self.k, self.threshold = k, h
+        self.reset()
+
+    def reset(self) -> None:
+        self.up = self.down = 0.0
+        self.up_start = self.down_start = 0.0
+        self.statistic = 0.0
+
+    def update(self, z: float, t: float) -> tuple[str, float] | None:
+        if self.up == 0.0:
+            self.up_start = t
+        if self.down == 0.0:
+            self.down_start = t
+        self.up = max(0.0, self.up + z - self.k)
+        self.down = max(0.0, self.down - z - self.k)
+        self.statistic = max(self.up, self.down)
+        if self.up > self.threshold:
+            return "up", self.up_start
+        if self.down > self.threshold:
+            return "down", self.down_start
+        return None
+
+
+class PageHinkley:
+    """Page-Hinkley on z against its running mean since the last reset."""
+
+    def __init__(self, delta: float = 0.5, lam: float = 6.0) -> None:
+        self.delta, self.threshold = delta, lam
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self.m_up = self.m_down = 0.0
+        self.min_up = self.max_down = 0.0
+        self.t_min_up = self.t_max_down = 0.0
+        self.statistic = 0.0
+
+    def update(self, z: float, t: float) -> tuple[str, float] | None:
+        self.n += 1
+        self.mean += (z - self.mean) / self.n
+        self.m_up += z - self.mean - self.delta
+        self.m_down += z - self.mean + self.delta
+        if self.m_up <= self.min_up:
+            self.min_up, self.t_min_up = self.m_up, t
+        if self.m_down >= self.max_down:
+            self.max_down, self.t_max_down = self.m_down, t
+        up, down = self.m_up - self.min_up, self.max_down - self.m_down
+        self.statistic = max(up, down)
+        if up > self.threshold:
+            return "up", self.t_min_up
+        if down > self.threshold:
+            return "down", self.t_max_down
+        return None
+
+
+class Ewma:
+    """EWMA control chart: e = lam*z + (1-lam)*e; alarm at |e| > L*sqrt(lam/(2-lam))."""
+
+    def __init__(self, lam: float = 0.3, width: float = 3.0) -> None:
+        self.lam = lam
+        self.threshold = width * math.sqrt(lam / (2 - lam))
+        self.reset()
+
+    def reset(self) -> None:
+        self.e = 0.0
+        self.start = 0.0
+        self.statistic = 0.0
+
+    def update(self, z: float, t: float) -> tuple[str, float] | None:
+        if abs(self.e) < 0.5 * self.threshold:
+            self.start = t
+        self.e = self.lam * z + (1 - self.lam) * self.e
+        self.statistic = abs(self.e)
+        if self.e > self.threshold:
+            return "up", self.start
+        if self.e < -self.threshold:
+            return "down", self.start
+        return None
+
+
+def make_test(method: Method, cusum_h: float = 5.0) -> SequentialTest:
+    if method == "cusum":
+        return Cusum(CUSUM_K, cusum_h)
+    if method == "page_hinkley":
+        return PageHinkley()
+    if method == "ewma":
+        return Ewma()
+    raise ValueError(f"unknown drift method {method!r}; use one of {', '.join(METHODS)}")
+
+
+class RollingBaseline:
+    """Rolling median of the last `size` accepted values; robust scale from a longer residual window.
+
+    Values (and their residuals from the median in force when they were seen) are fed
+    `lag` buckets late, so a change under way is not learned as normal before it is caught.
+    The noise level changes more slowly than the level, so the scale is the MAD of the last
+    `scale_size` residuals from the rolling median (why 180: docs/design/drift.md).
+    """
+
+    def __init__(self, size: int = 30, lag: int = 6, scale_size: int = 180, min_residuals: int = 30) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self.residuals: deque[float] = deque(maxlen=scale_size)
+        self.pending: deque[tuple[float, float | None]] = deque()
+        self.lag, self.min_residuals = lag, min_residuals
+
+    def push(self, x: float, residual: float | None = None) -> None:
+        self.pending.append((x, residual))
+        while len(self.pending) > self.lag:
+            value, res = self.pending.popleft()
+            self.values.append(value)
+            if res is not None:
+                self.residuals.append(res)
+
+    def clear(self) -> None:
+        """Forget the level (it has moved); the residuals, i.e. the noise level, are kept."""
+        self.values.clear()
+        self.pending.clear()
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def center(self) -> float:
+        return statistics.median(self.values)
+
+    def scale(self, spec: SignalSpec) -> float:
+        """Noise scale for the sequential test: robust sigma times the autocorrelation inflation."""
+        med = self.center()
+        if len(self.residuals) >= self.min_residuals:
+            mad = statistics.median(abs(r) for r in self.residuals) * 1.4826
+            mad *= math.sqrt(autocorrelation_inflation(self.residuals, mad))
+        else:
+            mad = statistics.median(abs(v - med) for v in self.values) * 1.4826
+        return max(mad, spec.rel_floor * abs(med), spec.abs_floor)
+
+
+def autocorrelation_inflation(residuals: deque[float], sigma: float, max_rho: float = 0.8) -> float:
+    """Long-run variance over the one-bucket variance, (1 + rho) / (1 - rho) for AR(1) noise.
+
+    A cumulative test sums buckets; with positively correlated neighbours the sum of n
+    buckets varies by n (1 + rho) / (1 - rho) sigma^2, not n sigma^2, so the threshold's run
+    length would not hold. rho is the lag-1 autocorrelation of the residuals, winsorised at
+    3 sigma so one wild bucket does not drive it; negative rho is treated as 0.
+    """
+    if sigma <= 0 or len(residuals) < 3:
+        return 1.0
+    r = [min(max(x, -3 * sigma), 3 * sigma) for x in residuals]
+    mean = statistics.fmean(r)
+    var = sum((x - mean) ** 2 for x in r)
+    if var <= 0:
+        return 1.0
+    rho = sum((r[i] - mean) * (r[i + 1] - mean) for i in range(len(r) - 1)) / var
+    rho = min(max(rho, 0.0), max_rho)
+    return (1 + rho) / (1 - rho)
