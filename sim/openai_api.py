@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 CHARS_PER_TOKEN = 4
 CHAT_TOKENS_PER_MESSAGE = 4  # <|im_start|>role\n ... <|im_end|>\n
 CHAT_GENERATION_PROMPT_TOKENS = 3  # <|im_start|>assistant\n
@@ -82,12 +84,21 @@ class Generation:
         return result
 
 
+def _lax(kind: type, value: Any, name: str) -> Any:
+    """`value` coerced as vLLM's pydantic request models coerce it (lax mode: 1.0 -> 1, "0.5" -> 0.5)."""
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError:
+        raise RequestError(f"{name} must be {'an integer' if kind is int else 'a ' + kind.__name__}", param=name) from None
+
+
 def _int_field(body: dict[str, Any], name: str, default: int | None, *, low: int, high: int | None = None) -> int | None:
-    value = body.get(name, default)
+    value = body.get(name)
+    if value is None:  # absent or null: the default, as vLLM's request models do
+        value = default
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"{name} must be an integer", param=name)
+    value = _lax(int, value, name)
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"between {low} and {high}"
         raise RequestError(f"{name} must be {bound}, got {value}", param=name)
@@ -108,9 +119,10 @@ def _message_text(message: Any, index: int) -> tuple[str, str]:
     if isinstance(content, list):
         parts = []
         for part in content:
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise RequestError(f"messages[{index}].content parts must be text parts", param="messages")
-            parts.append(part["text"])
+            if not isinstance(part, dict):
+                raise RequestError(f"messages[{index}].content parts must be objects", param="messages")
+            if isinstance(part.get("text"), str):  # other parts (images, odd shapes) carry no text for this model
+                parts.append(part["text"])
         return role, "\n".join(parts)
     raise RequestError(f"messages[{index}].content must be a string or a list of parts", param="messages")
 
@@ -179,9 +191,7 @@ def parse_generation(kind: str, body: Any, served_names: list[str] | None, block
         max_tokens = _int_field(body, "max_completion_tokens", None, low=1)
         if max_tokens is None:
             max_tokens = _int_field(body, "max_tokens", None, low=1)
-        logprobs_flag = body.get("logprobs", False)
-        if not isinstance(logprobs_flag, bool):
-            raise RequestError("logprobs must be a boolean", param="logprobs")
+        logprobs_flag = _lax(bool, body.get("logprobs") or False, "logprobs")
         top = _int_field(body, "top_logprobs", 0, low=0, high=20)
         logprobs = top if logprobs_flag else None
     else:
@@ -197,30 +207,26 @@ def parse_generation(kind: str, body: Any, served_names: list[str] | None, block
         logprobs = _int_field(body, "logprobs", None, low=0, high=20)
     n = _int_field(body, "n", 1, low=1, high=128)
     assert n is not None
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise RequestError("stream must be a boolean", param="stream")
+    stream = _lax(bool, body.get("stream") or False, "stream")
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
         raise RequestError("stream_options must be an object", param="stream_options")
     if options and not stream:
         raise RequestError("Stream options can only be defined when `stream=True`.", param="stream_options")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError("seed must be an integer", param="seed")
-    ignore_eos = body.get("ignore_eos", False)
-    if not isinstance(ignore_eos, bool):
-        raise RequestError("ignore_eos must be a boolean", param="ignore_eos")
+    if seed is not None:
+        seed = _lax(int, seed, "seed")
+    ignore_eos = _lax(bool, body.get("ignore_eos") or False, "ignore_eos")
     min_tokens = _int_field(body, "min_tokens", 0, low=0)
     assert min_tokens is not None
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise RequestError(f"{name} must be a number", param=name)
+        if value is not None:
+            _lax(float, value, name)
     digest = hashlib.blake2b(repr((kind, prompts)).encode(), digest_size=4).digest()
     return Generation(
         kind=kind, model=model, prompts=prompts, n=n, max_tokens=max_tokens, min_tokens=min_tokens,
-        ignore_eos=ignore_eos, stream=stream, include_usage=bool(options.get("include_usage")),
+        ignore_eos=ignore_eos, stream=stream, include_usage=_lax(bool, options.get("include_usage") or False, "stream_options"),
         logprobs=logprobs, seed=seed if seed is not None else int.from_bytes(digest, "big"),
         tool_name=_tool_name(body) if kind == "chat" else None,
     )
