@@ -26,7 +26,8 @@ from thrifty.proxy.balance.filters import PickRequest
 from thrifty.proxy.balance.kv_hub import KvEventHub, kv_event_sources, tier_tokenizer
 from thrifty.proxy.balance.pool import SCRAPE_INTERVAL_S, ReplicaPool, replica_urls
 from thrifty.proxy.http.errors import ApiError
-from thrifty.proxy.http.front import FrontServer, aiohttp_handler
+from thrifty.proxy.http.front import FrontServer
+from thrifty.proxy.http.messages import aiohttp_handler
 from thrifty.proxy.http.upstream import UpstreamPool
 from thrifty.proxy.levers.protocol import Levers, NoLevers
 from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S, CostModel

@@ -25,7 +25,7 @@ from typing import Any
 from thrifty.config import Config, Tier
 from thrifty.proxy.http.conform import ORIGIN_KEY, cached_answer
 from thrifty.proxy.http.errors import ApiError
-from thrifty.proxy.http.front import FrontRequest, Reply, StreamReply, error_reply, json_reply
+from thrifty.proxy.http.messages import FrontRequest, Reply, StreamReply, error_reply, json_reply
 from thrifty.proxy.http.sse import answer_as_sse
 from thrifty.proxy.levers.protocol import CachedAnswer, Levers
 from thrifty.proxy.observe.accounting import CostModel, Usage

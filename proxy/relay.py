@@ -26,7 +26,7 @@ from thrifty.proxy.balance.filters import PickRequest
 from thrifty.proxy.balance.pool import ReplicaPool, ReplicaState
 from thrifty.proxy.http.conform import StreamEditor, rewrite_model
 from thrifty.proxy.http.errors import ApiError, upstream_error_body
-from thrifty.proxy.http.front import FrontRequest, Reply, StreamReply
+from thrifty.proxy.http.messages import FrontRequest, Reply, StreamReply
 from thrifty.proxy.http.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
 from thrifty.proxy.observe.accounting import Usage
 from thrifty.proxy.observe.metrics import SidecarMetrics
