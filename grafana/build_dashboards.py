@@ -100,6 +100,20 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         panel("Speculative decoding acceptance (vLLM)", [(
             f"{rate('vllm:spec_decode_num_accepted_tokens_total')} / {rate('vllm:spec_decode_num_draft_tokens_total')}",
             "{{tier}}")], unit="percentunit"),
+        panel("Shared cache (Redis): hits by origin", [
+            (rate("thrifty_shared_cache_lookups_total", NS + ',result=~"hit.*"', "kind, result"), "{{kind}} {{result}}")],
+            unit="reqps", w=8, description="exact: hits from Redis after a local miss; semantic: mirror hits on this "
+                                          "pod's own entries (hit_local) or another pod's (hit_remote)"),
+        panel("Shared cache: mirror lag", [
+            (f"histogram_quantile(0.5, sum by (le) (rate(thrifty_shared_cache_mirror_lag_seconds_bucket{{{NS}}}[{R}])))", "p50"),
+            (f"histogram_quantile(0.99, sum by (le) (rate(thrifty_shared_cache_mirror_lag_seconds_bucket{{{NS}}}[{R}])))", "p99"),
+            (f"max(thrifty_shared_cache_rebuild_seconds{{{NS}}})", "last rebuild (s)"),
+        ], unit="s", w=8, description="another pod's insert to this mirror applying it; the issue's goal is p99 <= 250 ms"),
+        panel("Shared cache: sync errors and pods using it", [
+            (rate("thrifty_shared_cache_sync_errors_total", NS, "op"), "errors/s {{op}}"),
+            (f"sum(thrifty_shared_cache_up{{{NS}}})", "pods with the tier up"),
+        ], w=8, description="Redis failures by operation (each feeds the breaker); a pod whose breaker is open "
+                            "answers from its local cache and reads 0"),
     ]),
     "thrifty-drift-scaling": ("Thrifty / Drift & scaling", [
         panel("Active drift alerts", [(f"sum(thrifty_controller_drift_alerts{{{NS}}}) or on() vector(0)", "active")],

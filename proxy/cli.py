@@ -39,6 +39,12 @@ def parse_replicas(specs: list[str]) -> dict[str, list[str]]:
 def run(args: argparse.Namespace) -> int:
     """Run the sidecar on uvloop: the same asyncio API at roughly half the event-loop CPU per request."""
     import asyncio
+    import os
+
+    # numpy's BLAS (the verifier's network) on one thread: the calls are tiny and run on the
+    # event loop, where a thread pool only adds waits (measured: verifier p99 47 -> 4.8 ms on
+    # a busy machine, docs/design/shared-cache.md). Before anything imports numpy.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
     import uvloop
 

@@ -6,7 +6,8 @@ URLs. Ctrl-C (or SIGTERM) stops the sidecar first, then the controller, then dra
 the engines. Every port is checked free before anything starts (so no health check is
 answered by another instance), secrets reach the children through their environment
 only (never argv, never the console), and each start-up step reports its elapsed time
-against the usual one, at least every few seconds.
+against the usual one, at least every few seconds. `--shared-cache` adds a local
+redis-server (data in the log dir) and a second sidecar, both with `cache.shared` on it.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--observe", action="store_true",
         help="also start Prometheus (Debian package `prometheus`) scraping the stack with grafana/rules loaded; prints its URL",
+    )
+    parser.add_argument(
+        "--shared-cache", action="store_true",
+        help="also start a local redis-server (Debian package `redis-server`) on a free loopback port, data in the log "
+        "dir, and a second sidecar on the sidecar port + 1; both share their caches through it (cache.shared)",
     )
     parser.add_argument("--no-controller", action="store_true", help="run without the controller")
     parser.add_argument("--log-dir", default=None, help="where engine, sidecar and controller logs go (default: a temp dir)")
@@ -264,10 +270,18 @@ async def _up(args: argparse.Namespace) -> int:
     prometheus = shutil.which("prometheus") if args.observe else None
     if args.observe and prometheus is None:
         raise RuntimeError("--observe needs Prometheus: apt-get install prometheus (Debian package)")
+    redis_binary = None
+    if args.shared_cache:
+        from thrifty.proxy.levers.shared.local_server import redis_server_binary
+
+        if (redis_binary := redis_server_binary()) is None:
+            raise RuntimeError("--shared-cache needs Redis: apt-get install redis-server (Debian package)")
     prom_port = (args.port_base + PROMETHEUS_OFFSET) if args.port_base is not None else DEFAULT_PROMETHEUS_PORT
     listen = config.listen
 
     wanted = [("sidecar", listen.host, listen.port)]
+    if args.shared_cache:
+        wanted.append(("second sidecar (--shared-cache)", listen.host, listen.port + 1))
     if not args.no_controller:
         for role, addr in (("controller HTTP", config.controller.listen_http), ("controller gRPC", config.controller.listen_grpc)):
             wanted.append((role, *_split_addr(addr)))
@@ -298,6 +312,7 @@ async def _up(args: argparse.Namespace) -> int:
     telemetry_token = os.environ.get("THRIFTY_TELEMETRY_TOKEN") or secrets.token_urlsafe(16)
     child_env = {**os.environ, "THRIFTY_CONTROLLER_TOKEN": token, "THRIFTY_TELEMETRY_TOKEN": telemetry_token}
     sidecar_env = {k: v for k, v in child_env.items() if k != "THRIFTY_CONTROLLER_TOKEN"}
+    redis = None
     try:
         names = ", ".join(f"{s.tier}[{s.index}] ({config.tier(s.tier).engine.kind}) on {s.url}" for s in specs)
         await step(f"[1/4] starting engines: {names}", _usual_engine_start_s(config), supervisor.start(),
@@ -322,6 +337,12 @@ async def _up(args: argparse.Namespace) -> int:
             print("[2/4] controller: off (--no-controller)", flush=True)
 
         sidecar_cfg = runtime_config(raw, urls, None, controller_target)
+        if redis_binary is not None:
+            from thrifty.proxy.levers.shared.local_server import LocalRedis
+
+            redis = LocalRedis(log_dir / "redis")
+            await step(f"[3/4] starting redis-server on 127.0.0.1:{redis.port} (--shared-cache)", 1, asyncio.to_thread(redis.start))
+            sidecar_cfg["cache"] = {**(sidecar_cfg.get("cache") or {}), "shared": {"url": redis.url}}
         cfg_path = log_dir / "sidecar.yaml"
         cfg_path.write_text(yaml.safe_dump(sidecar_cfg))
         proxy = await _start_child([sys.executable, "-m", "thrifty.cli", "proxy", "--config", str(cfg_path)],
@@ -329,6 +350,15 @@ async def _up(args: argparse.Namespace) -> int:
         children.append(proxy)
         base = f"http://{listen.host}:{listen.port}"
         await step(f"[3/4] starting the sidecar on {base}", 8, _wait_http(base + "/healthz", 60, proxy))
+        second = None
+        if redis is not None:
+            cfg_path = log_dir / "sidecar-2.yaml"
+            cfg_path.write_text(yaml.safe_dump({**sidecar_cfg, "listen": {**(sidecar_cfg.get("listen") or {}), "port": listen.port + 1}}))
+            proxy2 = await _start_child([sys.executable, "-m", "thrifty.cli", "proxy", "--config", str(cfg_path)],
+                                        log_dir / "sidecar-2.log", sidecar_env)
+            children.append(proxy2)
+            second = f"http://{listen.host}:{listen.port + 1}"
+            await step(f"[3/4] starting the second sidecar on {second} (shares the cache)", 8, _wait_http(second + "/healthz", 60, proxy2))
 
         prom_url = None
         if prometheus is not None:
@@ -348,6 +378,9 @@ async def _up(args: argparse.Namespace) -> int:
         served = ", ".join(n for t in config.tiers for n in t.served_names)
         print(f"\nthrifty is up. Point an OpenAI client at {base}/v1 (models: {served})", flush=True)
         print(f"metrics: {base}/metrics   stop: Ctrl-C", flush=True)
+        if second and redis is not None:
+            print(f"shared cache: {second}/v1 is a second sidecar; both cache through redis-server on 127.0.0.1:{redis.port} "
+                  "(a question answered by one is a cache hit on the other: reply header X-Thrifty-Cache)", flush=True)
         if prom_url:
             print(f"prometheus: {prom_url} (rules: {GRAFANA_RULES.name}; try {prom_url}/graph?g0.expr=tier:thrifty_requests:rate5m)", flush=True)
         if http_addr:
@@ -358,6 +391,8 @@ async def _up(args: argparse.Namespace) -> int:
         print("stopping...", flush=True)
         for child in reversed(children):
             await _stop_child(child)
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
         await supervisor.stop()
         print("stopped.", flush=True)
     return 0

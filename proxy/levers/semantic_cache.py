@@ -76,6 +76,16 @@ class NumpyIndex:
             self._keys[slot] = self._keys[last]
             self._slot[int(self._keys[slot])] = slot
 
+    def add_many(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        n, m = len(self._slot), len(keys)
+        if n + m > len(self._keys):
+            size = max(2 * len(self._keys), n + m)
+            self._vectors = np.concatenate([self._vectors[:n], np.zeros((size - n, self._vectors.shape[1]), np.float32)])
+            self._keys = np.concatenate([self._keys[:n], np.zeros(size - n, np.int64)])
+        self._vectors[n:n + m] = vectors
+        self._keys[n:n + m] = keys
+        self._slot.update(zip(keys.tolist(), range(n, n + m)))
+
     def search(self, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         n = len(self._slot)
         if n == 0:
@@ -147,8 +157,7 @@ class AdaptiveIndex:
         elif isinstance(self._inner, HnswIndex):
             self._inner.add_many(keys, vectors)
         else:
-            for key, vector in zip(keys.tolist(), vectors, strict=True):
-                self._inner.add(key, vector)
+            self._inner.add_many(keys, vectors)
 
     def remove(self, key: int) -> None:
         self._inner.remove(key)
@@ -171,7 +180,7 @@ class _Entry:
     partition: str
     text: str
     vector: np.ndarray  # kept for the verifier (already counted in `size`)
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes  # bytes: an answer kept compressed (a shared-cache mirror's entry)
     size: int
     expires_at: float
 
@@ -251,13 +260,15 @@ class SemanticCache:
         `ttl_s` overrides the configured TTL (a mirrored entry keeps its remaining life)."""
         return self.insert_many([(partition, text, vector, body, ttl_s)])[0]
 
-    def insert_many(self, items: list[tuple[str, str, np.ndarray, dict[str, Any], float | None]]) -> list[int | None]:
+    def insert_many(self, items: list[tuple[str, str, np.ndarray, dict[str, Any] | bytes, float | None]]) -> list[int | None]:
         """Bulk insert, one index call per partition (what makes a mirror rebuild fast)."""
         now = self._clock()
         out: list[int | None] = []
         grouped: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         for partition, text, vector, body, ttl_s in items:
-            size = len(canonical_json(body).encode()) + len(text.encode()) + vector.nbytes + _VECTOR_OVERHEAD
+            # bytes: an answer kept compressed (a shared-cache mirror inflates it on a hit)
+            body_size = len(body) if isinstance(body, bytes) else len(canonical_json(body).encode())
+            size = body_size + len(text.encode()) + vector.nbytes + _VECTOR_OVERHEAD
             if size > self.max_bytes:
                 out.append(None)
                 continue

@@ -7,8 +7,9 @@ import pytest
 
 from thrifty.config import ConfigError, parse_config
 from thrifty.proxy.levers.shared.breaker import CircuitBreaker
+from thrifty.proxy.levers.semantic_cache import AdaptiveIndex, SemanticCache
 from thrifty.proxy.levers.shared.keys import (EntryTooLarge, SemanticEntry, exact_key, pack_body, pack_entry,
-                                              semantic_key, unpack_body, unpack_entry)
+                                              semantic_key, unpack_body, unpack_entry, unpack_entry_lazy)
 
 BASE = {"tiers": [{"name": "a", "model": "m", "price": {"gpu_hour": 1}}]}
 
@@ -42,6 +43,32 @@ def test_entry_codec_round_trip_compressed_and_capped() -> None:
     assert unpack_body(pack_body(body, 1 << 20)) == body
     with pytest.raises(EntryTooLarge):
         pack_body({"x": np.random.default_rng(1).bytes(4000).hex()}, 1000)
+
+
+def test_lazy_entry_keeps_the_answer_compressed_and_refuses_other_formats() -> None:
+    vector = np.random.default_rng(0).standard_normal(8).astype(np.float32)
+    body = {"choices": [{"message": {"content": "an answer"}}]}
+    blob = pack_entry(SemanticEntry("p", "Is the secret question?", vector, body, 9), 1 << 20)
+    assert b"secret" not in blob and b"an answer" not in blob  # nothing readable in the value
+    lazy = unpack_entry_lazy(blob)
+    assert (lazy.partition, lazy.text, lazy.expires_ms) == ("p", "Is the secret question?", 9)
+    assert unpack_body(lazy.body_zlib) == body and np.array_equal(lazy.vector, vector)
+    with pytest.raises(ValueError, match="format"):
+        unpack_entry_lazy(b"\x01" + blob[1:])
+
+
+def test_bulk_insert_with_compressed_bodies_finds_what_single_inserts_find() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = AdaptiveIndex(16, hnsw_from=10_000)
+    index.add_many(np.arange(300, dtype=np.int64), vectors)  # stays exact numpy: one bulk copy
+    keys, sims = index.search(vectors[123], 1)
+    assert keys[0] == 123 and sims[0] == pytest.approx(1.0, abs=1e-5)
+    cache = SemanticCache(16, max_bytes=1 << 20, ttl_s=60, similarity_floor=0.9, verifier=None)
+    packed = pack_body({"a": 1}, 1 << 20)
+    cache.insert_many([("p", f"q{i}", vectors[i], packed, None) for i in range(5)])
+    assert cache.lookup("p", "q2", vectors[2]).body == packed  # the mirror subclass inflates it on a hit
 
 
 def test_breaker_opens_after_failures_and_probes_after_cooldown() -> None:

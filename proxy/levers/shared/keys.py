@@ -24,7 +24,8 @@ import numpy as np
 
 from thrifty.proxy.levers.exact_cache import canonical_json
 
-_HEADER = struct.Struct("<IHq")  # partition length, vector dim, expiry (unix ms)
+_HEADER = struct.Struct("<BIIHq")  # format version, partition length, question length, vector dim, expiry (unix ms)
+_VERSION = 2  # 2: the question compressed apart from the answer, so a mirror indexes an entry without inflating the answer
 
 
 class EntryTooLarge(ValueError):
@@ -75,22 +76,41 @@ class SemanticEntry:
 
 
 def pack_entry(entry: SemanticEntry, cap: int) -> bytes:
-    """header | partition | float32 vector | zlib(JSON {q, a}); EntryTooLarge over `cap`."""
+    """header | partition | zlib(question) | float32 vector | zlib(JSON answer); EntryTooLarge over `cap`."""
     vector = np.ascontiguousarray(entry.vector, dtype=np.float32)
-    payload = zlib.compress(canonical_json({"q": entry.text, "a": entry.body}).encode(), 6)
-    part = entry.partition.encode()
-    blob = _HEADER.pack(len(part), vector.shape[0], entry.expires_ms) + part + vector.tobytes() + payload
+    payload = zlib.compress(canonical_json(entry.body).encode(), 6)
+    part, text = entry.partition.encode(), zlib.compress(entry.text.encode("utf-8", "surrogateescape"), 1)
+    blob = _HEADER.pack(_VERSION, len(part), len(text), vector.shape[0], entry.expires_ms) + part + text + vector.tobytes() + payload
     if len(blob) > cap:
         raise EntryTooLarge(f"compressed entry is {len(blob)} bytes, cap {cap}")
     return blob
 
 
-def unpack_entry(blob: bytes) -> SemanticEntry:
-    plen, dim, expires_ms = _HEADER.unpack_from(blob)
+@dataclass(slots=True)
+class PackedEntry:
+    """An entry as a mirror indexes it: the answer stays compressed until a hit needs it."""
+
+    partition: str
+    text: str
+    vector: np.ndarray
+    body_zlib: bytes
+    expires_ms: int
+
+
+def unpack_entry_lazy(blob: bytes) -> PackedEntry:
+    """Everything but the answer decoded (no inflate, no JSON); ValueError on another format."""
+    version, plen, tlen, dim, expires_ms = _HEADER.unpack_from(blob)
+    if version != _VERSION:
+        raise ValueError(f"entry format {version}, expected {_VERSION}")
     at = _HEADER.size
     partition = blob[at:at + plen].decode()
     at += plen
+    text = zlib.decompress(blob[at:at + tlen]).decode("utf-8", "surrogateescape")
+    at += tlen
     vector = np.frombuffer(blob, dtype=np.float32, count=dim, offset=at).copy()
-    at += dim * 4
-    payload = json.loads(zlib.decompress(blob[at:]))
-    return SemanticEntry(partition=partition, text=payload["q"], vector=vector, body=payload["a"], expires_ms=expires_ms)
+    return PackedEntry(partition, text, vector, blob[at + dim * 4:], expires_ms)
+
+
+def unpack_entry(blob: bytes) -> SemanticEntry:
+    packed = unpack_entry_lazy(blob)
+    return SemanticEntry(packed.partition, packed.text, packed.vector, unpack_body(packed.body_zlib), packed.expires_ms)

@@ -6,9 +6,9 @@ and appends it to one Redis Stream. Every sidecar runs a consumer that reads the
 (blocking XREAD) and applies other pods' puts and deletes to its mirror, so an insert on
 any pod becomes visible on all within milliseconds. On start, and after every lost
 connection, the consumer notes the stream's last id, then rebuilds the mirror from the
-entry keys (SCAN + pipelined GET, bulk index insert) and resumes the stream from that id:
-nothing inserted meanwhile is missed, and applying an entry twice is a no-op (entry ids
-are a hash of partition + question). Expiry travels with the entry (wall-clock ms).
+entry keys (SCAN + one MGET per hash tag, bulk index insert; answers stay compressed
+until a hit) and resumes the stream from that id: nothing inserted meanwhile is missed,
+and applying an entry twice is a no-op (entry ids are a hash of partition + question). Expiry travels with the entry (wall-clock ms).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 
 from thrifty.proxy.levers.semantic_cache import SemanticCache, SemanticHit
 from thrifty.proxy.levers.shared.keys import (EntryTooLarge, SemanticEntry, pack_entry, semantic_key, semantic_match,
-                                              stream_key, unpack_entry)
+                                              stream_key, unpack_body, unpack_entry_lazy)
 from thrifty.proxy.levers.shared.tier import REDIS_ERRORS, SharedTier, SharedUnavailable
 
 log = logging.getLogger(__name__)
-_SCAN_BATCH = 2000
+_SCAN_BATCH = 5000
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -48,6 +48,13 @@ class SharedSemanticCache(SemanticCache):
 
     def lookup(self, partition: str, text: str, vector: np.ndarray) -> SemanticHit | None:
         hit = super().lookup(partition, text, vector)
+        if hit is not None and isinstance(hit.body, bytes):  # another pod's answer, still compressed
+            try:
+                hit.body = unpack_body(hit.body)
+            except (ValueError, zlib.error):
+                self.tier.metrics.sync_errors.labels("decode").inc()
+                self.remove(hit.key)
+                return None
         if hit is not None:
             self.tier.metrics.lookups.labels("semantic", "hit_remote" if hit.key in self._remote else "hit_local").inc()
         return hit
@@ -169,14 +176,16 @@ class SharedSemanticCache(SemanticCache):
         wanted = [n for n in names if self._ids.get(n.decode(), -1) not in self]
         if not wanted:
             return 0
+        groups: dict[bytes, list[bytes]] = {}  # by hash tag: one slot, so one MGET is Cluster-safe
+        for name in wanted:
+            groups.setdefault(name[name.index(b"{"):name.index(b"}") + 1], []).append(name)
         async with r.pipeline(transaction=False) as pipe:
-            for name in wanted:
-                pipe.get(name)
-            blobs = await pipe.execute()
+            for names in groups.values():
+                pipe.mget(names)
+            replies = await pipe.execute()
         entries = []
-        for name, blob in zip(wanted, blobs, strict=True):
-            if blob is not None:
-                entries.append((name.decode(), blob))
+        for names, blobs in zip(groups.values(), replies, strict=True):
+            entries += [(name.decode(), blob) for name, blob in zip(names, blobs, strict=True) if blob is not None]
         return self._insert_remote(entries)
 
     def _apply(self, messages: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
@@ -203,14 +212,14 @@ class SharedSemanticCache(SemanticCache):
             if self._ids.get(entry_id, -1) in self:
                 continue  # ours, or already mirrored
             try:
-                entry = unpack_entry(blob)
-            except (ValueError, KeyError, zlib.error):
+                entry = unpack_entry_lazy(blob)  # the answer is inflated only if a lookup hits it
+            except (ValueError, zlib.error):
                 self.tier.metrics.sync_errors.labels("decode").inc()
                 continue
             ttl_s = (entry.expires_ms - now_ms) / 1000
             if ttl_s <= 0 or entry.vector.shape[0] != self.dim:
                 continue
-            items.append((entry.partition, entry.text, entry.vector, entry.body, ttl_s))
+            items.append((entry.partition, entry.text, entry.vector, entry.body_zlib, ttl_s))
             ids.append(entry_id)
         keys = self.insert_many(items) if items else []
         for entry_id, key in zip(ids, keys, strict=True):
