@@ -3,7 +3,8 @@
 Windows from all sidecars land in fixed time buckets (by their end time), so the view
 can answer "the last minute" for the TUI and hand the drift detector one finished
 bucket at a time. Counters are summed across sidecars; replica gauges keep the latest
-report per replica; queue depths keep the latest per sidecar and are summed.
+report per replica; queue depths keep the latest per sidecar and are summed. The shared
+(Redis) cache tier's counters are summed per bucket and its `up` gauge kept per sidecar.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats, ratio
+from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats, ratio
 
 
 @dataclass(slots=True)
@@ -20,6 +21,7 @@ class Bucket:
     start: float
     width: float
     tiers: dict[str, TierStats] = field(default_factory=dict)
+    shared: SharedCacheStats | None = None  # summed over the sidecars that have a shared tier
 
     @property
     def end(self) -> float:
@@ -93,6 +95,29 @@ class TierSummary:
         return (self.input_tokens + self.output_tokens) / self.span_s if self.span_s > 0 else 0.0
 
 
+@dataclass(slots=True)
+class SharedSummary:
+    """The shared cache tier across the fleet over a span: `pods` report one, `pods_up` use it now."""
+
+    span_s: float
+    pods: int
+    pods_up: int
+    requests: int  # all requests the fleet answered in the span (the hit rate's denominator)
+    totals: SharedCacheStats
+
+    @property
+    def hit_rate(self) -> float | None:
+        return ratio(self.totals.hits, self.requests)
+
+    @property
+    def mirror_lag_p99(self) -> float | None:
+        return self.totals.mirror_lag.quantile(0.99)
+
+    @property
+    def mirror_lag_mean(self) -> float | None:
+        return ratio(self.totals.mirror_lag.sum, self.totals.mirror_lag.count)
+
+
 def summarize(tier: str, parts: list[TierStats], span_s: float) -> TierSummary:
     total = TierStats(tier=tier)
     draft = accepted = 0.0
@@ -128,6 +153,7 @@ class FleetView:
         self._replicas: dict[tuple[str, str], _Gauge] = {}
         self._queues: dict[tuple[str, str], float] = {}  # (sidecar, tier) -> depth
         self._inflight: dict[tuple[str, str], dict[str, float]] = {}  # (sidecar, tier) -> url -> in flight
+        self._shared_up: dict[str, tuple[bool, float]] = {}  # sidecar -> (shared tier up, window end)
         self.last_time = 0.0
 
     # -- ingest -------------------------------------------------------------
@@ -149,6 +175,12 @@ class FleetView:
             self._inflight[(sidecar_id, ts.tier)] = {r.url: r.inflight for r in ts.replicas}
             for r in ts.replicas:
                 self._replicas[(ts.tier, r.url)] = _Gauge(r, window.window_end)
+        if window.shared_cache is not None:
+            if bucket is not None:
+                if bucket.shared is None:
+                    bucket.shared = SharedCacheStats()
+                bucket.shared.add(window.shared_cache)
+            self._shared_up[sidecar_id] = (window.shared_cache.up, window.window_end)
         self.last_time = max(self.last_time, window.window_end)
         if len(self._replicas) > self.max_replicas:
             self._prune_replicas()
@@ -165,6 +197,7 @@ class FleetView:
             del self._queues[key]
         for key in [k for k in self._inflight if k[0] == sidecar_id]:
             del self._inflight[key]
+        self._shared_up.pop(sidecar_id, None)
 
     def _bucket_for(self, t: float) -> Bucket | None:
         start = math.floor(t / self.bucket_s) * self.bucket_s
@@ -193,6 +226,19 @@ class FleetView:
         names = [tier] if tier is not None else self.tier_names
         parts = [b.tiers[n] for b in buckets for n in names if n in b.tiers]
         return summarize(tier or "", parts, span_s)
+
+    def shared_summary(self, now: float, span_s: float, stale_s: float = 60.0) -> SharedSummary | None:
+        """The shared tier over the span, or None when no sidecar reported one in it (or lately)."""
+        buckets = [b for b in self._buckets if now - span_s - 1e-9 <= b.start and b.start < now]
+        pods = [up for up, t in self._shared_up.values() if now - t <= stale_s]
+        parts = [b.shared for b in buckets if b.shared is not None]
+        if not pods and not parts:
+            return None
+        totals = SharedCacheStats()
+        for p in parts:
+            totals.add(p)
+        requests = sum(t.requests for b in buckets for n, t in b.tiers.items() if n in self._known)
+        return SharedSummary(span_s=span_s, pods=len(pods), pods_up=sum(pods), requests=requests, totals=totals)
 
     def routing_share(self, now: float, span_s: float) -> dict[str, float | None]:
         sums = {n: self.summary(n, now, span_s) for n in self.tier_names}

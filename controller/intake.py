@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 
 MAX_SIDECAR_ID = 128
 SIDECAR_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,127}$")
@@ -89,6 +89,12 @@ def _tier(t: TierStats) -> None:
         _replica(r, t.tier)
 
 
+def _shared(s: SharedCacheStats) -> None:
+    for name in ("exact_hits", "semantic_hits", "sync_errors"):
+        _number(getattr(s, name), f"shared_cache {name}", MAX_COUNT)
+    _histogram(s.mirror_lag, "shared_cache mirror_lag")
+
+
 @dataclass(slots=True)
 class Checked:
     window: StatsWindow
@@ -114,5 +120,7 @@ def check_window(window: StatsWindow, tiers: frozenset[str], now: float, *, max_
             continue
         _tier(t)
         kept.append(t)
+    if window.shared_cache is not None:
+        _shared(window.shared_cache)
     window.tiers = kept
     return Checked(window, unknown)

@@ -303,9 +303,23 @@ class ControlPlane:
                 "error_rate": whole.error_rate,
                 "cache_hit_rate": {"exact": whole.exact_hit_rate, "semantic": whole.semantic_hit_rate},
                 "savings_history": self.fleet.savings_history(now),
+                "shared_cache": self.shared_cache_json(now),
             },
             "tiers": tiers,
             "sidecars": len(self.sidecars),
+        }
+
+    def shared_cache_json(self, now: float) -> dict[str, Any] | None:
+        """`fleet.shared_cache` (docs/contracts.md): None when no sidecar reports a shared tier."""
+        s = self.fleet.shared_summary(now, VIEW_SPAN_S)
+        if s is None:
+            return None
+        ms = lambda v: None if v is None else v * 1000  # noqa: E731
+        return {
+            "pods": s.pods, "pods_up": s.pods_up, "hit_rate": s.hit_rate,
+            "exact_hits": s.totals.exact_hits, "semantic_hits": s.totals.semantic_hits,
+            "mirror_lag_p99_ms": ms(s.mirror_lag_p99), "mirror_lag_mean_ms": ms(s.mirror_lag_mean),
+            "sync_errors": s.totals.sync_errors,
         }
 
     def tier_json(self, name: str, now: float | None = None, share: float | None = None) -> dict[str, Any]:

@@ -18,7 +18,9 @@ thrifty_cost_dollars_total, thrifty_baseline_cost_dollars_total, thrifty_ttft_se
 thrifty_itl_seconds, thrifty_queue_depth, thrifty_router_decisions_total,
 thrifty_replica_{up,waiting,running,kv_cache_usage,inflight}, and, when the sidecar
 scrapes them, thrifty_replica_spec_{draft,accepted}_tokens (gauges holding the
-replica's vllm:spec_decode_num_{draft,accepted}_tokens_total).
+replica's vllm:spec_decode_num_{draft,accepted}_tokens_total); with a shared cache tier,
+thrifty_shared_cache_{up,lookups_total,sync_errors_total,mirror_lag_seconds} (the
+window's `shared_cache`, absent when the sidecar has no shared tier).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from thrifty.wire import auth
 from thrifty.wire import telemetry_pb2 as pb
 from thrifty.wire import telemetry_pb2_grpc as pb_grpc
 from thrifty.wire.codec import policy_from_pb, window_to_pb
-from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 
 log = logging.getLogger(__name__)
 ERROR_OUTCOMES = frozenset({"upstream_error", "internal_error", "timeout", "shed"})
@@ -65,6 +67,50 @@ class _TierSnap:
     itl: _HistSnap = field(default_factory=_HistSnap)
     queue_depth: float = 0.0
     replicas: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _SharedSnap:
+    up: float = 0.0
+    counters: dict[str, float] = field(default_factory=dict)  # exact_hits, semantic_hits, sync_errors
+    lag: _HistSnap = field(default_factory=_HistSnap)
+
+
+def read_shared(registry: CollectorRegistry) -> _SharedSnap | None:
+    """Cumulative shared-tier figures, or None when the registry has no shared tier."""
+    snap: _SharedSnap | None = None
+    for family in registry.collect():
+        if not family.name.startswith("thrifty_shared_cache_"):
+            continue
+        snap = snap or _SharedSnap()
+        for s in family.samples:
+            labels, v, c = s.labels, s.value, snap.counters
+            if s.name == "thrifty_shared_cache_up":
+                snap.up = v
+            elif s.name == "thrifty_shared_cache_lookups_total":
+                key = {("exact", "hit"): "exact_hits", ("semantic", "hit_remote"): "semantic_hits"}.get(
+                    (labels.get("kind", ""), labels.get("result", "")))
+                if key is not None:
+                    c[key] = c.get(key, 0) + v
+            elif s.name == "thrifty_shared_cache_sync_errors_total":
+                c["sync_errors"] = c.get("sync_errors", 0) + v
+            elif s.name == "thrifty_shared_cache_mirror_lag_seconds_bucket":
+                le = float(labels["le"])
+                if le != float("inf"):
+                    snap.lag.bounds.append(le)
+                snap.lag.cumulative.append(v)
+            elif s.name == "thrifty_shared_cache_mirror_lag_seconds_sum":
+                snap.lag.sum = v
+    return snap
+
+
+def shared_between(now: _SharedSnap | None, before: _SharedSnap | None) -> SharedCacheStats | None:
+    """Deltas of the shared tier's counters and lag histogram; `up` at the window's end."""
+    if now is None:
+        return None
+    d = lambda key: int(max(0.0, now.counters.get(key, 0) - (before.counters.get(key, 0) if before else 0)))  # noqa: E731
+    return SharedCacheStats(up=now.up >= 1.0, exact_hits=d("exact_hits"), semantic_hits=d("semantic_hits"),
+                            sync_errors=d("sync_errors"), mirror_lag=_hist_delta(now.lag, before.lag if before else None))
 
 
 def read_registry(registry: CollectorRegistry) -> dict[str, _TierSnap]:
@@ -127,7 +173,8 @@ def _hist_delta(now: _HistSnap, before: _HistSnap | None) -> Histogram:
 
 
 def window_between(now: dict[str, _TierSnap], before: dict[str, _TierSnap], start: float, end: float,
-                   seq: int, catch_up: bool) -> StatsWindow:
+                   seq: int, catch_up: bool, *, shared_now: _SharedSnap | None = None,
+                   shared_before: _SharedSnap | None = None) -> StatsWindow:
     """Deltas of counters/histograms; gauges at `end`."""
     tiers = []
     for name, snap in sorted(now.items()):
@@ -150,7 +197,8 @@ def window_between(now: dict[str, _TierSnap], before: dict[str, _TierSnap], star
             cache_exact_hits=int(d("hits_exact")), cache_semantic_hits=int(d("hits_semantic")),
             routed=int(d("routed")), replicas=replicas,
         ))
-    return StatsWindow(window_start=start, window_end=end, tiers=tiers, seq=seq, catch_up=catch_up)
+    return StatsWindow(window_start=start, window_end=end, tiers=tiers, seq=seq, catch_up=catch_up,
+                       shared_cache=shared_between(shared_now, shared_before))
 
 
 class TelemetryClient:
@@ -177,6 +225,7 @@ class TelemetryClient:
         self.connected = False
         self.windows_sent = 0
         self._sent_snap: dict[str, _TierSnap] = read_registry(registry)
+        self._sent_shared: _SharedSnap | None = read_shared(registry)
         self._sent_time = clock()
         self._seq = 0
         self._gap = False
@@ -257,19 +306,20 @@ class TelemetryClient:
                 raise ControllerUnverified("it did not prove knowledge of the telemetry token; its policy is ignored")
             hello.proof = auth.sidecar_proof(self.token, theirs, nonce, self.sidecar_id)
         outbox.put_nowait(pb.SidecarMessage(hello=hello))
-        pending: dict[int, tuple[dict[str, _TierSnap], float]] = {}
+        pending: dict[int, tuple[dict[str, _TierSnap], _SharedSnap | None, float]] = {}
 
         async def produce() -> None:
             # Within one stream each window follows the previous one; after a reconnect
             # the first window starts from the last acknowledged one (the catch-up).
-            base_snap, base_time, catch_up = self._sent_snap, self._sent_time, self._gap
+            base_snap, base_shared, base_time, catch_up = self._sent_snap, self._sent_shared, self._sent_time, self._gap
             while True:
                 await asyncio.sleep(self.interval_s)
-                now_snap, now = read_registry(self.registry), self.clock()
+                now_snap, now_shared, now = read_registry(self.registry), read_shared(self.registry), self.clock()
                 self._seq += 1
-                w = window_between(now_snap, base_snap, base_time, now, self._seq, catch_up)
-                pending[self._seq] = (now_snap, now)
-                base_snap, base_time, catch_up = now_snap, now, False
+                w = window_between(now_snap, base_snap, base_time, now, self._seq, catch_up,
+                                   shared_now=now_shared, shared_before=base_shared)
+                pending[self._seq] = (now_snap, now_shared, now)
+                base_snap, base_shared, base_time, catch_up = now_snap, now_shared, now, False
                 outbox.put_nowait(pb.SidecarMessage(window=window_to_pb(w)))
 
         producer: asyncio.Task[None] | None = None
@@ -284,7 +334,7 @@ class TelemetryClient:
                         producer = asyncio.create_task(produce())
                 elif kind == "ack" and msg.ack.seq in pending:
                     # Acknowledged: the next window starts where this one ended.
-                    self._sent_snap, self._sent_time = pending[msg.ack.seq]
+                    self._sent_snap, self._sent_shared, self._sent_time = pending[msg.ack.seq]
                     for seq in [s for s in pending if s <= msg.ack.seq]:
                         del pending[seq]
                     self._gap = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from thrifty.wire import telemetry_pb2 as pb
-from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 
 
 def histogram_to_pb(h: Histogram) -> pb.Histogram:
@@ -21,8 +21,22 @@ def histogram_from_pb(m: pb.Histogram) -> Histogram:
     return Histogram(bounds=tuple(m.bounds), counts=counts, sum=m.sum, count=m.count)
 
 
+def shared_to_pb(s: SharedCacheStats) -> pb.SharedCacheStats:
+    return pb.SharedCacheStats(up=s.up, exact_hits=s.exact_hits, semantic_hits=s.semantic_hits,
+                               sync_errors=s.sync_errors, mirror_lag=histogram_to_pb(s.mirror_lag))
+
+
+def shared_from_pb(m: pb.StatsWindow) -> SharedCacheStats | None:
+    """None when the window carries no shared tier (the field unset)."""
+    if not m.HasField("shared_cache"):
+        return None
+    s = m.shared_cache
+    return SharedCacheStats(up=s.up, exact_hits=s.exact_hits, semantic_hits=s.semantic_hits,
+                            sync_errors=s.sync_errors, mirror_lag=histogram_from_pb(s.mirror_lag))
+
+
 def window_to_pb(w: StatsWindow) -> pb.StatsWindow:
-    return pb.StatsWindow(
+    msg = pb.StatsWindow(
         seq=w.seq, window_start=w.window_start, window_end=w.window_end, catch_up=w.catch_up,
         tiers=[
             pb.TierStats(
@@ -42,6 +56,9 @@ def window_to_pb(w: StatsWindow) -> pb.StatsWindow:
             for t in w.tiers
         ],
     )
+    if w.shared_cache is not None:
+        msg.shared_cache.CopyFrom(shared_to_pb(w.shared_cache))
+    return msg
 
 
 def window_from_pb(m: pb.StatsWindow) -> StatsWindow:
@@ -63,6 +80,7 @@ def window_from_pb(m: pb.StatsWindow) -> StatsWindow:
             )
             for t in m.tiers
         ],
+        shared_cache=shared_from_pb(m),
     )
 
 

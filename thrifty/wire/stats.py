@@ -152,12 +152,37 @@ class TierStats:
 
 
 @dataclass(slots=True)
+class SharedCacheStats:
+    """One sidecar's shared (Redis) cache tier over a window: counter deltas, `up` at the end.
+
+    A window without a shared tier carries None instead, so "no tier" and "tier down" differ."""
+
+    up: bool = False
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    sync_errors: int = 0
+    mirror_lag: Histogram = field(default_factory=Histogram)
+
+    @property
+    def hits(self) -> int:
+        return self.exact_hits + self.semantic_hits
+
+    def add(self, other: "SharedCacheStats") -> None:
+        """Sum counters and the lag histogram; `up` is a gauge the caller keeps per sidecar."""
+        self.exact_hits += other.exact_hits
+        self.semantic_hits += other.semantic_hits
+        self.sync_errors += other.sync_errors
+        self.mirror_lag.merge(other.mirror_lag)
+
+
+@dataclass(slots=True)
 class StatsWindow:
     window_start: float
     window_end: float
     tiers: list[TierStats] = field(default_factory=list)
     seq: int = 0
     catch_up: bool = False
+    shared_cache: SharedCacheStats | None = None
 
 
 def ratio(num: float, den: float) -> float | None:

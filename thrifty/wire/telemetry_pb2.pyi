@@ -73,18 +73,34 @@ class TierStats(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., dollars: _Optional[float] = ..., baseline_dollars: _Optional[float] = ..., ttft: _Optional[_Union[Histogram, _Mapping]] = ..., itl: _Optional[_Union[Histogram, _Mapping]] = ..., queue_depth: _Optional[float] = ..., cache_exact_hits: _Optional[int] = ..., cache_semantic_hits: _Optional[int] = ..., routed: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ...) -> None: ...
 
 class StatsWindow(_message.Message):
-    __slots__ = ("seq", "window_start", "window_end", "tiers", "catch_up")
+    __slots__ = ("seq", "window_start", "window_end", "tiers", "catch_up", "shared_cache")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    SHARED_CACHE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     window_start: float
     window_end: float
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     catch_up: bool
-    def __init__(self, seq: _Optional[int] = ..., window_start: _Optional[float] = ..., window_end: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., catch_up: _Optional[bool] = ...) -> None: ...
+    shared_cache: SharedCacheStats
+    def __init__(self, seq: _Optional[int] = ..., window_start: _Optional[float] = ..., window_end: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., catch_up: _Optional[bool] = ..., shared_cache: _Optional[_Union[SharedCacheStats, _Mapping]] = ...) -> None: ...
+
+class SharedCacheStats(_message.Message):
+    __slots__ = ("up", "exact_hits", "semantic_hits", "sync_errors", "mirror_lag")
+    UP_FIELD_NUMBER: _ClassVar[int]
+    EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_HITS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    MIRROR_LAG_FIELD_NUMBER: _ClassVar[int]
+    up: bool
+    exact_hits: int
+    semantic_hits: int
+    sync_errors: int
+    mirror_lag: Histogram
+    def __init__(self, up: _Optional[bool] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., sync_errors: _Optional[int] = ..., mirror_lag: _Optional[_Union[Histogram, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("sidecar_id", "version", "tiers", "proof")
