@@ -71,6 +71,28 @@ def latency_vs_slo(value_ms: Any, slo_ms: Any) -> Text:
     return Text(label, style="bold red" if v > slo else "green")
 
 
+def lag(value_ms: Any) -> str:
+    """A short delay: 4.2 -> '4.2ms', 40 -> '40ms', 1500 -> '1.5s'."""
+    v = _num(value_ms)
+    if v is None:
+        return MISSING
+    return f"{v:.1f}ms" if v < 10 else f"{v:.0f}ms" if v < 1000 else f"{v / 1000:.1f}s"
+
+
+def shared_cache(sc: Any) -> Text | None:
+    """`fleet.shared_cache` as one short line, '12%  p99 40ms  0 err  2/2 up' (hit rate, mirror
+    lag p99, sync errors, pods using Redis), that fits the levers panel at 80 columns; None
+    when the fleet has no shared tier. Errors and pods off Redis show in red."""
+    if not isinstance(sc, dict):
+        return None
+    errors, pods, up = _num(sc.get("sync_errors")), _num(sc.get("pods")), _num(sc.get("pods_up"))
+    text = Text.assemble((pct(sc.get("hit_rate")), "bold"), f"  p99 {lag(sc.get('mirror_lag_p99_ms'))}  ")
+    text.append(f"{count(errors)} err", style="bold red" if errors else "")
+    text.append("  ")
+    text.append(f"{count(up)}/{count(pods)} up", style="bold red" if up is not None and pods is not None and up < pods else "")
+    return text
+
+
 def replica_label(url: str, width: int = 18) -> str:
     """'http://10.0.0.7:8001' -> '└ 10.0.0.7:8001', cut from the left to fit."""
     host = url.split("://", 1)[-1].rstrip("/")

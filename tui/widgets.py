@@ -155,7 +155,9 @@ class CostPanel(Vertical):
 
 
 class LeversPanel(Static):
-    """Cache hit rates by kind, routing share by tier, speculative-decoding acceptance."""
+    """Cache hit rates by kind, routing share by tier, speculative-decoding acceptance, and the
+    shared (Redis) cache tier when the fleet has one: its hit rate, mirror lag p99, sync
+    errors and pods using it."""
 
     def on_mount(self) -> None:
         self.border_title = "Caches · routing"
@@ -173,6 +175,10 @@ class LeversPanel(Static):
         text.append("\nspec   ", "dim")
         spec = [f"{t.get('name')} {fmt.pct(t.get('spec_acceptance'))}" for t in tiers if t.get("spec_acceptance") is not None]
         text.append("  ".join(spec) or "off")
+        shared = fmt.shared_cache(f.get("shared_cache"))
+        if shared is not None:  # a fleet without a shared (Redis) tier keeps three lines
+            text.append("\nshared ", "dim")
+            text.append_text(shared)
         self.update(text)
 
 

@@ -18,7 +18,7 @@ from rich.text import Text
 from thrifty.config import parse_config
 from thrifty.controller.http_api import build_app
 from thrifty.controller.service import ControlPlane
-from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
+from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 from thrifty.tui import formatting as fmt
 from thrifty.tui.app import ThriftyApp
 from thrifty.tui.client import ControllerClient
@@ -155,6 +155,7 @@ async def test_every_panel_shows_the_controllers_fleet(controller: RunningContro
             assert f"{t['name']} {fmt.pct(t['routing_share'])}" in levers
         large = next(t for t in view["tiers"] if t["name"] == "large")
         assert f"large {fmt.pct(large['spec_acceptance'])}" in levers
+        assert f["shared_cache"] is None and "shared" not in levers  # no shared tier: no line for it
 
         rows = [r.key.value for r in app.tiers.table.ordered_rows]
         assert rows == [f"tier:{t['name']}" for t in view["tiers"]]  # replicas stay folded until Enter
@@ -182,6 +183,28 @@ async def test_every_panel_shows_the_controllers_fleet(controller: RunningContro
         last_key = decision_rows[-1].key.value
         assert cell(app, "decisions-table", last_key, "change") == f"{newest['from']}→{newest['to']}"
         assert not app.banner.has_class("-visible")
+
+
+async def test_levers_panel_shows_the_shared_cache_tier(controller: RunningController) -> None:
+    """Two sidecars with a shared (Redis) tier, one of them off Redis with sync errors: the
+    levers panel gets one line with the fleet's figures, whole at 80 columns."""
+    lag = Histogram(bounds=(0.01, 0.05, 0.1))
+    lag.observe(0.02, 98)
+    lag.observe(0.09, 2)
+    end = controller.clock[0]
+    for sid, shared in (("sidecar-a", SharedCacheStats(up=True, exact_hits=90, semantic_hits=30, mirror_lag=lag)),
+                        ("sidecar-b", SharedCacheStats(up=False, sync_errors=5))):
+        controller.plane.ingest(sid, StatsWindow(end - 10, end - 1, [], shared_cache=shared))
+    sc = controller.plane.fleet_json()["fleet"]["shared_cache"]
+    assert (sc["pods"], sc["pods_up"], sc["sync_errors"]) == (2, 1, 5) and sc["mirror_lag_p99_ms"] == pytest.approx(75)
+    app = console(controller)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.polls >= 1)
+        await pilot.pause(0.1)
+        line = next(ln for ln in plain(app.levers).splitlines() if ln.startswith("shared"))
+        assert line == f"shared {fmt.pct(sc['hit_rate'])}  p99 75ms  5 err  1/2 up"
+        width, height = app.levers.content_region.width, app.levers.content_region.height
+        assert len(line) <= width and height >= 4, "the shared line must fit the panel unwrapped"
 
 
 async def test_refreshes_every_second_in_place(controller: RunningController) -> None:
