@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from thrifty.config import Config, parse_config
 from thrifty.proxy.levers.protocol import Levers
@@ -56,3 +66,36 @@ async def stack(behaviours: list[StubBehaviour], *, tiers: list[str] | None = No
         await runner.cleanup()
         for b in backends:
             await b.stop()
+
+
+@asynccontextmanager
+async def bare_sidecar_process(tmp_path: Path, start_timeout_s: float = 30) -> AsyncIterator[tuple[subprocess.Popen[str], int]]:
+    """A real `thrifty proxy` process (no levers, no access log) in front of an unreachable
+    replica: for the tests that watch a sidecar's own memory. Yields (process, port)."""
+    cfg = {"tiers": [{"name": "small", "model": "small-model", "engine": {"kind": "external"},
+                      "price": {"gpu_hour": 1.0}, "replicas": {"urls": ["http://127.0.0.1:9"]}}],
+           "router": {"enabled": False}, "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}}}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "thrifty.proxy.cli", "--config", str(path), "--port", "0",
+                             "--no-access-log"], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        port = None
+        deadline = time.monotonic() + start_timeout_s
+        while port is None and time.monotonic() < deadline:
+            line = await asyncio.to_thread(proc.stderr.readline)  # type: ignore[union-attr]
+            if not line:
+                break
+            if '"listening"' in line:
+                port = json.loads(line)["port"]
+        assert port, "sidecar did not start"
+        yield proc, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from aiohttp import web
 
 from tests.unit import proxy_harness
-from tests.unit.proxy_harness import stack
+from tests.unit.proxy_harness import bare_sidecar_process, rss_kb, stack
 from tests.unit.test_proxy_front import _connect, _response
 from thrifty.sim.stub_backend import StubBackend, StubBehaviour
 
@@ -190,32 +186,11 @@ async def test_slow_body_is_timed_out_and_its_buffer_dropped() -> None:
         assert s.backends[0].seen == []
 
 
-def _rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RSS")
 async def test_forty_half_sent_8mb_bodies_do_not_pin_memory(tmp_path: Path) -> None:
     """40 clients each send 7.5 MB of an 8 MB body and stop; once they leave, the memory goes back."""
-    cfg = {"tiers": [{"name": "small", "model": "small-model", "engine": {"kind": "external"},
-                      "price": {"gpu_hour": 1.0}, "replicas": {"urls": ["http://127.0.0.1:9"]}}],
-           "router": {"enabled": False}, "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}}}
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "thrifty.proxy.cli", "--config", str(path), "--port", "0",
-                             "--no-access-log"], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            line = await asyncio.to_thread(proc.stderr.readline)  # type: ignore[union-attr]
-            if not line:
-                break
-            if '"listening"' in line:
-                port = json.loads(line)["port"]
-        assert port, "sidecar did not start"
-        before = _rss_mb(proc.pid)
+    async with bare_sidecar_process(tmp_path) as (proc, port):
+        before = rss_kb(proc.pid) / 1024
         size, sent = 8 * 1024 * 1024, 7_500_000
         head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {size}\r\n\r\n").encode()
@@ -229,15 +204,12 @@ async def test_forty_half_sent_8mb_bodies_do_not_pin_memory(tmp_path: Path) -> N
                 await writer.drain()
             writers.append(writer)
         await asyncio.sleep(1.0)
-        during = _rss_mb(proc.pid)
+        during = rss_kb(proc.pid) / 1024
         for writer in writers:
             writer.close()
         await asyncio.sleep(1.5)
-        after = _rss_mb(proc.pid)
+        after = rss_kb(proc.pid) / 1024
         print(f"RSS before {before:.0f} MB, with 40 half bodies {during:.0f} MB, after they left {after:.0f} MB")
         assert proc.poll() is None, "the sidecar died"
         assert during - before > 200, f"the bodies were not buffered ({before:.0f} -> {during:.0f} MB)"
         assert after - before < 60, f"RSS {before:.0f} MB -> {during:.0f} MB with 40 half bodies -> {after:.0f} MB after"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.unit.proxy_harness import stack
+from tests.unit.proxy_harness import bare_sidecar_process, rss_kb, stack
 from thrifty.sim.stub_backend import StubBehaviour
 
 CHAT = {"model": "small-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -65,30 +59,9 @@ async def test_each_bad_request_gets_a_4xx_json_error() -> None:
             assert resp.status == 200  # still serving
 
 
-def _rss_kb(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc to read RSS")
 async def test_memory_flat_across_10000_bad_requests(tmp_path: Path) -> None:
-    cfg = {"tiers": [{"name": "small", "model": "small-model", "engine": {"kind": "external"},
-                      "price": {"gpu_hour": 1.0}, "replicas": {"urls": ["http://127.0.0.1:9"]}}],
-           "router": {"enabled": False}, "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}}}
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "thrifty.proxy.cli", "--config", str(path), "--port", "0",
-                             "--no-access-log"], stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        port = None
-        deadline = time.monotonic() + 20
-        while port is None and time.monotonic() < deadline:
-            line = await asyncio.to_thread(proc.stderr.readline)  # type: ignore[union-attr]
-            if not line:
-                break
-            if '"listening"' in line:
-                port = json.loads(line)["port"]
-        assert port, "sidecar did not start"
+    async with bare_sidecar_process(tmp_path, start_timeout_s=20) as (proc, port):
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         corpus = _corpus()
         async with aiohttp.ClientSession() as http:
@@ -102,11 +75,8 @@ async def test_memory_flat_across_10000_bad_requests(tmp_path: Path) -> None:
                 await asyncio.gather(*(worker(k) for k in range(16)))
 
             await send(2000)  # warm-up: caches, pools, arenas settle
-            before = _rss_kb(proc.pid)
+            before = rss_kb(proc.pid)
             await send(8000)
-            after = _rss_kb(proc.pid)
+            after = rss_kb(proc.pid)
         assert proc.poll() is None, "the sidecar died"
         assert after - before < 4096, f"RSS grew {after - before} kB over 8,000 bad requests"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
