@@ -23,7 +23,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from thrifty.bench.overhead import _free_port, _wait_up
+from thrifty.bench.overhead import _free_port, _wait_up, stop_processes
 
 
 def _rss_mb(pid: int) -> float:
@@ -101,13 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             "rss_peak_mb": round(peak, 1),
         }  # type: ignore[return-value]
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         tmp.cleanup()
 
 

@@ -68,6 +68,17 @@ def serve_plain(port: int, upstream: str) -> None:
 
 
 # --- processes ---------------------------------------------------------------------------
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate the bench's child processes; kill any still running after 10 s."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def _free_port() -> int:
     import socket
 
@@ -175,13 +186,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                              args.streams // args.rounds)
         return _report(targets)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(procs)
         tmp.cleanup()
 
 
