@@ -30,6 +30,7 @@ from thrifty.proxy.levers.shared.tier import REDIS_ERRORS, SharedTier, SharedUna
 log = logging.getLogger(__name__)
 _SCAN_BATCH = 5000
 _BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+_CLOSE_TRIES, _CLOSE_WAIT_S = 5, 1.0  # aclose: cancel, wait up to 1 s, repeat
 
 
 class SharedSemanticCache(SemanticCache):
@@ -41,6 +42,7 @@ class SharedSemanticCache(SemanticCache):
         self._remote: set[int] = set()  # local keys of entries that came from Redis
         self._last_id: bytes = b"0-0"
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.synced = asyncio.Event()  # set after each completed rebuild
         self.on_apply: Callable[[str], None] | None = None  # called with each applied entry id (benches)
 
@@ -126,11 +128,11 @@ class SharedSemanticCache(SemanticCache):
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 await self.rebuild()
                 failures = 0
-                while True:
+                while not self._closing:
                     reply = await self.tier.stream_client.xread({self._stream: self._last_id}, count=1000,
                                                                  block=self.tier.settings.block_ms)
                     for _stream, messages in reply or []:
@@ -140,6 +142,8 @@ class SharedSemanticCache(SemanticCache):
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:
+                if self._closing:
+                    return  # a cancellation the client library turned into a timeout
                 self.synced.clear()
                 self.tier.failed("stream")
                 delay = _BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)]
@@ -243,10 +247,20 @@ class SharedSemanticCache(SemanticCache):
         self._remote.clear()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, *REDIS_ERRORS):
-                pass  # the consumer ends here by design
-            self._task = None
+        """Stop the consumer. Bounded: a cancellation that lands inside the Redis client's
+        own read timeout can come back as a timeout error, so the loop also checks
+        `_closing`, and the wait is cut short rather than hang a shutdown."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        for _ in range(_CLOSE_TRIES):
+            task.cancel()
+            done, _pending = await asyncio.wait({task}, timeout=_CLOSE_WAIT_S)
+            if done:
+                break
+        else:
+            log.warning("shared cache mirror did not stop within %.0f s; leaving it", _CLOSE_TRIES * _CLOSE_WAIT_S)
+            return
+        if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), REDIS_ERRORS):
+            log.warning("shared cache mirror ended with %r", task.exception())

@@ -30,6 +30,12 @@ REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 MAX_PENDING_WRITES = 1024  # writes in flight beyond this are dropped (counted), never queued without bound
 
 
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    """Retrieve an abandoned call's outcome so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 class SharedUnavailable(Exception):
     """Redis failed, timed out, or the breaker is open: answer from the local tier."""
 
@@ -69,8 +75,17 @@ class SharedTier:
         """Run one request-path Redis call under the timeout and the breaker."""
         if not self.breaker.allow():
             raise SharedUnavailable("breaker open")
+        # The call runs as its own task and the caller waits at most the timeout: unlike
+        # wait_for, a client call slow to honour its cancellation cannot hold the request.
+        task = asyncio.get_running_loop().create_task(fn(self.client))
+        done, _ = await asyncio.wait({task}, timeout=self.settings.timeout_ms / 1000)
+        if not done:
+            task.cancel()
+            task.add_done_callback(_consume_outcome)
+            self.failed(op)
+            raise SharedUnavailable(f"{op}: timed out")
         try:
-            result = await asyncio.wait_for(fn(self.client), self.settings.timeout_ms / 1000)
+            result = task.result()
         except REDIS_ERRORS as exc:
             self.failed(op)
             raise SharedUnavailable(f"{op}: {exc!r}") from None
@@ -99,10 +114,20 @@ class SharedTier:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def drain(self) -> None:
-        """Wait for the writes in flight (tests, benches, shutdown)."""
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait for the writes in flight (tests, benches, shutdown); writes still running
+        after `timeout_s` are cancelled, so a shutdown never hangs on Redis."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         while self._pending:
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+            left = deadline - loop.time()
+            if left <= 0:
+                for task in list(self._pending):
+                    task.cancel()
+                await asyncio.wait(list(self._pending), timeout=1.0)
+                self._pending.clear()
+                return
+            await asyncio.wait(list(self._pending), timeout=left)
 
     async def aclose(self) -> None:
         await self.drain()
