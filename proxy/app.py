@@ -74,10 +74,12 @@ class Sidecar:
                                    max_kv=adm.saturation_kv, kv_feeds=self.kv_hub.feeds)
             for t in config.tiers
         }
-        self.admission = Admission([t.name for t in config.tiers], max_queue=adm.max_queue, max_wait_s=adm.max_wait_s)
+        self.admission = Admission([t.name for t in config.tiers], max_queue=adm.max_queue, max_wait_s=adm.max_wait_s,
+                                   flex_max_wait_s=adm.flex_max_wait_s or 4 * adm.max_wait_s)
         self.pool.on_change(self.admission.wake)
         self.metrics = SidecarMetrics([t.name for t in config.tiers])
         self.metrics.attach_pool(self.pool, self.admission.depths)
+        self.metrics.attach_lanes(self.admission)
         self.metrics.registry.register(self.kv_hub.collector())
         self.costs = CostModel(config, nominal_tokens_per_s=nominal_tokens_per_s, replicas={t: len(u) for t, u in urls.items()})
         self.policy: dict[str, Any] = {}

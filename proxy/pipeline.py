@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from thrifty.config import Config, Tier
+from thrifty.proxy.balance.lanes import PRIORITY, lane_of
 from thrifty.proxy.http.conform import ORIGIN_KEY, cached_answer
 from thrifty.proxy.http.errors import ApiError
 from thrifty.proxy.http.messages import FrontRequest, Reply, StreamReply, error_reply, json_reply
@@ -137,6 +138,7 @@ class Pipeline:
         h = request.headers
         ctx.tenant = tenant_of(h.get("authorization"), h.get("x-thrifty-tenant"), client_address(request), self.tenancy)
         ctx.body, ctx.model_alias, ctx.stream = body, parsed.model, parsed.stream
+        ctx.lane = lane_of(body)
         ctx.headers = {k: v for k, v in h.items() if k not in _NOT_FOR_LEVERS}
         ctx.tier = ctx.requested_tier = tier.name  # last: from here on the request counts against its tier
         return raw
@@ -173,6 +175,8 @@ class Pipeline:
                                param="model", code="model_not_found")
             ctx.tier = self.embedding_tiers[0]
             return
+        if ctx.lane == PRIORITY:
+            return  # a priority request is answered by the tier it asked for, never a cheaper one
         chosen = await self.levers.route(ctx, self.route_candidates[ctx.requested_tier])
         ctx.tier = chosen if chosen in self.tiers else ctx.requested_tier
 
@@ -205,6 +209,7 @@ class Pipeline:
         else:
             tm = self.metrics.tier(tier)
             self.metrics.requests.labels(tier, ctx.outcome, cache).inc()
+            self.metrics.lane_requests.labels(ctx.lane, ctx.outcome).inc()
             tm.duration.observe(elapsed)
             if ctx.outcome == "ok":
                 tm.ttft.observe(ctx.ttft if ctx.ttft is not None else elapsed)
@@ -219,6 +224,7 @@ class Pipeline:
             fields["model"] = ctx.model_alias[:100]
             fields["tenant"] = ctx.tenant
             fields["stream"] = ctx.stream
+            fields["lane"] = ctx.lane
         if ctx.replica:
             fields["replica"] = ctx.replica
         if usage is not None:

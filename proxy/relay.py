@@ -95,7 +95,7 @@ class Relay:
                 tier_metrics.retries.inc()
             pick_req.exclude = tried
             pick, waited = await self.admission.admit(tier, lambda: balancer.pick(pick_req, replicas),
-                                                      why_not=lambda: _why_not(replicas))
+                                                      why_not=lambda: _why_not(replicas), lane=ctx.lane, tenant=ctx.tenant)
             if waited:
                 tier_metrics.admission_wait.observe(waited)
             replica = pick.replica

@@ -268,6 +268,7 @@ class ControllerSettings(_Strict):
 class AdmissionSettings(_Strict):
     max_queue: Annotated[int, Field(ge=0)] = 1024
     max_wait_s: Positive = 30
+    flex_max_wait_s: Positive | None = None  # `service_tier: flex` waits this long (default 4x max_wait_s)
     saturation_waiting: Annotated[int, Field(ge=0)] = 16
     saturation_kv: Annotated[float, Field(gt=0, le=1)] = 0.95
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from thrifty.proxy.balance.admission import Admission
 from thrifty.proxy.balance.pool import ReplicaPool
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
@@ -53,6 +54,25 @@ class _PoolCollector(Collector):
             queue.add_metric([tier], depths.get(tier, 0))
         yield from families.values()
         yield queue
+
+
+class _LaneCollector(Collector):
+    """Admission queue depth per tier and lane, and flex waiters shed to make room, read at scrape time."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+
+    def collect(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily("thrifty_lane_queue_depth", "requests waiting in admission, by service_tier lane",
+                                  labels=["tier", "lane"])
+        for (tier, lane), n in self.admission.lane_depths().items():
+            depth.add_metric([tier, lane], n)
+        shed = CounterMetricFamily("thrifty_lane_shed_for_room", "flex waiters shed to queue a request of a better lane",
+                                   labels=["lane"])
+        for lane, n in self.admission.shed_for_room.items():
+            shed.add_metric([lane], n)
+        yield depth
+        yield shed
 
 
 class CounterChild:
@@ -166,9 +186,10 @@ class SidecarMetrics:
         self.picks = LeanCounter("thrifty_balancer_picks", "balancer decisions", ["tier", "replica", "reason"])
         self.retries = LeanCounter("thrifty_retries", "retried on another replica before the first byte", ["tier"])
         self.escalations = LeanCounter("thrifty_escalations", "escalations after an error/timeout", ["from_tier", "to_tier"])
+        self.lane_requests = LeanCounter("thrifty_lane_requests", "requests finished, by service_tier lane", ["lane", "outcome"])
         self.registry.register(_LeanCollector([
             self.requests, self.ttft, self.duration, self.itl, self.tokens, self.cost, self.baseline_cost, self.savings,
-            self.admission_wait, self.picks, self.retries, self.escalations]))
+            self.admission_wait, self.picks, self.retries, self.escalations, self.lane_requests]))
         self.tiers: dict[str, TierMetrics] = {t: self._bind(t) for t in tiers}
 
     def _bind(self, tier: str) -> TierMetrics:
@@ -187,6 +208,9 @@ class SidecarMetrics:
 
     def attach_pool(self, pool: ReplicaPool, queue_depth: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(pool, queue_depth))
+
+    def attach_lanes(self, admission: Admission) -> None:
+        self.registry.register(_LaneCollector(admission))
 
     def child(self, metric: LeanCounter | LeanHistogram, *labels: str):  # type: ignore[no-untyped-def]
         """`metric.labels(*labels)` (children are memoised by the metric itself)."""

@@ -29,6 +29,7 @@ class RequestContext:
     body: dict[str, Any] = field(default_factory=dict)  # the parsed, validated OpenAI request body
     model_alias: str = ""  # the model name the client sent
     tenant: str = ""  # from the API key (hashed) or `X-Thrifty-Tenant`; never logged raw
+    lane: str = "default"  # admission lane from `service_tier`: "priority" | "default" | "flex"
     stream: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # lower-cased request headers, minus credentials
     requested_tier: str = ""  # the tier the alias maps to (the client's intent); "" until validated
