@@ -41,6 +41,7 @@ from thrifty.proxy.request.validate import DEFAULT_MAX_BODY_BYTES, ENDPOINTS
 log = logging.getLogger(LOGGER_NAME)
 
 SIDECAR_KEY = web.AppKey("sidecar", object)
+_RESPONSES_PREFIX = "/v1/responses/"
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
                          "transfer-encoding", "upgrade", "host", "content-length"})
 
@@ -85,7 +86,7 @@ class Sidecar:
         self.policy: dict[str, Any] = {}
         self.session: aiohttp.ClientSession | None = None  # passthrough of unknown paths only
         self.upstream = UpstreamPool(config.timeouts)  # the hot path's keep-alive connections
-        relay = Relay(self.pool, self.balancers, self.admission, self.metrics, self.upstream, config.timeouts,
+        self.relay = relay = Relay(self.pool, self.balancers, self.admission, self.metrics, self.upstream, config.timeouts,
                       models={t.name: t.model for t in config.tiers}, tokenizers=self.tokenizers, max_attempts=max_attempts)
         self.pipeline = Pipeline(config, levers=levers or NoLevers(), relay=relay, metrics=self.metrics, costs=self.costs,
                                  access_log=access_log or AccessLog(enabled=False), max_body_bytes=max_body_bytes)
@@ -152,7 +153,8 @@ class Sidecar:
         the hot path (a saturated tier queues or sheds them) and counted in the request
         metrics with endpoint-agnostic labels; other paths (`/health`, `/tokenize`, ...) are not."""
         assert self.session is not None
-        tier_name = request.headers.get(TIER_HEADER) or self.config.tiers[0].name
+        home = self._conversation_home(request.path)  # GET /v1/responses/{id}[/...]: the replica that holds it
+        tier_name = home[0] if home else request.headers.get(TIER_HEADER) or self.config.tiers[0].name
         if tier_name not in self.pool.tiers:
             return ApiError(404, f"unknown tier {tier_name!r} in {TIER_HEADER}").to_response()
         replicas = self.pool.tiers[tier_name]
@@ -162,7 +164,8 @@ class Sidecar:
         try:
             if api:
                 balancer = self.balancers[tier_name]
-                pick, _ = await self.admission.admit(tier_name, lambda: balancer.pick(PickRequest(tokens=256), replicas),
+                wanted = PickRequest(tokens=256, pinned=home[1] if home else "")
+                pick, _ = await self.admission.admit(tier_name, lambda: balancer.pick(wanted, replicas),
                                                      why_not=lambda: f"{sum(r.healthy for r in replicas)} healthy replicas")
                 replica = pick.replica
             else:
@@ -192,6 +195,11 @@ class Sidecar:
             if api:
                 self.metrics.requests.labels(tier_name, outcome, "miss").inc()
                 self.metrics.tier(tier_name).duration.observe(time.monotonic() - started)
+
+    def _conversation_home(self, path: str) -> tuple[str, str] | None:
+        if not path.startswith(_RESPONSES_PREFIX):
+            return None
+        return self.relay.conversations.home(path[len(_RESPONSES_PREFIX):].split("/", 1)[0])
 
     async def _forward(self, request: web.Request, base_url: str) -> web.StreamResponse:
         assert self.session is not None

@@ -175,10 +175,27 @@ class Pipeline:
                                param="model", code="model_not_found")
             ctx.tier = self.embedding_tiers[0]
             return
+        if ctx.endpoint == "responses" and self._pin_conversation(ctx):
+            return
         if ctx.lane == PRIORITY:
             return  # a priority request is answered by the tier it asked for, never a cheaper one
         chosen = await self.levers.route(ctx, self.route_candidates[ctx.requested_tier])
         ctx.tier = chosen if chosen in self.tiers else ctx.requested_tier
+
+    def _pin_conversation(self, ctx: RequestContext) -> bool:
+        """A Responses follow-up goes to the replica holding `previous_response_id` (True), whatever
+        the router would pick; a known conversation whose replica is gone is a clear 404."""
+        previous = ctx.body.get("previous_response_id")
+        home = self.relay_to_replica.conversations.home(previous) if isinstance(previous, str) else None
+        if home is None:
+            return False
+        tier, url = home
+        if not any(r.url == url and r.healthy for r in self.relay_to_replica.pool.tiers.get(tier, ())):
+            raise ApiError(404, f"Response with id '{previous}' is no longer available: the replica that held it "
+                                "is gone; start a new conversation", param="previous_response_id",
+                           code="previous_response_not_found")
+        ctx.tier, ctx.pinned_replica = tier, url
+        return True
 
     # --- 4. relay, with escalation --------------------------------------------------------
     async def relay(self, request: FrontRequest, ctx: RequestContext, raw: bytes) -> Reply | StreamReply:
@@ -186,7 +203,7 @@ class Pipeline:
         try:
             return await self.relay_to_replica.send(request, ctx, raw, keep_body=keep_body)
         except ApiError as exc:
-            if not (exc.status >= 500 and ctx.tier != ctx.requested_tier and self.escalate_on_error):
+            if not (exc.status >= 500 and ctx.tier != ctx.requested_tier and self.escalate_on_error and not ctx.pinned_replica):
                 raise
             self.metrics.escalations.labels(ctx.tier, ctx.requested_tier).inc()
             ctx.tier = ctx.requested_tier

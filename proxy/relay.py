@@ -24,7 +24,8 @@ from thrifty.proxy.balance.admission import Admission
 from thrifty.proxy.balance.balancer import Balancer
 from thrifty.proxy.balance.filters import PickRequest
 from thrifty.proxy.balance.pool import ReplicaPool, ReplicaState
-from thrifty.proxy.http.conform import StreamEditor, rewrite_model
+from thrifty.proxy.balance.conversations import ConversationHomes
+from thrifty.proxy.http.conform import ResponsesStreamEditor, StreamEditor, rewrite_model
 from thrifty.proxy.http.errors import ApiError, upstream_error_body
 from thrifty.proxy.http.messages import FrontRequest, Reply, StreamReply
 from thrifty.proxy.http.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
@@ -70,6 +71,7 @@ class Relay:
         self.models = models  # tier -> the model name its replicas serve
         self.max_attempts = max_attempts
         self.tokenizers = tokenizers or {}  # tiers routed on their replicas' KV events (precise prefix scorer)
+        self.conversations = ConversationHomes()  # Responses API: response id -> the replica that holds it
 
     async def send(self, request: FrontRequest, ctx: RequestContext, raw: bytes, *, keep_body: bool) -> Reply | StreamReply:
         """The replica's answer to `ctx` (`keep_body`: parse a complete 200 answer into `Reply.thrifty_body`)."""
@@ -78,8 +80,9 @@ class Relay:
         balancer = self.balancers[tier]
         body, strip_usage = upstream_body(ctx, raw, self.models[tier])
         pick_req, prompt_chars = pick_request(ctx, raw)
+        pick_req.pinned = ctx.pinned_replica
         tokenizer = self.tokenizers.get(tier)
-        if tokenizer is not None and ctx.endpoint != "embeddings":
+        if tokenizer is not None and ctx.endpoint in ("chat", "completions"):
             pick_req.token_ids = await tokenize_request(tokenizer, ctx.endpoint, ctx.body, prompt_chars)
         headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id}
         auth = request.headers.get("authorization")
@@ -126,10 +129,14 @@ class Relay:
                     out = _plain_reply(ctx, resp, data, keep_body)
                     ctx.usage = Usage.from_body(find_usage(data)) if resp.status == 200 else None
                     ctx.replica, ctx.ttft = replica.url, None
+                    if ctx.endpoint == "responses" and resp.status == 200:
+                        self._remember(response_id(data), tier, replica.url)
                     return out
                 stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier})
                 await stream.prepare(request)
-                editor = StreamEditor(ctx.model_alias, strip_added_usage=strip_usage)
+                editor: StreamEditor | ResponsesStreamEditor = (
+                    ResponsesStreamEditor(ctx.model_alias) if ctx.endpoint == "responses"
+                    else StreamEditor(ctx.model_alias, strip_added_usage=strip_usage))
                 result = await relay_stream(resp, stream, editor=editor, on_gap=tier_metrics.itl.observe,
                                             timeouts=self.timeouts)
                 if result.error is not None:
@@ -141,6 +148,8 @@ class Relay:
                     await stream.write_eof()
                 ctx.usage = Usage.from_body(result.usage)
                 ctx.replica = replica.url
+                if isinstance(editor, ResponsesStreamEditor):
+                    self._remember(editor.response_id, tier, replica.url)
                 ctx.ttft = (result.first_byte_at - sent) if result.first_byte_at else None
                 return stream
             finally:
@@ -154,6 +163,20 @@ class Relay:
         raise ApiError(502, f"no replica of tier {tier!r} could be reached ({last_error})", code="upstream_unavailable",
                        outcome="upstream_error")
 
+    def _remember(self, response_id: str | None, tier: str, replica_url: str) -> None:
+        if response_id:
+            self.conversations.remember(response_id, tier, replica_url)
+
+
+def response_id(data: bytes) -> str | None:
+    """The `id` of a Responses API answer (the first top-level key vLLM writes)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return None
+    value = body.get("id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
 
 def upstream_body(ctx: RequestContext, raw: bytes, model: str) -> tuple[bytes, bool]:
     """The body to send (re-serialised only when it must change) and whether to strip usage.
@@ -165,7 +188,7 @@ def upstream_body(ctx: RequestContext, raw: bytes, model: str) -> tuple[bytes, b
     if ctx.tier != ctx.requested_tier:
         changes["model"] = model
     strip_usage = False
-    if ctx.stream:
+    if ctx.stream and ctx.endpoint != "responses":  # a Responses stream always ends with its usage
         if not wants_usage(body):
             opts = body.get("stream_options")
             changes["stream_options"] = {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
@@ -191,7 +214,7 @@ def pick_request(ctx: RequestContext, raw: bytes) -> tuple[PickRequest, int]:
 
 def _max_out(body: dict[str, Any]) -> int:
     """The output budget the balancer weighs: max_tokens (or max_completion_tokens) as vLLM reads it, else 256."""
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         try:
             value = lax(int, body.get(key))
         except ValueError:

@@ -27,6 +27,9 @@ from thrifty.profiles import GpuProfile
 from thrifty.sim.http_engines import LOAD_GAUGES, InstantEngine, SimEngine, Subscriber
 from thrifty.sim.metrics import SimMetrics
 from thrifty.sim.model import SimCompletion, SpeculativeSim
+from thrifty.sim.responses_api import (
+    EventWriter, ResponseStore, chat_request, message_item, new_response_id, not_found, response_body, response_usage,
+)
 from thrifty.sim.openai_api import (
     STREAM_END, Generation, RequestError, content_choice, embeddings_body, finish_choice, parse_generation,
     reply_body, reply_choice, stream_chunk, usage,
@@ -96,6 +99,7 @@ class SimServer:
         self.engine = engine
         self.faults = faults or Faults()
         self.stats = ServerStats()
+        self.responses = ResponseStore()  # the Responses API's conversations, on this replica only
         self.transports: set[Any] = set()  # every connection that sent a request (for a simulated crash)
         self.stub_routes = stub_routes  # /v1/embeddings and an echo of every other path
         self.created = int(time.time())
@@ -108,6 +112,8 @@ class SimServer:
         app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_get("/v1/responses/{id}", self._get_response)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/ping", self._health)
@@ -195,6 +201,90 @@ class SimServer:
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, "completion")
 
+    # ----------------------------------------------------------------- Responses API
+    async def _get_response(self, request: web.Request) -> web.Response:
+        found = self.responses.get(request.match_info["id"])
+        if found is None:
+            raise not_found(request.match_info["id"])
+        return web.json_response(found[1])
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        self.stats.inflight += 1
+        try:
+            body = await self._body(request)
+            chat, messages = chat_request(body, self.responses)
+            gen = parse_generation("chat", chat, self.served_names, self.block_tokens)
+            gen.n = 1
+            await self._misbehave()
+            self._check_length(gen)
+            length, _ = self.engine.output_lengths(gen, self.max_model_len)[0][0]
+            queue: asyncio.Queue = asyncio.Queue()
+            prompt_tokens, hashes = gen.prompts[0]
+            rid = self.engine.submit(Subscriber(queue, 0, prompt_tokens, 1, gen.max_tokens or length, "stop"), length, hashes)
+            try:
+                response_id, created = new_response_id()
+                if gen.stream:
+                    return await self._stream_response(request, body, gen, queue, response_id, created, messages)
+                while True:
+                    event, _, done = await queue.get()
+                    if event == "done":
+                        break
+                _, text = self.engine.text(0, done.output_tokens, self._salt(gen, 0))
+                out = response_body(body, gen.model, response_id, created, text,
+                                    response_usage(done.prompt_tokens, done.output_tokens, done.cached_tokens))
+                self.responses.put(out, messages + [{"role": "assistant", "content": text}])
+                return web.json_response(out)
+            finally:
+                self.engine.cancel(rid)
+        finally:
+            self.stats.inflight -= 1
+
+    async def _stream_response(self, request: web.Request, body: dict[str, Any], gen: Generation, queue: asyncio.Queue,
+                               response_id: str, created: int, messages: list[dict[str, Any]]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        events = EventWriter()
+        pending = response_body(body, gen.model, response_id, created, "", None, status="in_progress")
+        item = message_item(response_id, "", status="in_progress")
+        await response.write(events.event("response.created", response=pending)
+                             + events.event("response.in_progress", response=pending)
+                             + events.event("response.output_item.added", output_index=0, item=item)
+                             + events.event("response.content_part.added", item_id=item["id"], output_index=0,
+                                            content_index=0, part={"type": "output_text", "text": "", "annotations": []}))
+        sent, text = 0, ""
+        while True:
+            event, _, payload = await queue.get()
+            total = payload.output_tokens if event == "done" else sent + payload
+            if total > sent:
+                _, piece = self.engine.text(sent, total - sent, self._salt(gen, 0))
+                text += piece
+                sent = total
+                await response.write(events.event("response.output_text.delta", item_id=item["id"], output_index=0,
+                                                  content_index=0, delta=piece, logprobs=[]))
+            if event == "done":
+                break
+        usage_body = response_usage(payload.prompt_tokens, payload.output_tokens, payload.cached_tokens)
+        final = response_body(body, gen.model, response_id, created, text, usage_body)
+        self.responses.put(final, messages + [{"role": "assistant", "content": text}])
+        part = {"type": "output_text", "text": text, "annotations": []}
+        await response.write(events.event("response.output_text.done", item_id=item["id"], output_index=0,
+                                          content_index=0, text=text, logprobs=[])
+                             + events.event("response.content_part.done", item_id=item["id"], output_index=0,
+                                            content_index=0, part=part)
+                             + events.event("response.output_item.done", output_index=0, item=final["output"][0])
+                             + events.event("response.completed", response=final))
+        await response.write_eof()
+        return response
+
+    def _check_length(self, gen: Generation) -> None:
+        for prompt_tokens, _ in gen.prompts:
+            wanted = prompt_tokens + (gen.max_tokens or 1)
+            if wanted > self.max_model_len or prompt_tokens >= self.max_model_len:
+                raise RequestError(
+                    f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                    f"{wanted} tokens ({prompt_tokens} in the messages, {gen.max_tokens or 1} in the completion). "
+                    "Please reduce the length of the messages or completion.", param="max_tokens")
+
     async def _generate(self, request: web.Request, kind: str) -> web.StreamResponse:
         self.stats.inflight += 1
         try:
@@ -205,13 +295,7 @@ class SimServer:
             self.stats.inflight -= 1
 
     async def _answer(self, request: web.Request, gen: Generation) -> web.StreamResponse:
-        for prompt_tokens, _ in gen.prompts:
-            wanted = prompt_tokens + (gen.max_tokens or 1)
-            if wanted > self.max_model_len or prompt_tokens >= self.max_model_len:
-                raise RequestError(
-                    f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                    f"{wanted} tokens ({prompt_tokens} in the messages, {gen.max_tokens or 1} in the completion). "
-                    "Please reduce the length of the messages or completion.", param="max_tokens")
+        self._check_length(gen)
         lengths = self.engine.output_lengths(gen, self.max_model_len)
         queue: asyncio.Queue = asyncio.Queue()
         rids: dict[int, int] = {}

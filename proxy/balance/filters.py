@@ -21,6 +21,7 @@ class PickRequest:
     tokens: int = 1  # estimated work (prompt + output tokens)
     exclude: frozenset[str] | set[str] = field(default_factory=frozenset)  # replicas already tried
     token_ids: tuple[int, ...] | list[int] = ()  # the prompt as the tier's engine tokenizes it (precise prefix scorer)
+    pinned: str = ""  # only this replica may answer (a Responses conversation lives there)
 
 
 class Filter(Protocol):
@@ -31,6 +32,8 @@ class HealthyFilter:
     """Only replicas that answer, and not one this request already failed on."""
 
     def filter(self, req: PickRequest, replicas: list[ReplicaState]) -> list[ReplicaState]:
+        if req.pinned:
+            return [r for r in replicas if r.healthy and r.url == req.pinned and r.url not in req.exclude]
         if req.exclude:
             return [r for r in replicas if r.healthy and r.url not in req.exclude]
         return [r for r in replicas if r.healthy]

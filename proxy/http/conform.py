@@ -137,6 +137,47 @@ class StreamEditor:
         return event.replace(self.upstream_model, self.model, 1)
 
 
+class ResponsesStreamEditor:
+    """The Responses API's stream (`event: TYPE` + `data: {...}` events): the client's model name
+    on the response objects, and the two things the sidecar needs from it: the response id
+    (from `response.created`, to keep a conversation on its replica) and the usage (from
+    `response.completed`). Every other byte is the engine's."""
+
+    held: list[bytes] = []  # nothing is ever held (no usage chunk to strip)
+
+    def __init__(self, alias: str) -> None:
+        self.model = model_field(alias)
+        self.usage: dict[str, object] | None = None
+        self.response_id: str | None = None
+
+    def feed(self, events: bytes) -> bytes:
+        if self.response_id is None or b'"response.completed"' in events or b'"model"' in events:
+            events = b"".join(self._event(e) for e in events.split(b"\n\n") if e)
+        return events
+
+    def flush(self) -> bytes:
+        return b""
+
+    def _event(self, event: bytes) -> bytes:
+        if b'"model"' in event:
+            m = _MODEL_RE.search(event)
+            if m is not None and m.group(0) != self.model:
+                event = event[: m.start()] + self.model + event[m.end() :]
+        if self.response_id is None or b'"response.completed"' in event:
+            data = event[event.find(b"data: ") + 6 :] if b"data: " in event else b""
+            try:
+                payload = json.loads(data) if data else None
+            except ValueError:
+                payload = None
+            response = payload.get("response") if isinstance(payload, dict) else None
+            if isinstance(response, dict):
+                if self.response_id is None and isinstance(response.get("id"), str):
+                    self.response_id = response["id"]
+                if payload.get("type") == "response.completed" and isinstance(response.get("usage"), dict):  # type: ignore[union-attr]
+                    self.usage = response["usage"]
+        return event + b"\n\n"
+
+
 def _stamp_fingerprint(event: bytes, fingerprint: str) -> bytes:
     """vLLM's finish chunk as it sends it without include_usage: the fingerprint as the last field."""
     body = event.rstrip()

@@ -46,6 +46,7 @@ from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, par
 from thrifty.proxy.levers.verifier import Verifier
 from thrifty.proxy.request.context import CACHE_HEADER, TIER_HEADER, RequestContext
 from thrifty.proxy.request.prefix import bounded_view
+from thrifty.proxy.request.responses import last_user_turn
 from thrifty.proxy.request.tenant import ANONYMOUS
 
 __all__ = ["CostLevers", "LeverMetrics", "query_text", "semantic_context"]
@@ -101,6 +102,8 @@ def _question(ctx: RequestContext) -> str | None:
                 return None  # images, or parts this sidecar does not read: no
             return "\n".join(parts)  # type: ignore[arg-type]
         return None
+    if ctx.endpoint == "responses":
+        return last_user_turn(ctx.body)
     if ctx.endpoint == "completions":
         prompt = ctx.body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):

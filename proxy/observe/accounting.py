@@ -30,6 +30,11 @@ class Usage:
     def from_body(cls, usage: object) -> "Usage | None":
         if not isinstance(usage, dict):
             return None
+        if "input_tokens" in usage:  # the Responses API's names
+            details = usage.get("input_tokens_details")
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            return cls(input=int(usage.get("input_tokens") or 0), output=int(usage.get("output_tokens") or 0),
+                       cached=int(cached or 0))
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return cls(

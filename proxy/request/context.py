@@ -35,6 +35,7 @@ class RequestContext:
     requested_tier: str = ""  # the tier the alias maps to (the client's intent); "" until validated
     # the levers' decisions
     tier: str = ""  # the tier that answers (after routing)
+    pinned_replica: str = ""  # a Responses follow-up: the replica holding `previous_response_id`
     bypass_cache: bool = False  # `X-Thrifty-Cache: bypass`, a tier's `cache: false` or policy
     embedding: np.ndarray | None = None  # computed once, shared by semantic cache and router
     router_score: float | None = None

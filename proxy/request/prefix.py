@@ -12,6 +12,8 @@ import hashlib
 import zlib
 from typing import Any
 
+from thrifty.proxy.request.responses import responses_messages
+
 BLOCK_CHARS = 256
 MAX_BLOCKS = 64
 VIEW_EDGE_CHARS = 4096  # a bounded view keeps this much of each end of a long text
@@ -19,9 +21,10 @@ VIEW_EDGE_CHARS = 4096  # a bounded view keeps this much of each end of a long t
 
 def render_prompt(endpoint: str, body: dict[str, Any]) -> str:
     """A stable text rendering of what the engine will see as the prompt prefix."""
-    if endpoint == "chat":
+    if endpoint in ("chat", "responses"):
         parts: list[str] = []
-        for m in body.get("messages") or ():
+        messages = body.get("messages") if endpoint == "chat" else responses_messages(body)
+        for m in messages or ():
             if not isinstance(m, dict):
                 continue
             parts.append(str(m.get("role", "")))

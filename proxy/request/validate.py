@@ -25,7 +25,8 @@ DEFAULT_MAX_TOKENS_LIMIT = 1 << 20
 MAX_JSON_DEPTH = 256  # deeper bodies are refused: re-encoding them would hit Python's recursion limit
 _LAX = {int: TypeAdapter(int), float: TypeAdapter(float), bool: TypeAdapter(bool)}  # pydantic lax mode, as vLLM
 _REQUEST_ID = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}")  # an RFC 9110 token
-ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings"}
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/embeddings": "embeddings",
+             "/v1/responses": "responses"}
 
 
 @dataclass(slots=True)
@@ -168,6 +169,14 @@ def _check_input(value: Any) -> None:
     raise ApiError(400, "'input' must be a string or a non-empty array", param="input")
 
 
+def _check_response_input(value: Any) -> None:
+    if value is None:
+        raise ApiError(400, "'input' is required", param="input")
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(item, dict) for item in value)):
+        return
+    raise ApiError(400, "'input' must be a string or an array of input items", param="input")
+
+
 def validate(endpoint: str, body: dict[str, Any], *, max_tokens_limit: int = DEFAULT_MAX_TOKENS_LIMIT) -> ParsedRequest:
     """Check `body` for `endpoint`; return the parts the request path needs."""
     model = body.get("model")
@@ -180,6 +189,15 @@ def validate(endpoint: str, body: dict[str, Any], *, max_tokens_limit: int = DEF
     if endpoint == "embeddings":
         _check_input(body.get("input"))
         return ParsedRequest(endpoint, body, model, False)
+    if endpoint == "responses":
+        _check_response_input(body.get("input"))
+        _int_range(body, "max_output_tokens", 1, max_tokens_limit)
+        _number_range(body, "temperature", 0, math.inf)
+        _number_range(body, "top_p", 0, 1)
+        previous = body.get("previous_response_id")
+        if previous is not None and not isinstance(previous, str):
+            raise ApiError(400, "'previous_response_id' must be a string", param="previous_response_id")
+        return ParsedRequest(endpoint, body, model, stream)
     if endpoint == "chat":
         _check_messages(body.get("messages"))
         _int_range(body, "max_completion_tokens", 1, max_tokens_limit)

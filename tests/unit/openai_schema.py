@@ -114,3 +114,31 @@ def check_error(obj: Any) -> None:
     assert isinstance(e["type"], str), e
     assert _str_or_none(e.get("param")), e
     assert e.get("code") is None or isinstance(e["code"], (str, int)), e
+
+
+RESPONSE_STATUS = {"completed", "failed", "in_progress", "cancelled", "queued", "incomplete"}
+
+
+def check_response(obj: Any, model: str | None = None) -> None:
+    """`Response`: id, object "response", created_at, model, status enum, output [message items with
+    output_text parts], usage {input_tokens, output_tokens, total_tokens, *_details objects} when present."""
+    assert isinstance(obj, dict), obj
+    assert isinstance(obj["id"], str) and obj["id"], obj
+    assert obj["object"] == "response", obj
+    assert isinstance(obj["created_at"], (int, float)) and not isinstance(obj["created_at"], bool), obj
+    assert isinstance(obj["model"], str) and (model is None or obj["model"] == model), (obj["model"], model)
+    assert obj["status"] in RESPONSE_STATUS, obj
+    assert isinstance(obj["output"], list), obj
+    for item in obj["output"]:
+        assert isinstance(item, dict) and isinstance(item["type"], str), item
+        if item["type"] == "message":
+            assert item["role"] == "assistant" and isinstance(item["id"], str), item
+            for part in item["content"]:
+                assert part["type"] in ("output_text", "refusal"), part
+                assert isinstance(part.get("text", part.get("refusal")), str), part
+    usage = obj.get("usage")
+    if usage is not None:
+        for k in ("input_tokens", "output_tokens", "total_tokens"):
+            assert _int(usage[k]), (k, usage)
+        for k in ("input_tokens_details", "output_tokens_details"):
+            assert isinstance(usage[k], dict), (k, usage)
