@@ -21,6 +21,9 @@ from aiohttp import web
 
 from thrifty.config import Config
 from thrifty.proxy.balance.admission import Admission
+from thrifty.proxy.batch.api import BatchApi
+from thrifty.proxy.batch.runner import BatchRunner
+from thrifty.proxy.batch.store import BatchStore
 from thrifty.proxy.balance.balancer import Balancer, build_balancer
 from thrifty.proxy.balance.filters import PickRequest
 from thrifty.proxy.balance.kv_hub import KvEventHub, kv_event_sources, tier_tokenizer
@@ -90,6 +93,13 @@ class Sidecar:
                       models={t.name: t.model for t in config.tiers}, tokenizers=self.tokenizers, max_attempts=max_attempts)
         self.pipeline = Pipeline(config, levers=levers or NoLevers(), relay=relay, metrics=self.metrics, costs=self.costs,
                                  access_log=access_log or AccessLog(enabled=False), max_body_bytes=max_body_bytes)
+        store = BatchStore(config.batch.store) if config.batch.store else None
+        self.batch_api = BatchApi(store, config.cache.tenancy, max_file_bytes=config.batch.max_file_bytes)
+        self.batch_runner = None if store is None else BatchRunner(
+            store, self.pipeline.handle, queued=lambda: sum(self.admission.depths().values()),
+            concurrency=config.batch.concurrency, on_line=self.metrics.batch_lines_done)
+        if self.batch_runner is not None:
+            self.metrics.attach_batch(lambda: self.batch_runner.backlog if self.batch_runner else 0)
 
     @property
     def levers(self) -> Levers:
@@ -103,9 +113,14 @@ class Sidecar:
         self.session = make_session(self.config.timeouts)
         await self.pool.start()
         self.kv_hub.start()
+        if self.batch_runner is not None:
+            self.batch_runner.start()
         log.info("sidecar started", extra={"fields": {"replicas": {t: [r.url for r in rs] for t, rs in self.pool.tiers.items()}}})
 
     async def stop(self, app: web.Application | None = None) -> None:
+        if self.batch_runner is not None:
+            await self.batch_runner.stop()
+            self.batch_runner.store.close()
         await self.kv_hub.close()
         await self.pool.close()
         self.upstream.close()
@@ -226,6 +241,7 @@ def build_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/v1/models/{model:.+}", sidecar.handle_model)
     app.router.add_get("/metrics", sidecar.handle_metrics)
     app.router.add_get("/healthz", sidecar.handle_healthz)
+    sidecar.batch_api.routes(app)
     app.router.add_route("*", "/{tail:.*}", sidecar.handle_passthrough)
     app.on_startup.append(sidecar.start)
     app.on_cleanup.append(sidecar.stop)

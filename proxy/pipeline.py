@@ -136,9 +136,10 @@ class Pipeline:
             raise ApiError(404, f"The model `{parsed.model}` does not exist. Served models: {', '.join(sorted(self.tier_by_model))}",
                            param="model", code="model_not_found")
         h = request.headers
-        ctx.tenant = tenant_of(h.get("authorization"), h.get("x-thrifty-tenant"), client_address(request), self.tenancy)
+        ctx.tenant = request.tenant or tenant_of(h.get("authorization"), h.get("x-thrifty-tenant"), client_address(request),
+                                                 self.tenancy)
         ctx.body, ctx.model_alias, ctx.stream = body, parsed.model, parsed.stream
-        ctx.lane = lane_of(body)
+        ctx.lane = request.lane or lane_of(body)
         ctx.headers = {k: v for k, v in h.items() if k not in _NOT_FOR_LEVERS}
         ctx.tier = ctx.requested_tier = tier.name  # last: from here on the request counts against its tier
         return raw

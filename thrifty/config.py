@@ -273,6 +273,14 @@ class AdmissionSettings(_Strict):
     saturation_kv: Annotated[float, Field(gt=0, le=1)] = 0.95
 
 
+class BatchSettings(_Strict):
+    """The Batch API (`/v1/files`, `/v1/batches`); off until `store` names a SQLite file on a volume."""
+
+    store: str | None = None  # path of the SQLite database ("" or absent: the Batch API answers 404)
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 4  # batch lines in flight per sidecar
+    max_file_bytes: Annotated[int, Field(ge=1)] = 200 * 1024 * 1024  # OpenAI's limit for a batch input file
+
+
 class TimeoutSettings(_Strict):
     connect_s: Positive = 5
     first_byte_s: Positive = 120
@@ -286,6 +294,7 @@ class Config(_Strict):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     baseline_tier: str | None = None  # defaults to the most expensive tier

@@ -337,6 +337,9 @@ async def _up(args: argparse.Namespace) -> int:
             print("[2/4] controller: off (--no-controller)", flush=True)
 
         sidecar_cfg = runtime_config(raw, urls, None, controller_target)
+        batch = sidecar_cfg.get("batch") or {}
+        if not batch.get("store"):  # the Batch API, with its jobs in the log directory
+            sidecar_cfg["batch"] = {**batch, "store": str(log_dir / "batch.sqlite")}
         if redis_binary is not None:
             from thrifty.proxy.levers.shared.local_server import LocalRedis
 
@@ -353,7 +356,8 @@ async def _up(args: argparse.Namespace) -> int:
         second = None
         if redis is not None:
             cfg_path = log_dir / "sidecar-2.yaml"
-            cfg_path.write_text(yaml.safe_dump({**sidecar_cfg, "listen": {**(sidecar_cfg.get("listen") or {}), "port": listen.port + 1}}))
+            cfg_path.write_text(yaml.safe_dump({**sidecar_cfg, "listen": {**(sidecar_cfg.get("listen") or {}), "port": listen.port + 1},
+                                                "batch": {**sidecar_cfg["batch"], "store": str(log_dir / "batch-2.sqlite")}}))
             proxy2 = await _start_child([sys.executable, "-m", "thrifty.cli", "proxy", "--config", str(cfg_path)],
                                         log_dir / "sidecar-2.log", sidecar_env)
             children.append(proxy2)

@@ -21,10 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from thrifty.proxy.balance.lanes import DEFAULT_LANE, FLEX, LANES
+from thrifty.proxy.balance.lanes import BATCH, DEFAULT_LANE, FLEX, LANES
 from thrifty.proxy.http.errors import ApiError
 
 T = TypeVar("T")
+_SHEDDABLE = (FLEX, BATCH)  # lanes whose waiters make room for better ones
 
 
 @dataclass(slots=True)
@@ -96,7 +97,7 @@ class Admission:
     def __init__(self, tiers: list[str], *, max_queue: int, max_wait_s: float, flex_max_wait_s: float | None = None) -> None:
         self.max_queue = max_queue
         self.max_wait_s = {lane: max_wait_s for lane in LANES}
-        self.max_wait_s[FLEX] = flex_max_wait_s if flex_max_wait_s is not None else max_wait_s
+        self.max_wait_s[FLEX] = self.max_wait_s[BATCH] = flex_max_wait_s if flex_max_wait_s is not None else max_wait_s
         self._queues: dict[str, _TierQueue] = {t: _TierQueue() for t in tiers}
         self.shed_for_room: dict[str, int] = {lane: 0 for lane in LANES}  # flex waiters shed to admit a better lane
 
@@ -116,19 +117,22 @@ class Admission:
                 return
 
     def _make_room(self, tier: str, q: _TierQueue, lane: str) -> bool:
-        """Shed the newest flex waiter for a request of a better lane; False when there is none."""
-        if lane == FLEX:
-            return False
-        victim = q.newest(FLEX)
-        if victim is None:
-            return False
-        q.remove(victim)
-        if not victim.future.done():
-            victim.future.set_exception(ApiError(
-                429, f"tier {tier!r} is saturated and its admission queue is full; a flex request is shed first; retry later",
-                retry_after_s=max(1.0, self.max_wait_s[FLEX] / 4), outcome="shed"))
-        self.shed_for_room[lane] += 1
-        return True
+        """Shed the newest waiter of the worst lane below `lane` (batch, then flex) to queue a request
+        of a better lane; False when there is none."""
+        for worse in reversed(LANES):
+            if worse == lane or worse not in _SHEDDABLE:
+                return False
+            victim = q.newest(worse)
+            if victim is None:
+                continue
+            q.remove(victim)
+            if not victim.future.done():
+                victim.future.set_exception(ApiError(
+                    429, f"tier {tier!r} is saturated and its admission queue is full; a {worse} request is shed first; "
+                         "retry later", retry_after_s=max(1.0, self.max_wait_s[worse] / 4), outcome="shed"))
+            self.shed_for_room[lane] += 1
+            return True
+        return False
 
     async def admit(self, tier: str, try_pick: Callable[[], T | None], *, why_not: Callable[[], str],
                     lane: str = DEFAULT_LANE, tenant: str = "") -> tuple[T, float]:

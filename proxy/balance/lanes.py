@@ -3,6 +3,8 @@
 `priority` is admitted first and never routed to a cheaper tier; `default` (also `auto`
 and `scale`, and a request that names none) is today's behaviour; `flex` waits longer in
 admission, is shed first when a queue fills, and is always eligible for cheaper tiers.
+`batch` is the Batch API's own lane (never named by a client): admitted last, shed before
+anything else.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from typing import Any
 
 from thrifty.proxy.http.errors import ApiError
 
-PRIORITY, DEFAULT_LANE, FLEX = "priority", "default", "flex"
-LANES = (PRIORITY, DEFAULT_LANE, FLEX)  # admission order
+PRIORITY, DEFAULT_LANE, FLEX, BATCH = "priority", "default", "flex", "batch"
+LANES = (PRIORITY, DEFAULT_LANE, FLEX, BATCH)  # admission order
 _ALIASES = {"auto": DEFAULT_LANE, "default": DEFAULT_LANE, "scale": DEFAULT_LANE, "flex": FLEX, "priority": PRIORITY}
 
 

@@ -29,11 +29,14 @@ class Conn(Protocol):
 class FrontRequest:
     """One request as the request path sees it; header names are lower-case."""
 
-    __slots__ = ("method", "path", "headers", "content_length", "body", "conn")
+    __slots__ = ("method", "path", "headers", "content_length", "body", "conn", "tenant", "lane")
 
     def __init__(self, method: str, path: str, headers: dict[str, str], content_length: int | None,
-                 body: bytes | None, conn: Conn) -> None:
+                 body: bytes | None, conn: Conn, *, tenant: str | None = None, lane: str | None = None) -> None:
         self.method = method
+        # set only by internal callers (the batch runner), never from the wire:
+        self.tenant = tenant  # the tenant the request belongs to (instead of its headers)
+        self.lane = lane  # the admission lane (instead of `service_tier`)
         self.path = path
         self.headers = headers
         self.content_length = content_length

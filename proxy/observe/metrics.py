@@ -75,6 +75,16 @@ class _LaneCollector(Collector):
         yield shed
 
 
+class _GaugeCollector(Collector):
+    """One unlabelled gauge read from live state at scrape time."""
+
+    def __init__(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(self.name, self.documentation, value=self.read())
+
+
 class CounterChild:
     __slots__ = ("value",)
 
@@ -187,9 +197,10 @@ class SidecarMetrics:
         self.retries = LeanCounter("thrifty_retries", "retried on another replica before the first byte", ["tier"])
         self.escalations = LeanCounter("thrifty_escalations", "escalations after an error/timeout", ["from_tier", "to_tier"])
         self.lane_requests = LeanCounter("thrifty_lane_requests", "requests finished, by service_tier lane", ["lane", "outcome"])
+        self.batch_lines = LeanCounter("thrifty_batch_lines", "batch lines run: done, failed, or deferred (shed for capacity, retried later)", ["result"])
         self.registry.register(_LeanCollector([
             self.requests, self.ttft, self.duration, self.itl, self.tokens, self.cost, self.baseline_cost, self.savings,
-            self.admission_wait, self.picks, self.retries, self.escalations, self.lane_requests]))
+            self.admission_wait, self.picks, self.retries, self.escalations, self.lane_requests, self.batch_lines]))
         self.tiers: dict[str, TierMetrics] = {t: self._bind(t) for t in tiers}
 
     def _bind(self, tier: str) -> TierMetrics:
@@ -208,6 +219,12 @@ class SidecarMetrics:
 
     def attach_pool(self, pool: ReplicaPool, queue_depth: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_PoolCollector(pool, queue_depth))
+
+    def batch_lines_done(self, result: str) -> None:
+        self.batch_lines.labels(result).inc()
+
+    def attach_batch(self, backlog: Callable[[], int]) -> None:
+        self.registry.register(_GaugeCollector("thrifty_batch_backlog", "batch lines left to run in active batches", backlog))
 
     def attach_lanes(self, admission: Admission) -> None:
         self.registry.register(_LaneCollector(admission))

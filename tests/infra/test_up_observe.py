@@ -27,7 +27,7 @@ METRICS_DOC = REPO / "docs" / "metrics.md"
 # carry the family (HELP/TYPE, as Prometheus' metadata API shows); every other one needs a series.
 EVENT_ONLY = {"thrifty_escalations_total", "thrifty_controller_scale_actions_total", "thrifty_controller_drift_alerts",
               "thrifty_controller_drift_alerts_total", "thrifty_controller_ready_replicas",
-              "thrifty_controller_telemetry_rejected_total"}
+              "thrifty_controller_telemetry_rejected_total", "thrifty_batch_lines_total"}
 # Exported only where their feature is configured, which `thrifty up --engine sim` does not:
 # KV-event indexes (replicas that publish vLLM KV-cache events) and the Redis shared cache tier.
 FEATURE_ONLY_PREFIXES = ("thrifty_kv_index_", "thrifty_shared_cache_")

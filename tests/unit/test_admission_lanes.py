@@ -51,7 +51,7 @@ async def test_priority_then_default_then_flex() -> None:
     for name, lane in (("f", "flex"), ("d", "default"), ("p", "priority")):
         tasks.append(asyncio.create_task(queue_up(admission, gate, order, name, lane, "a")))
         await asyncio.sleep(0.01)
-    assert admission.lane_depths() == {("t", "priority"): 1, ("t", "default"): 1, ("t", "flex"): 1}
+    assert admission.lane_depths() == {("t", "priority"): 1, ("t", "default"): 1, ("t", "flex"): 1, ("t", "batch"): 0}
     await drain(admission, gate, 3)
     await asyncio.gather(*tasks)
     assert order == ["p", "d", "f"]
