@@ -97,7 +97,8 @@ class Sidecar:
         self.batch_api = BatchApi(store, config.cache.tenancy, max_file_bytes=config.batch.max_file_bytes)
         self.batch_runner = None if store is None else BatchRunner(
             store, self.pipeline.handle, queued=lambda: sum(self.admission.depths().values()),
-            concurrency=config.batch.concurrency, on_line=self.metrics.batch_lines_done)
+            concurrency=config.batch.concurrency, pressure=self.pipeline.interactive,
+            on_line=self.metrics.batch_lines_done)
         if self.batch_runner is not None:
             self.metrics.attach_batch(lambda: self.batch_runner.backlog if self.batch_runner else 0)
 

@@ -23,7 +23,8 @@ import time
 from typing import Any
 
 from thrifty.config import Config, Tier
-from thrifty.proxy.balance.lanes import PRIORITY, lane_of
+from thrifty.proxy.balance.lanes import BATCH, PRIORITY, lane_of
+from thrifty.proxy.batch.pacing import InteractivePressure
 from thrifty.proxy.http.conform import ORIGIN_KEY, cached_answer
 from thrifty.proxy.http.errors import ApiError
 from thrifty.proxy.http.messages import FrontRequest, Reply, StreamReply, error_reply, json_reply
@@ -77,6 +78,7 @@ class Pipeline:
         # The tiers a request may be routed to: its own and every cheaper one, cheapest first.
         self.route_candidates = {name: [t for t in cheapest_first if price[t] <= price[name]] for name in self.tiers}
         self.embedding_tiers = [t.name for t in config.tiers if serves_embeddings(t)]
+        self.interactive = InteractivePressure(config.slo.ttft_p95_ms / 1000)  # paces the Batch API's runner
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -231,6 +233,8 @@ class Pipeline:
             tm.duration.observe(elapsed)
             if ctx.outcome == "ok":
                 tm.ttft.observe(ctx.ttft if ctx.ttft is not None else elapsed)
+            if ctx.lane != BATCH:
+                self.interactive.observe(ctx.ttft if ctx.ttft is not None else elapsed, ctx.admission_wait > 0)
             if usage is not None:
                 self._account(tier, tm, usage, cache)
         if not self.access_log.enabled:

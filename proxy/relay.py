@@ -101,6 +101,7 @@ class Relay:
                                                       why_not=lambda: _why_not(replicas), lane=ctx.lane, tenant=ctx.tenant)
             if waited:
                 tier_metrics.admission_wait.observe(waited)
+                ctx.admission_wait += waited
             replica = pick.replica
             self.metrics.picks.labels(tier, replica.url, pick.reason).inc()
             replica.inflight += 1

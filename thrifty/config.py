@@ -277,7 +277,7 @@ class BatchSettings(_Strict):
     """The Batch API (`/v1/files`, `/v1/batches`); off until `store` names a SQLite file on a volume."""
 
     store: str | None = None  # path of the SQLite database ("" or absent: the Batch API answers 404)
-    concurrency: Annotated[int, Field(ge=1, le=1024)] = 4  # batch lines in flight per sidecar
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = 64  # most batch lines in flight per sidecar (AIMD below it)
     max_file_bytes: Annotated[int, Field(ge=1)] = 200 * 1024 * 1024  # OpenAI's limit for a batch input file
 
 

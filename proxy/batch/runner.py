@@ -3,8 +3,10 @@
 Each line is a request like any other (validation, caches, routing, admission,
 accounting), sent in the `batch` admission lane: admitted after every interactive lane
 and shed first. The runner starts a line only while no interactive request is queued in
-admission, at most `concurrency` at a time, so a batch fills the troughs of interactive
-traffic instead of competing with it. A line shed for capacity (429/503 from admission)
+admission, and keeps at most `AimdLimit` lines in flight (up to `concurrency`): the limit
+grows while interactive requests are fast and halves when they slow down or queue
+(`pacing.py`), so a batch fills the troughs of interactive traffic instead of competing
+with it. A line shed for capacity (429/503 from admission)
 goes back to pending and is retried after a pause; any other answer is its result.
 """
 
@@ -16,6 +18,7 @@ import logging
 from collections.abc import Callable
 
 from thrifty.proxy.balance.lanes import BATCH
+from thrifty.proxy.batch.pacing import AimdLimit, InteractivePressure
 from thrifty.proxy.batch.store import BatchStore, PendingLine
 from thrifty.proxy.http.messages import FrontRequest, Handler, Reply
 
@@ -43,11 +46,12 @@ class _NoStream:
 
 class BatchRunner:
     def __init__(self, store: BatchStore, handle: Handler, *, queued: Callable[[], int], concurrency: int,
-                 on_line: Callable[[str], None] | None = None) -> None:
+                 pressure: InteractivePressure | None = None, on_line: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.handle = handle
         self.queued = queued  # interactive requests waiting in admission, over all tiers
-        self.concurrency = concurrency
+        self.pressure = pressure or InteractivePressure(float("inf"))
+        self.limit = AimdLimit(concurrency)
         self.on_line = on_line or (lambda result: None)
         self.backlog = 0  # lines left in active batches (refreshed each round; a gauge)
         self._inflight: set[asyncio.Task[None]] = set()
@@ -74,8 +78,9 @@ class BatchRunner:
             try:
                 await self.store.settle()
                 self.backlog = await self.store.backlog()
-                free = self.concurrency - len(self._inflight)
-                if free > 0 and self.queued() == 0 and loop.time() >= self._pause_until:
+                queued = self.queued() > 0
+                free = self.limit.update(self.pressure, queued=queued) - len(self._inflight)
+                if free > 0 and not queued and loop.time() >= self._pause_until:
                     for line in await self.store.claim(free):
                         task = loop.create_task(self._run_line(line))
                         self._inflight.add(task)

@@ -48,6 +48,7 @@ class RequestContext:
     usage: Usage | None = None
     replica: str = ""  # the replica URL that answered
     ttft: float | None = None  # seconds to the first streamed event
+    admission_wait: float = 0.0  # seconds spent queued in admission for a replica
 
     @property
     def validated(self) -> bool:

@@ -176,3 +176,17 @@ async def test_runner_waits_while_interactive_requests_queue(tmp_path: Path) -> 
     assert runner.backlog == 3
     await runner.stop()
     store.close()
+
+
+def test_aimd_limit_grows_when_calm_and_halves_under_pressure() -> None:
+    from thrifty.proxy.batch.pacing import AimdLimit, InteractivePressure
+
+    pressure, limit = InteractivePressure(ttft_slo_s=2.0), AimdLimit(16, window_s=0.0)
+    for _ in range(20):
+        pressure.observe(0.2, queued=False)  # fast interactive answers
+        limit.update(pressure, queued=False)
+    assert limit.value == 16  # grew one per window, capped at the maximum
+    pressure.observe(1.5, queued=False)  # over half the SLO: slow
+    assert limit.update(pressure, queued=False) == 8
+    assert limit.update(pressure, queued=True) == 4  # a request waits for a replica: at once
+    assert limit.update(pressure, queued=False) == 5
