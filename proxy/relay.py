@@ -182,11 +182,12 @@ def response_id(data: bytes) -> str | None:
 def upstream_body(ctx: RequestContext, raw: bytes, model: str) -> tuple[bytes, bool]:
     """The body to send (re-serialised only when it must change) and whether to strip usage.
 
-    A routed request names the answering tier's model; a stream always asks for usage
+    The engine is asked for the answering tier's model by name (a routed request, or one that
+    used an alias); a stream always asks for usage
     (for accounting), which is stripped again when the client did not ask for it."""
     body = ctx.body
     changes: dict[str, Any] = {}
-    if ctx.tier != ctx.requested_tier:
+    if ctx.model_alias != model:  # routed, or an alias the engine may not know: name the tier's model
         changes["model"] = model
     strip_usage = False
     if ctx.stream and ctx.endpoint != "responses":  # a Responses stream always ends with its usage

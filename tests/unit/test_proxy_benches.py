@@ -53,3 +53,15 @@ def test_overhead_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     for key in ("added_p50_ms", "plain_added_p50_ms", "ratio_vs_plain", "cpu_ms_per_req", "rps_c32"):
         assert key in result
     assert result["cpu_ms_per_req"] > 0 and result["rps_c32"] > 0
+
+
+def test_batch_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from thrifty.bench import batch
+
+    assert batch.main(["--minutes", "0.5", "--batch-size", "12", "--time-scale", "20", "--replicas", "1"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result) == {"interactive", "mixed", "batch", "utilisation_gain"}
+    b = result["batch"]
+    assert b["lines"] == 12 and b["completed"] + b["failed"] == 12  # nothing lost across the restart
+    assert b["lost"] == 0 and b["duplicated"] == 0 and b["restarts"] == 1
+    assert result["mixed"]["requests"] == result["interactive"]["requests"] > 0
