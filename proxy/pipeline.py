@@ -228,12 +228,15 @@ class Pipeline:
             self.metrics.requests.labels("none", ctx.outcome, cache).inc()
         else:
             tm = self.metrics.tier(tier)
-            self.metrics.requests.labels(tier, ctx.outcome, cache).inc()
             self.metrics.lane_requests.labels(ctx.lane, ctx.outcome).inc()
-            tm.duration.observe(elapsed)
-            if ctx.outcome == "ok":
-                tm.ttft.observe(ctx.ttft if ctx.ttft is not None else elapsed)
+            # Batch lines are deferrable work: their waits and sheds are not interactive latency, so
+            # they stay out of the request counts and latency histograms the SLO (and the autoscaler)
+            # read; their tokens and dollars are real work and are accounted below.
             if ctx.lane != BATCH:
+                self.metrics.requests.labels(tier, ctx.outcome, cache).inc()
+                tm.duration.observe(elapsed)
+                if ctx.outcome == "ok":
+                    tm.ttft.observe(ctx.ttft if ctx.ttft is not None else elapsed)
                 self.interactive.observe(ctx.ttft if ctx.ttft is not None else elapsed, ctx.admission_wait > 0)
             if usage is not None:
                 self._account(tier, tm, usage, cache)

@@ -90,6 +90,10 @@ async def test_batch_end_to_end_with_the_sdk(tmp_path: Path) -> None:
         reg = sc.metrics.registry
         assert reg.get_sample_value("thrifty_batch_lines_total", {"result": "done"}) == 20
         assert reg.get_sample_value("thrifty_lane_requests_total", {"lane": "batch", "outcome": "ok"}) == 20
+        # deferrable work: not in the interactive request counts or latency the SLO and autoscaler read
+        assert reg.get_sample_value("thrifty_requests_total", {"tier": "small", "outcome": "ok", "cache": "miss"}) is None
+        assert reg.get_sample_value("thrifty_ttft_seconds_count", {"tier": "small"}) in (None, 0)
+        assert reg.get_sample_value("thrifty_tokens_total", {"tier": "small", "kind": "output"}) > 0  # but its work is
         # another tenant sees none of it
         other = openai.AsyncOpenAI(base_url=url, api_key="sk-b")
         with pytest.raises(openai.NotFoundError):
