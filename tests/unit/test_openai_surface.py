@@ -204,18 +204,20 @@ def _mutate(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_seeded_sweep_of_malformed_bodies_has_no_5xx() -> None:
-    """600 seeded mutations of valid chat/completions/embeddings bodies through the sidecar
+    """800 seeded mutations of valid chat/completions/embeddings/responses bodies through the sidecar
     (exact cache on) and a stub engine: every answer is 2xx or an OpenAI-shaped 4xx."""
     rng = random.Random(18)
     bases = [("/v1/chat/completions", {"model": "small-model", "messages": [{"role": "user", "content": "hi"}],
                                        "temperature": 0}),
              ("/v1/completions", {"model": "small-model", "prompt": "hi", "temperature": 0}),
-             ("/v1/embeddings", {"model": "small-model", "input": "hi"})]
+             ("/v1/embeddings", {"model": "small-model", "input": "hi"}),
+             ("/v1/responses", {"model": "small-model", "input": [{"role": "user", "content": "hi"}],
+                                "service_tier": "flex", "max_output_tokens": 8})]
     statuses: dict[int, int] = {}
     async with stack([StubBehaviour()], **CACHES) as s, aiohttp.ClientSession() as http:
         s.sidecar.set_levers(CostLevers(config_for({"small": [b.url for b in s.backends]}, **CACHES),
                                         s.sidecar.metrics.registry, embedder=Embedder(HashedNgramEncoder(64))))
-        for i in range(600):
+        for i in range(800):
             path, base = bases[i % len(bases)]
             body = _mutate(rng, base)
             async with http.post(s.url + path, data=json.dumps(body), headers=JSON) as resp:
