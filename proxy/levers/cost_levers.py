@@ -306,6 +306,9 @@ class CostLevers:
             log.exception("router failed; sending the request to the tier it asked for")
             return self._decide(ctx, allowed[-1], "disabled")
         ctx.router_score = score
+        centroids = self.router_model.centroids
+        if len(centroids):
+            ctx.router_cluster = int(np.argmax(centroids @ np.asarray(vector, dtype=centroids.dtype)))
         self.metrics.router_score.observe(score)
         return self._decide(ctx, pick_tier(score, allowed, self.router_threshold), "model")
 
