@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from thrifty.wire import telemetry_pb2 as pb
+from thrifty.wire.quality import LedgerGroup, ShadowVerdict
 from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 
 
@@ -58,6 +59,11 @@ def window_to_pb(w: StatsWindow) -> pb.StatsWindow:
     )
     if w.shared_cache is not None:
         msg.shared_cache.CopyFrom(shared_to_pb(w.shared_cache))
+    msg.verdicts.extend(pb.Verdict(kind=v.kind, cheap_tier=v.cheap_tier, reference_tier=v.reference_tier,
+                                   cluster=v.cluster, ease=v.ease, score=v.score) for v in w.verdicts)
+    msg.ledger.extend(pb.LedgerGroup(group=g.group, requests=g.requests, dollars=g.dollars, dollars_sq=g.dollars_sq,
+                                     baseline_dollars=g.baseline_dollars, judged=g.judged, quality_sum=g.quality_sum)
+                      for g in w.ledger)
     return msg
 
 
@@ -81,6 +87,9 @@ def window_from_pb(m: pb.StatsWindow) -> StatsWindow:
             for t in m.tiers
         ],
         shared_cache=shared_from_pb(m),
+        verdicts=[ShadowVerdict(v.kind, v.cheap_tier, v.reference_tier, v.cluster, v.ease, v.score) for v in m.verdicts],
+        ledger=[LedgerGroup(g.group, g.requests, g.dollars, g.dollars_sq, g.baseline_dollars, g.judged, g.quality_sum)
+                for g in m.ledger],
     )
 
 
