@@ -29,7 +29,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -66,6 +66,7 @@ class Sampled:
     route: str  # the tier asked for
     cluster: int
     ease: float
+    counterfactual: bool = False  # the reference served it; the shadow call asks the cheap tier
     endpoint: str = ""
     body: dict[str, Any] | None = None
     authorization: str = ""
@@ -87,6 +88,7 @@ class QualityLoop:
         self.models = {t.name: t.model for t in config.tiers}
         price = {t.name: costs.dollars(t, _REFERENCE_USAGE) for t in config.tiers}
         self.cheaper = {t for t in price if price[t] < price[self.reference]}
+        self.cheapest = min(self.cheaper, key=lambda t: price[t]) if self.cheaper else None
         self.watch = CacheWatch(q.cache_watch, None)
         self.verdicts: deque[ShadowVerdict] = deque(maxlen=q.shadow.max_verdicts)
         self.pending: OrderedDict[str, Sampled] = OrderedDict()  # feedback targets, newest last
@@ -105,15 +107,23 @@ class QualityLoop:
         return self.settings.enabled and self.ledger.draw(ctx)
 
     def consider(self, ctx: RequestContext) -> None:
-        """The shadow draw, once the answering tier (or cache hit) is known."""
+        """The shadow draw, once the answering tier (or cache hit) is known.
+
+        A cheaper answer (or semantic hit) is re-asked of the reference tier; a routed request
+        the reference answered is asked of the cheapest tier instead (the counterfactual), so
+        the sample covers every router score, not only those above the threshold in force:
+        the calibrator can then loosen a conservative threshold as well as tighten one."""
         if not self.settings.enabled or ctx.group == "control" or ctx.endpoint not in PATHS:
             return
-        if self.rng.random() >= self.settings.shadow.rate:
+        if ctx.cache_result == "exact" or self.rng.random() >= self.settings.shadow.rate:
             return
-        if ctx.cache_result == "semantic" or (ctx.cache_result != "exact" and ctx.tier in self.cheaper):
+        if ctx.cache_result == "semantic" or ctx.tier in self.cheaper:
             ctx.shadow = True
-        elif ctx.cache_result != "exact" and ctx.tier == self.reference and ctx.group == "treated":
-            self.ledger.judged("treated", 1.0)  # the reference's own answer: as good as itself
+        elif ctx.tier == self.reference:
+            if ctx.group == "treated":
+                self.ledger.judged("treated", 1.0)  # the reference's own answer: as good as itself
+            if ctx.router_score is not None and self.cheapest is not None:
+                ctx.shadow = True  # counterfactual: what the cheapest tier would have answered
 
     def finished(self, ctx: RequestContext, authorization: str = "") -> None:
         """From the finish step (the reply is complete): ledger, feedback registration, the shadow task."""
@@ -122,8 +132,9 @@ class QualityLoop:
         self.ledger.finished(ctx, ctx.dollars, ctx.baseline_dollars)
         if ctx.outcome != "ok":
             return
-        kind = "cache" if ctx.cache_result == "semantic" else ("router" if ctx.tier in self.cheaper else "")
-        cheap = ctx.tier
+        served_cheap = ctx.cache_result == "semantic" or ctx.tier in self.cheaper
+        kind = "cache" if ctx.cache_result == "semantic" else ("router" if served_cheap else "")
+        cheap = ctx.tier if served_cheap else (self.cheapest or ctx.tier)
         if kind == "cache" and isinstance(ctx.answer_body, dict):
             origin = ctx.answer_body.get(ORIGIN_KEY)
             cheap = origin if isinstance(origin, str) else cheap
@@ -135,6 +146,7 @@ class QualityLoop:
                 self.pending.popitem(last=False)
         if not ctx.shadow or self.settings.shadow.judge == "feedback":
             return
+        s = replace(s, kind=kind or "router", counterfactual=not served_cheap)
         s.answer = answer_text(ctx.answer_body)
         if s.answer is None:
             self.metrics.skipped.labels("no_answer").inc()
@@ -142,7 +154,7 @@ class QualityLoop:
         if self.inflight >= self.settings.shadow.max_inflight:
             self.metrics.skipped.labels("inflight").inc()
             return
-        if self.relay.admission.depths().get(self.reference, 0) > 0:
+        if self.relay.admission.depths().get(s.cheap_tier if not served_cheap else self.reference, 0) > 0:
             self.metrics.skipped.labels("load").inc()
             return
         s.endpoint, s.body, s.authorization = ctx.endpoint, ctx.body, authorization
@@ -158,12 +170,13 @@ class QualityLoop:
             self.shadow_started.append(time.monotonic())
             assert s.body is not None
             body = {k: v for k, v in s.body.items() if k not in ("stream", "stream_options")}
-            reference = await self.ask_reference(s.endpoint, body, s.authorization, s.request_id, s.group)
-            ref_text = answer_text(reference)
-            if ref_text is None or s.answer is None:
+            tier = s.cheap_tier if s.counterfactual else self.reference
+            other = answer_text(await self.ask(tier, s.endpoint, body, s.authorization, s.request_id, s.group))
+            if other is None or s.answer is None:
                 self.metrics.skipped.labels("no_answer").inc()
                 return
-            score = await self.judge().score(_question(s.endpoint, s.body), s.answer, ref_text)
+            cheap, ref = (other, s.answer) if s.counterfactual else (s.answer, other)
+            score = await self.judge().score(_question(s.endpoint, s.body), cheap, ref)
             if score is None:
                 self.metrics.skipped.labels("unjudged").inc()
                 return
@@ -175,10 +188,9 @@ class QualityLoop:
         finally:
             self.inflight -= 1
 
-    async def ask_reference(self, endpoint: str, body: dict[str, Any], authorization: str, request_id: str,
-                            group: str) -> dict[str, Any] | None:
-        """One non-streaming call to the reference tier, outside every cache; its cost is shadow spend."""
-        ref = self.reference
+    async def ask(self, ref: str, endpoint: str, body: dict[str, Any], authorization: str, request_id: str,
+                  group: str) -> dict[str, Any] | None:
+        """One non-streaming call to tier `ref`, outside every cache; its cost is shadow spend."""
         body = {**body, "model": self.models[ref]}
         raw = json.dumps(body).encode()
         sctx = RequestContext(request_id=f"{request_id}.shadow", endpoint=endpoint, body=body, model_alias=str(body["model"]),
@@ -219,7 +231,7 @@ class QualityLoop:
 
     async def _ask_grade(self, prompt: str) -> str | None:
         body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0}
-        return answer_text(await self.ask_reference("chat", body, "", "judge", "treated"))
+        return answer_text(await self.ask(self.reference, "chat", body, "", "judge", "treated"))
 
     # --- verdicts -------------------------------------------------------------------
     def record(self, s: Sampled, score: float) -> None:
@@ -234,7 +246,8 @@ class QualityLoop:
             pair[1] += score
             if s.kind == "cache":
                 self.watch.observe(s.route, score)
-        self.ledger.judged(s.group, score)
+        if not s.counterfactual:  # a counterfactual judged an answer nobody was served
+            self.ledger.judged(s.group, score)
 
     def drain(self, limit: int) -> list[ShadowVerdict]:
         out = []
