@@ -25,7 +25,7 @@ AUTH = {"Authorization": "Bearer key-a"}
 
 
 def quality(rate: float = 1.0, control: float = 0.0, **shadow: object) -> dict:
-    return {"quality": {"shadow": {"rate": rate, **shadow}, "control": {"rate": control}}}
+    return {"quality": {"enabled": True, "shadow": {"rate": rate, **shadow}, "control": {"rate": control}}}
 
 
 async def _wait(cond, timeout: float = 5.0) -> None:
