@@ -62,6 +62,8 @@ class QualityControl:
                                 "below quality.target", ["cheap_tier"], registry=registry)
         self.ledger_gauge = Gauge("thrifty_controller_ledger_savings_ratio", "control-group savings, measured "
                                   "(with interval) and modelled", ["kind"], registry=registry)
+        self.ledger_quality = Gauge("thrifty_controller_ledger_quality", "judged quality by ledger group (mean and "
+                                    "two-sided Wilson interval)", ["group", "bound"], registry=registry)
         self.ledger_cost = Gauge("thrifty_controller_ledger_cost_per_request_dollars", "cost per request by "
                                  "ledger group (mean and interval)", ["group", "bound"], registry=registry)
 
@@ -123,6 +125,10 @@ class QualityControl:
         for k, v in measured_savings(self.ledger["control"], self.ledger["treated"], self.confidence).items():
             if v is not None:
                 self.ledger_gauge.labels(k).set(v)
+        for g, qual in self.group_quality().items():
+            for bound, v in qual.items():
+                if v is not None:
+                    self.ledger_quality.labels(g, bound).set(v)
         for g, cost in self.cost_per_request().items():
             for bound, v in cost.items():
                 if v is not None:
@@ -138,6 +144,17 @@ class QualityControl:
             out[g] = {"mean": m[0], "lower": m[1], "upper": m[2]} if m else {"mean": None, "lower": None, "upper": None}
         return out
 
+    def group_quality(self) -> dict[str, dict[str, float | None]]:
+        out: dict[str, dict[str, float | None]] = {}
+        two_sided = 1 - (1 - self.confidence) / 2  # wilson() is one-sided per end
+        for g, s in self.ledger.items():
+            if s.judged <= 0:
+                out[g] = {"mean": None, "lower": None, "upper": None}
+                continue
+            lo, hi = wilson(s.quality_sum, s.judged, two_sided)
+            out[g] = {"mean": s.quality_sum / s.judged, "lower": lo, "upper": hi}
+        return out
+
     def to_json(self, threshold_in_force: float | None) -> dict[str, Any]:
         """`quality` in `GET /api/v1/fleet` (docs/contracts.md)."""
         snap = self.calibrator.snapshot()["pairs"]
@@ -151,7 +168,7 @@ class QualityControl:
                 entry["calibrated"] = {k: cal[k] for k in ("threshold", "cheap_share", "quality_retained", "lower_bound")}
             pairs.append(entry)
         cost = self.cost_per_request()
-        quality = {g: (s.quality_sum / s.judged if s.judged else None) for g, s in self.ledger.items()}
+        quality = self.group_quality()
         return {
             "target": self.target, "confidence": self.confidence, "reference_tier": self.reference,
             "threshold_in_force": threshold_in_force,

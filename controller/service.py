@@ -242,7 +242,7 @@ class ControlPlane:
             self.drift.alerts.append(alert)
             await self._announce(alert)
         if threshold is not None:
-            self._push_policy(router_threshold=round(threshold, 6))
+            self._push_policy(router_threshold=threshold)  # exact: the cut sits on a verdict's own ease
 
     async def _drift_round(self, now: float) -> None:
         bucket_end = math.floor(now / DRIFT_BUCKET_S) * DRIFT_BUCKET_S

@@ -30,9 +30,7 @@ PROMPTS = ["Name a primary colour.", "What is 2 plus 3?", "Say hello in French."
            "What is the opposite of hot?", "Name a fruit that is yellow.", "How many legs does a spider have?",
            "What colour is the sky?", "Name an ocean.", "What is 10 minus 4?", "Name a musical instrument.",
            "What is the capital of Italy?", "Name a farm animal.", "What is 3 times 3?", "Name a season.",
-           "Spell the word cat backwards.", "Name a metal.", "What do bees make?", "Name a day of the week.",
-           "What is frozen water called?", "Name a shape with three sides.", "What is 7 plus 1?",
-           "Name a bird.", "Name a vegetable."]
+           "Spell the word cat backwards."]
 
 
 async def _wait(cond, timeout: float) -> None:
@@ -52,7 +50,8 @@ async def test_shadow_verdicts_reach_the_controller_and_move_the_threshold(vllm_
         ],
         "router": {"threshold": 1.0},  # start with everything on the reference tier
         "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}},
-        "quality": {"shadow": {"rate": 1.0, "max_inflight": 2}, "control": {"rate": 0.0}},
+        # target 0.9: 16 verdicts against the calibrator's 20-verdict prior must be able to clear it
+        "quality": {"target": 0.9, "shadow": {"rate": 1.0, "max_inflight": 2}, "control": {"rate": 0.0}},
     }
     config = parse_config(fleet)
     plane = ControlPlane(config)
@@ -84,8 +83,10 @@ async def test_shadow_verdicts_reach_the_controller_and_move_the_threshold(vllm_
         threshold = plane.policy["router_threshold"]
         assert threshold is not None and threshold < 1.0, plane.quality.to_json(threshold)
         await _wait(lambda: sidecar.levers.router_threshold == threshold, 30)  # pushed and applied
+        sidecar.quality.settings.shadow.rate = 0.0
         before = served("small")
-        for prompt in PROMPTS[16:]:
+        # the calibrated cut sits on a judged prompt's own ease score, so at least that prompt now goes cheap
+        for prompt in PROMPTS[:16]:
             await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}],
                                                  max_tokens=8, temperature=0)
         assert served("small") > before  # the router now trusts the cheap tier with some prompts

@@ -122,7 +122,8 @@ async def test_fleet_api_shows_measured_beside_modelled_savings() -> None:
     plane.ingest("sidecar-1", window(now, verdicts(20, 0.5, 1.0, 1.0), ledger))
     await plane.tick(now)
     led = plane.fleet_json(now)["quality"]["ledger"]
-    assert led["control"]["requests"] == 50 and led["treated"]["quality"] == pytest.approx(90 / 95)
+    assert led["control"]["requests"] == 50 and led["treated"]["quality"]["mean"] == pytest.approx(90 / 95)
+    assert led["treated"]["quality"]["lower"] < 90 / 95 < led["treated"]["quality"]["upper"]
     assert led["savings"]["measured"] == pytest.approx(0.6) and led["savings"]["modelled"] == pytest.approx(0.6)
     assert led["savings"]["measured_lower"] <= 0.6 <= led["savings"]["measured_upper"]
     assert plane.metrics.registry.get_sample_value("thrifty_controller_ledger_savings_ratio", {"kind": "measured"}) == pytest.approx(0.6)
