@@ -196,3 +196,22 @@ async def test_shadow_verdicts_move_the_threshold_the_sidecar_applies(router_mod
                 await client.stop()
     finally:
         await server.stop(None)
+
+
+async def test_controller_quality_metrics_are_documented() -> None:
+    import re
+    from pathlib import Path
+
+    from prometheus_client import generate_latest
+
+    plane = ControlPlane(parse_config(CONFIG))
+    now = time.time()
+    plane.ingest("s", window(now, verdicts(20, 0.5, 1.0, 1.0), [LedgerGroup("control", 3, 0.03, 0.0003, 0.03, 1, 1.0),
+                                                               LedgerGroup("treated", 3, 0.01, 0.00004, 0.03, 1, 1.0)]))
+    await plane.tick(now)
+    text = generate_latest(plane.metrics.registry).decode()
+    names = {n for n in re.findall(r"^# TYPE (thrifty_controller_\S+) ", text, re.M)
+             if "quality" in n or "ledger" in n or "router_threshold" in n}
+    assert len(names) == 6, names
+    documented = set(re.findall(r"`(thrifty_[a-z0-9_]+)`", (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()))
+    assert names <= documented, names - documented

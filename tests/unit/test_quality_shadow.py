@@ -176,3 +176,32 @@ def test_every_quality_metric_is_documented() -> None:
     assert len(ours) >= 12, ours
     missing = {n for n in ours if n not in documented and n + "_total" not in documented}
     assert not missing, f"not in docs/metrics.md: {sorted(missing)}"
+
+
+async def test_semantic_hits_are_shadowed_and_feed_the_cache_watch() -> None:
+    from thrifty.proxy.levers.cost_levers import CostLevers
+    from thrifty.proxy.levers.embedder import Embedder, HashedNgramEncoder
+
+    extra = {**quality(), "cache": {"exact": {"enabled": False}, "semantic": {"enabled": True, "sampled_tiers": ["large"]}}}
+    async with stack([StubBehaviour(), StubBehaviour()], tiers=["small", "large"], **extra) as s, \
+            aiohttp.ClientSession() as session:
+        levers = CostLevers(s.sidecar.config, s.sidecar.metrics.registry, embedder=Embedder(HashedNgramEncoder(64)))
+        s.sidecar.set_levers(levers)
+        assert s.sidecar.quality.watch.semantic is levers.semantic
+        body = {**CHAT, "model": "alias-large", "temperature": 0.7}
+        _, _, first = await _post(session, s.url, body)
+        assert "X-Thrifty-Cache" not in first
+        _, _, second = await _post(session, s.url, body)
+        assert second["X-Thrifty-Cache"] == "semantic"
+        await _wait(lambda: s.sidecar.quality.inflight == 0 and _sample(
+            s.sidecar, "thrifty_shadow_verdicts_total", kind="cache", cheap_tier="large", reference_tier="large",
+            judge="exact") == 1)
+        assert s.backends[1].stats.requests == 2  # the first answer + one shadow call, never cached
+        assert s.sidecar.quality.watch.judged == {"large": 1}
+        assert _sample(s.sidecar, "thrifty_cache_false_hit_rate", route="large", bound="mean") == 0.0
+        assert _sample(s.sidecar, "thrifty_cache_similarity_floor") == levers.semantic.similarity_floor
+        _, _, third = await _post(session, s.url, body)
+        assert third["X-Thrifty-Cache"] == "semantic"  # the shadow's answer did not replace or add an entry
+        assert len(levers.semantic) == 1
+        await _wait(lambda: s.sidecar.quality.inflight == 0)
+        await levers.aclose()
