@@ -127,7 +127,8 @@ class Relay:
                     ctx.usage = Usage.from_body(find_usage(data)) if resp.status == 200 else None
                     ctx.replica, ctx.ttft = replica.url, None
                     return out
-                stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier})
+                stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier,
+                                      **({"X-Thrifty-Group": "control"} if ctx.group == "control" else {})})
                 await stream.prepare(request)
                 editor = StreamEditor(ctx.model_alias, strip_added_usage=strip_usage)
                 result = await relay_stream(resp, stream, editor=editor, on_gap=tier_metrics.itl.observe,

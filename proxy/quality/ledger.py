@@ -3,7 +3,7 @@
 Who is in it: chat and completions requests for the baseline tier (the tier every request
 would use without thrifty), so control and treated differ only by the draw. A control
 request skips both caches and the router and is answered by the tier it asked for (the
-baseline); it is tagged `X-Thrifty-Group: control` (non-streaming replies) and `group` in the
+baseline); it is tagged `X-Thrifty-Group: control` on the reply and `group` in the
 access log. Measured savings = 1 - (cost per treated request) / (cost per control request),
 with shadow spend charged to the treated group; modelled savings (the same tokens priced on
 the baseline tier) stand beside it. Quality per group is the mean judged score of its

@@ -147,9 +147,13 @@ async def test_control_group_takes_the_baseline_path_and_is_tagged() -> None:
             aiohttp.ClientSession() as session:
         status, _, headers = await _post(session, s.url, {**CHAT, "model": "alias-large"})
         assert status == 200 and headers["X-Thrifty-Group"] == "control" and headers["X-Thrifty-Tier"] == "large"
+        async with session.post(s.url + "/v1/chat/completions", json={**CHAT, "model": "alias-large", "stream": True},
+                                headers=AUTH) as r:
+            assert r.headers["X-Thrifty-Group"] == "control"
+            await r.read()
         _, _, headers = await _post(session, s.url, CHAT)  # asked for a cheaper tier: not in the ledger
         assert "X-Thrifty-Group" not in headers
-        assert _sample(s.sidecar, "thrifty_ledger_requests_total", group="control") == 1
+        assert _sample(s.sidecar, "thrifty_ledger_requests_total", group="control") == 2
         assert _sample(s.sidecar, "thrifty_ledger_requests_total", group="treated") == 0
         assert _sample(s.sidecar, "thrifty_ledger_dollars_total", group="control") > 0
 
