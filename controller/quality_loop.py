@@ -50,6 +50,9 @@ class QualityControl:
         self.pairs: dict[tuple[str, str, str], list[float]] = {}  # (kind, cheap, reference) -> [n, score sum]
         self.ledger = {g: LedgerGroup(g) for g in GROUPS}
         self.verdicts = 0
+        self.per_cluster = q.cluster_thresholds
+        self.last_clusters: dict[int, float] = {}
+        self.clusters: set[tuple[tuple[str, str, str], int]] = set()  # (pair, cluster) seen in router verdicts
         self.chosen: tuple[str | None, float] | None = None  # the calibrator's last choice
         self.alerts: dict[str, Alert] = {}  # active quality_drop alerts by cheap tier
         self._ids = itertools.count(1)
@@ -75,21 +78,28 @@ class QualityControl:
             pair[0] += 1
             pair[1] += v.score
             if v.kind == "router" and 0 <= v.ease <= 1:
+                self.clusters.add((("router", v.cheap_tier, v.reference_tier), v.cluster))
                 self.calibrator.observe(Verdict(v.ease, v.cluster, v.cheap_tier, v.reference_tier, v.score))
         for g in window.ledger:
             if g.group in self.ledger:
                 self.ledger[g.group].add(g)
 
     # -- the control round ----------------------------------------------------------
-    def decide(self, now: float, in_force: float | None) -> tuple[float | None, list[Alert]]:
-        """(the threshold to push, or None to leave the policy alone; alerts newly raised)."""
+    def decide(self, now: float, in_force: float | None) -> tuple[float | None, dict[int, float], list[Alert]]:
+        """(the pooled threshold to push, or None to leave the policy alone; per-cluster thresholds
+        for the clusters with verdicts; alerts newly raised)."""
         if not self.calibrator.pairs():
-            return None, []
+            return None, {}, []
         cheap, threshold = self.calibrator.choose(self.costs, self.reference)
         self.chosen = (cheap, threshold)
+        clusters: dict[int, float] = {}
+        if cheap is not None and self.per_cluster:
+            seen = {c for (kind, c_tier, ref), c in self.clusters if c_tier == cheap and ref == self.reference and c >= 0}
+            clusters = {c: min(self.calibrator.threshold(cheap, self.reference, c), 1.0) for c in sorted(seen)}
+        self.last_clusters = clusters
         raised = self._check_drop(now, in_force)
         self._gauges(min(threshold, 1.0))
-        return min(threshold, 1.0), raised
+        return min(threshold, 1.0), clusters, raised
 
     def _check_drop(self, now: float, in_force: float | None) -> list[Alert]:
         raised = []
@@ -173,6 +183,7 @@ class QualityControl:
             "target": self.target, "confidence": self.confidence, "reference_tier": self.reference,
             "threshold_in_force": threshold_in_force,
             "chosen_cheap_tier": self.chosen[0] if self.chosen else None,
+            "cluster_thresholds": {str(c): t for c, t in sorted(self.last_clusters.items())},
             "verdicts": self.verdicts, "pairs": pairs,
             "alerts": [a.to_json() for a in self.alerts.values()],
             "ledger": {

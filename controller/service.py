@@ -90,6 +90,7 @@ class ControlPlane:
             "version": 1, "router_threshold": config.router.threshold,
             "cache_enabled": config.cache.exact.enabled or config.cache.semantic.enabled,
             "tier_targets": {t.name: t.replicas.count for t in config.tiers},
+            "router_cluster_thresholds": {},
         }
 
     # -- telemetry ------------------------------------------------------------
@@ -237,12 +238,12 @@ class ControlPlane:
         """The calibrator's threshold goes to the sidecars; a quality drop is announced as drift."""
         if not self.config.quality.enabled:
             return
-        threshold, raised = self.quality.decide(now, self.policy.get("router_threshold"))
+        threshold, clusters, raised = self.quality.decide(now, self.policy.get("router_threshold"))
         for alert in raised:
             self.drift.alerts.append(alert)
             await self._announce(alert)
-        if threshold is not None:
-            self._push_policy(router_threshold=threshold)  # exact: the cut sits on a verdict's own ease
+        if threshold is not None:  # exact: the cut sits on a verdict's own ease
+            self._push_policy(router_threshold=threshold, router_cluster_thresholds=clusters)
 
     async def _drift_round(self, now: float) -> None:
         bucket_end = math.floor(now / DRIFT_BUCKET_S) * DRIFT_BUCKET_S

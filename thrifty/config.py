@@ -267,6 +267,9 @@ class QualitySettings(_Strict):
     control: ControlGroupSettings = Field(default_factory=ControlGroupSettings)
     cache_watch: CacheWatchSettings = Field(default_factory=CacheWatchSettings)
     feedback_pending: Annotated[int, Field(ge=0)] = 10000  # recent request ids `POST /v1/thrifty/feedback` accepts
+    # Push a threshold per router topic cluster with verdicts (a cluster with too few starts
+    # conservative: all to the reference); off: one pooled threshold for every cluster.
+    cluster_thresholds: bool = True
 
 
 class ListenSettings(_Strict):

@@ -51,7 +51,8 @@ async def test_shadow_verdicts_reach_the_controller_and_move_the_threshold(vllm_
         "router": {"threshold": 1.0},  # start with everything on the reference tier
         "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}},
         # target 0.9: 16 verdicts against the calibrator's 20-verdict prior must be able to clear it
-        "quality": {"target": 0.9, "shadow": {"rate": 1.0, "max_inflight": 2}, "control": {"rate": 0.0}},
+        # one pooled threshold: 16 prompts cannot give each of the artifact's 16 topic clusters evidence
+        "quality": {"target": 0.9, "cluster_thresholds": False, "shadow": {"rate": 1.0, "max_inflight": 2}, "control": {"rate": 0.0}},
     }
     config = parse_config(fleet)
     plane = ControlPlane(config)

@@ -114,6 +114,57 @@ async def test_controller_pushes_the_calibrated_threshold_and_alerts_on_a_drop()
     assert plane.metrics.registry.get_sample_value("thrifty_controller_drift_alerts_total", {"signal": "quality_drop"}) == 1
 
 
+async def test_thresholds_per_cluster_reach_the_router() -> None:
+    from thrifty.wire.codec import policy_from_pb, policy_to_pb
+
+    plane = ControlPlane(parse_config(CONFIG))
+    now = time.time()
+    good = [ShadowVerdict("router", "small", "large", 0, v.ease, 1.0) for v in verdicts(200, 0.0, 1.0, 1.0)]
+    bad = [ShadowVerdict("router", "small", "large", 1, v.ease, 0.0) for v in verdicts(200, 0.0, 1.0, 0.0)]
+    few = [ShadowVerdict("router", "small", "large", 2, 0.9, 1.0)] * 3
+    plane.ingest("s", window(now, good + bad + few))
+    await plane.tick(now)
+    clusters = plane.policy["router_cluster_thresholds"]
+    assert set(clusters) == {0, 1, 2}
+    assert clusters[0] < 0.2 and clusters[1] > 0.9 and clusters[2] == 1.0  # cluster 2: too little evidence, conservative
+    assert plane.fleet_json(now)["quality"]["cluster_thresholds"]["2"] == 1.0
+    policy = policy_from_pb(policy_to_pb(plane.policy))
+    assert policy["router_cluster_thresholds"] == clusters
+
+    from tests.unit.test_levers_cost_levers import config as levers_config
+    from thrifty.proxy.levers.cost_levers import CostLevers
+    from thrifty.proxy.levers.embedder import Embedder, HashedNgramEncoder
+    from prometheus_client import CollectorRegistry
+
+    class _Model:  # a router model fake: fixed ease, cluster from the centroids
+        embedder = HashedNgramEncoder(64).name
+        centroids = __import__("numpy").eye(2, 64)
+        threshold = 0.5
+
+        def ease_score(self, vector, text):  # noqa: ANN001, ANN201
+            return 0.6
+
+    levers = CostLevers(levers_config(), CollectorRegistry(), embedder=Embedder(HashedNgramEncoder(64)), router_model=_Model())
+    levers.apply_policy(policy)
+    assert levers.cluster_thresholds == clusters and levers.router_threshold == plane.policy["router_threshold"]
+    from thrifty.proxy.request.context import RequestContext
+
+    for cluster, expect in ((0, "small"), (1, "large")):
+        ctx = RequestContext(request_id="r", endpoint="chat", body={"messages": [{"role": "user", "content": "hi"}]},
+                             requested_tier="large", tenant="t")
+        levers._router_embedding = lambda c, t, k=cluster: _vector(k)  # type: ignore[method-assign]
+        assert await levers.route(ctx, ["small", "large"]) == expect and ctx.router_cluster == cluster
+    await levers.aclose()
+
+
+async def _vector(cluster: int):  # noqa: ANN202
+    import numpy as np
+
+    v = np.zeros(64, dtype=np.float32)
+    v[cluster] = 1.0
+    return v
+
+
 async def test_fleet_api_shows_measured_beside_modelled_savings() -> None:
     plane = ControlPlane(parse_config(CONFIG))
     now = time.time()

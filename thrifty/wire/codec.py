@@ -99,6 +99,8 @@ def policy_to_pb(policy: dict[str, Any]) -> pb.Policy:
         msg.router_threshold = float(policy["router_threshold"])
     for tier, replicas in (policy.get("tier_targets") or {}).items():
         msg.tier_targets[tier].replicas = int(replicas)
+    for cluster, threshold in (policy.get("router_cluster_thresholds") or {}).items():
+        msg.router_cluster_thresholds[int(cluster)] = float(threshold)
     return msg
 
 
@@ -109,4 +111,5 @@ def policy_from_pb(m: pb.Policy) -> dict[str, Any]:
         "router_threshold": m.router_threshold if m.HasField("router_threshold") else None,
         "cache_enabled": m.cache_enabled,
         "tier_targets": {k: v.replicas for k, v in m.tier_targets.items()},
+        "router_cluster_thresholds": dict(m.router_cluster_thresholds),
     }

@@ -167,7 +167,7 @@ class TierTarget(_message.Message):
     def __init__(self, replicas: _Optional[int] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "router_threshold", "cache_enabled", "tier_targets")
+    __slots__ = ("version", "router_threshold", "cache_enabled", "tier_targets", "router_cluster_thresholds")
     class TierTargetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -175,15 +175,24 @@ class Policy(_message.Message):
         key: str
         value: TierTarget
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TierTarget, _Mapping]] = ...) -> None: ...
+    class RouterClusterThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUTER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CACHE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     TIER_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_CLUSTER_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     router_threshold: float
     cache_enabled: bool
     tier_targets: _containers.MessageMap[str, TierTarget]
-    def __init__(self, version: _Optional[int] = ..., router_threshold: _Optional[float] = ..., cache_enabled: _Optional[bool] = ..., tier_targets: _Optional[_Mapping[str, TierTarget]] = ...) -> None: ...
+    router_cluster_thresholds: _containers.ScalarMap[int, float]
+    def __init__(self, version: _Optional[int] = ..., router_threshold: _Optional[float] = ..., cache_enabled: _Optional[bool] = ..., tier_targets: _Optional[_Mapping[str, TierTarget]] = ..., router_cluster_thresholds: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
