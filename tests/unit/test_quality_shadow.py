@@ -209,3 +209,20 @@ async def test_semantic_hits_are_shadowed_and_feed_the_cache_watch() -> None:
         assert len(levers.semantic) == 1
         await _wait(lambda: s.sidecar.quality.inflight == 0)
         await levers.aclose()
+
+
+async def test_llm_judge_asks_the_reference_tier_twice_with_positions_swapped() -> None:
+    async with stack([StubBehaviour(), StubBehaviour()], tiers=["small", "large"], **quality(judge="llm")) as s, \
+            aiohttp.ClientSession() as session:
+        s.backends[1].stats.keep_bodies = True
+        await _post(session, s.url, CHAT)
+        await _wait(lambda: s.sidecar.quality.inflight == 0 and s.backends[1].stats.requests == 3)
+        shadow, first, second = s.backends[1].stats.bodies
+        assert shadow["messages"] == CHAT["messages"] and shadow["model"] == "large-model" and "stream" not in shadow
+        grading = [b["messages"][0]["content"] for b in (first, second)]
+        assert all("Answer 1:" in g and "Answer 2:" in g and "What is 2+2?" in g for g in grading)
+        assert first["temperature"] == 0 and first["max_tokens"] <= 8
+        # the stub's "w0 w1 ..." is no grade: nothing is recorded rather than a guess
+        assert _sample(s.sidecar, "thrifty_shadow_skipped_total", reason="unjudged") == 1
+        assert s.sidecar.quality.drain(10) == []
+        assert _sample(s.sidecar, "thrifty_shadow_calls_total", tier="large", result="ok") == 3  # all shadow spend
