@@ -95,7 +95,7 @@ class QualityLoop:
         self.pairs: dict[tuple[str, str], list[float]] = {}  # (cheap, reference) -> [judged, score sum]
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
-        self.shadow_started: list[float] = []  # monotonic start times of shadow calls (tests read them)
+        self.shadow_started: deque[float] = deque(maxlen=64)  # recent shadow calls' monotonic start times
         self._judge: Judge | None = None
         # last: the registry reads the gauges (and so the state above) when they are registered
         self.metrics = QualityMetrics(sidecar_metrics.registry, self._gauges)
