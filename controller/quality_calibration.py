@@ -27,7 +27,7 @@ API (stable; the shadow/controller wiring depends on it):
                                               the cheapest threshold (lowest ease cut) whose
                                               lower bound meets the target; CONSERVATIVE
                                               (every request to the reference) without evidence
-        choose(costs, reference_tier) -> (cheap_tier | None, threshold)
+        choose(costs, reference_tier, candidates=None) -> (cheap_tier | None, threshold)
                                               the tier pair with the lowest expected cost per
                                               request at its threshold (costs: tier -> $/call)
         snapshot() -> dict                    per pair and per cluster: n, mean, lower bound,
@@ -52,7 +52,7 @@ conservative (flips add more apparent losses than they hide while the cheap tier
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -132,14 +132,18 @@ class QualityCalibrator:
     def threshold(self, cheap_tier: str, reference_tier: str, cluster: int | None = None) -> float:
         return self._best(cheap_tier, reference_tier, cluster).threshold
 
-    def choose(self, costs: Mapping[str, float], reference_tier: str) -> tuple[str | None, float]:
-        """The cheaper tier and threshold with the lowest expected $/request (None: all reference)."""
+    def choose(self, costs: Mapping[str, float], reference_tier: str, candidates: Iterable[str] | None = None) -> tuple[str | None, float]:
+        """The cheaper tier and threshold with the lowest expected $/request (None: all reference).
+        `candidates`: the cheaper tiers to consider (default: those with verdicts); one without
+        verdicts is judged on the prior alone, capped by the warm start."""
         best: tuple[str | None, float] = (None, CONSERVATIVE)
         best_cost = float(costs[reference_tier])
-        for cheap, ref in self.pairs():
-            if ref != reference_tier or cheap not in costs:
+        names = [c for c, r in self.pairs() if r == reference_tier] if candidates is None else list(candidates)
+        for cheap in names:
+            if cheap == reference_tier or cheap not in costs:
                 continue
-            b = self._best(cheap, ref, None)
+            b = self._best(cheap, reference_tier, None)
+            ref = reference_tier
             expected = b.share * costs[cheap] + (1 - b.share) * costs[ref]
             if expected < best_cost - 1e-15:
                 best, best_cost = (cheap, b.threshold), expected

@@ -85,7 +85,8 @@ class Sidecar:
         self.session: aiohttp.ClientSession | None = None  # passthrough of unknown paths only
         self.upstream = UpstreamPool(config.timeouts)  # the hot path's keep-alive connections
         relay = Relay(self.pool, self.balancers, self.admission, self.metrics, self.upstream, config.timeouts,
-                      models={t.name: t.model for t in config.tiers}, tokenizers=self.tokenizers, max_attempts=max_attempts)
+                      models={t.name: t.model for t in config.tiers}, tokenizers=self.tokenizers, max_attempts=max_attempts,
+                      answer_budgets={t.name: (t.default_max_tokens, t.engine.max_model_len) for t in config.tiers})
         self.pipeline = Pipeline(config, levers=levers or NoLevers(), relay=relay, metrics=self.metrics, costs=self.costs,
                                  access_log=access_log or AccessLog(enabled=False), max_body_bytes=max_body_bytes)
         self.quality: QualityLoop | None = None

@@ -147,6 +147,9 @@ class Tier(_Strict):
     price: Price
     replicas: Replicas = Field(default_factory=Replicas)
     cache: bool = True  # per-tier cache switch
+    # Answer-length cap the sidecar adds to a chat/completions request that sets no max_tokens
+    # (shrunk to fit max_model_len beside the prompt); None: no cap, the engine's default.
+    default_max_tokens: Annotated[int, Field(ge=1)] | None = 1024
 
     @property
     def served_names(self) -> list[str]:
@@ -230,6 +233,9 @@ class RouterSettings(_Strict):
     threshold: Annotated[float, Field(ge=0, le=1)] | None = None  # None: the artifact's calibration
     artifact: str | None = None
     escalate_on_error: bool = True
+    # Proofs, multi-step maths and code go to the largest allowed tier before the learned
+    # score is consulted (proxy/levers/router.py `hard_prompt`); false: the score alone decides.
+    hard_prompts: bool = True
 
 
 class ShadowSettings(_Strict):

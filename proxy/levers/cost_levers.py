@@ -41,7 +41,7 @@ from thrifty.config import Config, ConfigError
 from thrifty.proxy.levers.embedder import Embedder, MiniLMEncoder
 from thrifty.proxy.levers.exact_cache import ExactCache, is_deterministic, request_key
 from thrifty.proxy.levers.protocol import CachedAnswer
-from thrifty.proxy.levers.router import RouterModel, pick_tier, router_view
+from thrifty.proxy.levers.router import RouterModel, hard_prompt, pick_tier, router_view
 from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, partition_key
 from thrifty.proxy.levers.verifier import Verifier
 from thrifty.proxy.request.context import CACHE_HEADER, TIER_HEADER, RequestContext
@@ -302,6 +302,8 @@ class CostLevers:
         if self.router_model is None or not self.config.router.enabled or len(allowed) < 2:
             return self._decide(ctx, ctx.requested_tier or allowed[-1], "disabled")
         text = query_text(ctx)
+        if self.config.router.hard_prompts and text is not None and hard_prompt(text):
+            return self._decide(ctx, allowed[-1], "hard")
         try:
             vector = await self._router_embedding(ctx, text)
             if vector is None or text is None:
