@@ -207,7 +207,7 @@ async def test_shadow_verdicts_move_the_threshold_the_sidecar_applies(router_mod
     plane = ControlPlane(parse_config(CONFIG))
     server, port = await start_grpc(plane, "127.0.0.1:0", token=TOKEN)
     behaviours = [StubBehaviour(chunks=3), StubBehaviour(chunks=5)]
-    extra = {"router": {"enabled": True, "threshold": 0.3}, "quality": {"enabled": True, "shadow": {"rate": 1.0, "max_inflight": 64}}}
+    extra = {"router": {"enabled": True, "threshold": 0.3, "hard_prompts": False}, "quality": {"enabled": True, "shadow": {"rate": 1.0, "max_inflight": 64}}}
     try:
         async with stack(behaviours, tiers=["small", "large"], **extra) as s, aiohttp.ClientSession() as session:
             s.sidecar.set_levers(CostLevers(s.sidecar.config, s.sidecar.metrics.registry,
