@@ -13,6 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from thrifty.wire.quality import GROUPS, VERDICT_KINDS, LedgerGroup, ShadowVerdict
 from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 
 MAX_SIDECAR_ID = 128
@@ -24,6 +25,8 @@ MAX_COUNT = 10**9  # requests, hits, histogram counts per window
 MAX_TOKENS = 10**12
 MAX_DOLLARS = 1e9
 MAX_GAUGE = 1e7  # queue depth, waiting, running, in-flight
+MAX_VERDICTS = 1000  # per window (the sidecar holds at most quality.shadow.max_verdicts)
+MAX_CLUSTER = 100_000
 
 
 class Rejected(ValueError):
@@ -95,6 +98,27 @@ def _shared(s: SharedCacheStats) -> None:
     _histogram(s.mirror_lag, "shared_cache mirror_lag")
 
 
+def _verdict(v: ShadowVerdict, tiers: frozenset[str]) -> None:
+    if v.kind not in VERDICT_KINDS:
+        raise Rejected("bad_window", f"verdict kind must be one of {', '.join(VERDICT_KINDS)}")
+    if v.cheap_tier not in tiers or v.reference_tier not in tiers:
+        raise Rejected("bad_window", "verdict cheap_tier and reference_tier must be tiers of this fleet")
+    _number(v.cluster, "verdict cluster", MAX_CLUSTER, -1)
+    _number(v.ease, "verdict ease", 1.0, -1)
+    _number(v.score, "verdict score", 1.0)
+
+
+def _ledger(g: LedgerGroup) -> None:
+    if g.group not in GROUPS:
+        raise Rejected("bad_window", f"ledger group must be one of {', '.join(GROUPS)}")
+    _number(g.requests, "ledger requests", MAX_COUNT)
+    _number(g.judged, "ledger judged", MAX_COUNT)
+    _number(g.quality_sum, "ledger quality_sum", g.judged)
+    for name in ("dollars", "baseline_dollars"):
+        _number(getattr(g, name), f"ledger {name}", MAX_DOLLARS)
+    _number(g.dollars_sq, "ledger dollars_sq", MAX_DOLLARS * MAX_DOLLARS)
+
+
 @dataclass(slots=True)
 class Checked:
     window: StatsWindow
@@ -122,5 +146,13 @@ def check_window(window: StatsWindow, tiers: frozenset[str], now: float, *, max_
         kept.append(t)
     if window.shared_cache is not None:
         _shared(window.shared_cache)
+    if len(window.verdicts) > MAX_VERDICTS:
+        raise Rejected("bad_window", f"more than {MAX_VERDICTS} verdicts in one window")
+    for v in window.verdicts:
+        _verdict(v, tiers)
+    if len(window.ledger) > len(GROUPS) or len({g.group for g in window.ledger}) != len(window.ledger):
+        raise Rejected("bad_window", "ledger carries each group at most once")
+    for g in window.ledger:
+        _ledger(g)
     window.tiers = kept
     return Checked(window, unknown)

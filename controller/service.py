@@ -25,6 +25,7 @@ from thrifty.controller.fleet import FleetView
 from thrifty.controller.intake import Rejected, check_window
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
+from thrifty.controller.quality_loop import QualityControl
 from thrifty.wire.stats import StatsWindow
 from thrifty.profiles import engine_costs, get_profile
 
@@ -76,6 +77,7 @@ class ControlPlane:
         self.drift = DriftMonitor("cusum")
         self.autoscaler = Autoscaler(tier_policies(config), initial={t.name: t.replicas.count for t in config.tiers})
         self.decisions: deque[DecisionRecord] = deque(maxlen=500)
+        self.quality = QualityControl(config, self.metrics.registry)  # verdicts -> router threshold
         self.sidecars: dict[str, int] = {}  # id -> open streams
         self.max_sidecars = max_sidecars
         self._tier_set = frozenset(names)
@@ -88,6 +90,7 @@ class ControlPlane:
             "version": 1, "router_threshold": config.router.threshold,
             "cache_enabled": config.cache.exact.enabled or config.cache.semantic.enabled,
             "tier_targets": {t.name: t.replicas.count for t in config.tiers},
+            "router_cluster_thresholds": {},
         }
 
     # -- telemetry ------------------------------------------------------------
@@ -131,10 +134,12 @@ class ControlPlane:
         if checked.unknown_tiers:
             self.metrics.telemetry_rejected.labels("unknown_tier").inc(len(checked.unknown_tiers))
         self.fleet.ingest(sidecar_id, checked.window)
+        self.quality.ingest(checked.window)
 
     def ingest(self, sidecar_id: str, window: StatsWindow) -> None:
         """Trusted, in-process input (benches, tests): no checks. The network path is `receive`."""
         self.fleet.ingest(sidecar_id, window)
+        self.quality.ingest(window)
 
     def _push_policy(self, **changes: Any) -> None:
         if all(self.policy.get(k) == v for k, v in changes.items()):
@@ -209,6 +214,7 @@ class ControlPlane:
             for d in self.autoscaler.decide(now, self.observations(now)):
                 records.append(await self._apply(d))
         self._push_policy(tier_targets={t.name: self.autoscaler.target(t.name) for t in self.config.tiers})
+        await self._quality_round(now)
         await self._drift_round(now)
         self._update_gauges(now)
         return records
@@ -227,6 +233,17 @@ class ControlPlane:
         self.decisions.append(rec)
         self.metrics.scale_actions.labels(d.tier, d.direction).inc()
         return rec
+
+    async def _quality_round(self, now: float) -> None:
+        """The calibrator's threshold goes to the sidecars; a quality drop is announced as drift."""
+        if not self.config.quality.enabled:
+            return
+        threshold, clusters, raised = self.quality.decide(now, self.policy.get("router_threshold"))
+        for alert in raised:
+            self.drift.alerts.append(alert)
+            await self._announce(alert)
+        if threshold is not None:  # exact: the cut sits on a verdict's own ease
+            self._push_policy(router_threshold=threshold, router_cluster_thresholds=clusters)
 
     async def _drift_round(self, now: float) -> None:
         bucket_end = math.floor(now / DRIFT_BUCKET_S) * DRIFT_BUCKET_S
@@ -294,6 +311,7 @@ class ControlPlane:
             "time": now,
             "autoscaling_paused": self.autoscaler.paused,
             "router_threshold": self.policy["router_threshold"],
+            "quality": self.quality.to_json(self.policy["router_threshold"]),
             "fleet": {
                 "dollars_per_hour": whole.dollars / hours,
                 "baseline_dollars_per_hour": whole.baseline_dollars / hours,

@@ -37,6 +37,7 @@ from thrifty.proxy.observe.accounting import DEFAULT_NOMINAL_TOKENS_PER_S, CostM
 from thrifty.proxy.observe.logs import LOGGER_NAME, AccessLog
 from thrifty.proxy.observe.metrics import SidecarMetrics
 from thrifty.proxy.pipeline import Pipeline
+from thrifty.proxy.quality.shadow import FEEDBACK_PATH, QualityLoop
 from thrifty.proxy.relay import Relay, make_session
 from thrifty.proxy.request.context import TIER_HEADER
 from thrifty.proxy.request.validate import DEFAULT_MAX_BODY_BYTES, ENDPOINTS
@@ -90,9 +91,17 @@ class Sidecar:
         self.session: aiohttp.ClientSession | None = None  # passthrough of unknown paths only
         self.upstream = UpstreamPool(config.timeouts)  # the hot path's keep-alive connections
         self.relay = relay = Relay(self.pool, self.balancers, self.admission, self.metrics, self.upstream, config.timeouts,
-                      models={t.name: t.model for t in config.tiers}, tokenizers=self.tokenizers, max_attempts=max_attempts)
+                                   models={t.name: t.model for t in config.tiers}, tokenizers=self.tokenizers,
+                                   max_attempts=max_attempts,
+                                   answer_budgets={t.name: (t.default_max_tokens, t.engine.max_model_len) for t in config.tiers})
         self.pipeline = Pipeline(config, levers=levers or NoLevers(), relay=relay, metrics=self.metrics, costs=self.costs,
                                  access_log=access_log or AccessLog(enabled=False), max_body_bytes=max_body_bytes)
+        self.quality: QualityLoop | None = None
+        if config.quality.enabled:
+            self.quality = QualityLoop(config, relay=relay, costs=self.costs, sidecar_metrics=self.metrics,
+                                       levers=lambda: self.pipeline.levers)
+            self.quality.watch.semantic = getattr(self.pipeline.levers, "semantic", None)
+            self.pipeline.quality = self.quality
         store = BatchStore(config.batch.store) if config.batch.store else None
         self.batch_api = BatchApi(store, config.cache.tenancy, max_file_bytes=config.batch.max_file_bytes)
         self.batch_runner = None if store is None else BatchRunner(
@@ -108,6 +117,8 @@ class Sidecar:
 
     def set_levers(self, levers: Levers) -> None:
         self.pipeline.levers = levers
+        if self.quality is not None:  # the cache watch raises the floor of this semantic cache
+            self.quality.watch.semantic = getattr(levers, "semantic", None)
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self, app: web.Application | None = None) -> None:
@@ -122,6 +133,8 @@ class Sidecar:
         if self.batch_runner is not None:
             await self.batch_runner.stop()
             self.batch_runner.store.close()
+        if self.quality is not None:
+            await self.quality.aclose()
         await self.kv_hub.close()
         await self.pool.close()
         self.upstream.close()
@@ -243,6 +256,8 @@ def build_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/metrics", sidecar.handle_metrics)
     app.router.add_get("/healthz", sidecar.handle_healthz)
     sidecar.batch_api.routes(app)
+    if sidecar.quality is not None:
+        app.router.add_post(FEEDBACK_PATH, sidecar.quality.handle_feedback)
     app.router.add_route("*", "/{tail:.*}", sidecar.handle_passthrough)
     app.on_startup.append(sidecar.start)
     app.on_cleanup.append(sidecar.stop)

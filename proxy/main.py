@@ -88,7 +88,7 @@ async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[s
         from thrifty.proxy.observe.telemetry import TelemetryClient
 
         telemetry = TelemetryClient(controller, sidecar.metrics.registry, args.sidecar_id or default_sidecar_id(port),
-                                    sidecar.apply_policy, token=token, tls=tls)
+                                    sidecar.apply_policy, token=token, tls=tls, verdicts=sidecar.quality)
         await telemetry.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thrifty.config import Config, Tier
 from thrifty.proxy.balance.lanes import BATCH, PRIORITY, lane_of
@@ -33,10 +33,14 @@ from thrifty.proxy.levers.protocol import CachedAnswer, Levers
 from thrifty.proxy.observe.accounting import CostModel, Usage
 from thrifty.proxy.observe.logs import AccessLog
 from thrifty.proxy.observe.metrics import SidecarMetrics, TierMetrics
+from thrifty.proxy.quality.ledger import GROUP_HEADER
 from thrifty.proxy.relay import SSE_HEADERS, ClientGone, Relay
 from thrifty.proxy.request.context import CACHE_HEADER, TIER_HEADER, RequestContext
 from thrifty.proxy.request.tenant import client_address, tenant_of
 from thrifty.proxy.request.validate import DEFAULT_MAX_TOKENS_LIMIT, ENDPOINTS, check_content_type, parse_body, request_id_of, validate, wants_usage
+
+if TYPE_CHECKING:
+    from thrifty.proxy.quality.shadow import QualityLoop
 
 _REFERENCE_USAGE = Usage(input=1000, output=200)  # to order tiers by price on one scale
 _NOT_FOR_LEVERS = ("authorization", "cookie")  # request headers the levers never see
@@ -79,6 +83,7 @@ class Pipeline:
         self.route_candidates = {name: [t for t in cheapest_first if price[t] <= price[name]] for name in self.tiers}
         self.embedding_tiers = [t.name for t in config.tiers if serves_embeddings(t)]
         self.interactive = InteractivePressure(config.slo.ttft_p95_ms / 1000)  # paces the Batch API's runner
+        self.quality: QualityLoop | None = None  # set by the sidecar when `quality.enabled`
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
 
@@ -108,16 +113,35 @@ class Pipeline:
             ctx.outcome, ctx.status = "internal_error", 500
             raise
         finally:
-            self.finish(ctx)
+            self.finish(ctx, request.headers.get("authorization", ""))
 
     async def answer(self, request: FrontRequest, ctx: RequestContext, raw: bytes) -> Reply | StreamReply:
         """Steps 2-5 for a validated request: from the cache, or from a replica of the routed tier."""
+        quality = self.quality
+        if quality is not None and quality.draw_control(ctx):
+            return await self.serve_control(request, ctx, raw)
         hit = await self.levers.lookup(ctx)
         if hit is not None:
+            if quality is not None:
+                quality.consider(ctx)
+                if ctx.shadow:
+                    ctx.answer_body = hit.body
             return await self.serve_cached(request, ctx, hit)
         await self.route(ctx)
+        if quality is not None:
+            quality.consider(ctx)
         reply = await self.relay(request, ctx, raw)
+        if ctx.shadow and isinstance(reply, Reply) and isinstance(reply.thrifty_body, dict):
+            ctx.answer_body = reply.thrifty_body
         await self.store(ctx, reply)
+        return reply
+
+    async def serve_control(self, request: FrontRequest, ctx: RequestContext, raw: bytes) -> Reply | StreamReply:
+        """The savings ledger's control group (proxy/quality/ledger.py): the baseline path, no cache, no routing."""
+        ctx.bypass_cache, ctx.cache_result = True, "bypass"
+        reply = await self.relay(request, ctx, raw)
+        if isinstance(reply, Reply):
+            reply.headers[GROUP_HEADER] = "control"
         return reply
 
     # --- 1. read + validate + tenant ------------------------------------------------------
@@ -202,7 +226,7 @@ class Pipeline:
 
     # --- 4. relay, with escalation --------------------------------------------------------
     async def relay(self, request: FrontRequest, ctx: RequestContext, raw: bytes) -> Reply | StreamReply:
-        keep_body = self.levers.stores_answers
+        keep_body = self.levers.stores_answers or ctx.shadow
         try:
             return await self.relay_to_replica.send(request, ctx, raw, keep_body=keep_body)
         except ApiError as exc:
@@ -219,7 +243,7 @@ class Pipeline:
             await self.levers.store(ctx, {**reply.thrifty_body, ORIGIN_KEY: ctx.tier})
 
     # --- 6. finish: metrics, dollars, access log ------------------------------------------
-    def finish(self, ctx: RequestContext) -> None:
+    def finish(self, ctx: RequestContext, authorization: str = "") -> None:
         elapsed = time.monotonic() - ctx.started
         if not ctx.answered:  # failed or cancelled: counted against the tier asked for, nothing served
             ctx.tier, ctx.cache_result, ctx.usage, ctx.replica, ctx.ttft = ctx.requested_tier or "none", "miss", None, "", None
@@ -239,7 +263,9 @@ class Pipeline:
                     tm.ttft.observe(ctx.ttft if ctx.ttft is not None else elapsed)
                 self.interactive.observe(ctx.ttft if ctx.ttft is not None else elapsed, ctx.admission_wait > 0)
             if usage is not None:
-                self._account(tier, tm, usage, cache)
+                self._account(ctx, tm, usage)
+        if self.quality is not None:
+            self.quality.finished(ctx, authorization)
         if not self.access_log.enabled:
             return
         fields: dict[str, Any] = {"msg": "request", "request_id": ctx.request_id, "endpoint": ctx.endpoint,
@@ -250,13 +276,16 @@ class Pipeline:
             fields["tenant"] = ctx.tenant
             fields["stream"] = ctx.stream
             fields["lane"] = ctx.lane
+            if ctx.group:
+                fields["group"] = ctx.group
         if ctx.replica:
             fields["replica"] = ctx.replica
         if usage is not None:
             fields["tokens_in"], fields["tokens_out"] = usage.input, usage.output
         self.access_log.write(fields)
 
-    def _account(self, tier: str, tm: TierMetrics, usage: Usage, cache: str) -> None:
+    def _account(self, ctx: RequestContext, tm: TierMetrics, usage: Usage) -> None:
+        tier, cache = ctx.tier, ctx.cache_result
         hit = cache in ("exact", "semantic")
         if not hit:
             self.costs.record_throughput(tier, usage)
@@ -265,6 +294,7 @@ class Pipeline:
         if usage.cached:
             tm.tokens_cached.inc(usage.cached)
         actual, baseline = self.costs.cost(tier, usage, hit)
+        ctx.dollars, ctx.baseline_dollars = actual, baseline
         tm.cost.inc(actual)
         tm.baseline_cost.inc(baseline)
         saved = baseline - actual

@@ -61,7 +61,8 @@ class Relay:
 
     def __init__(self, pool: ReplicaPool, balancers: dict[str, Balancer], admission: Admission, metrics: SidecarMetrics,
                  upstream: UpstreamPool, timeouts: TimeoutSettings, models: dict[str, str],
-                 tokenizers: dict[str, PromptTokenizer] | None = None, max_attempts: int = 3) -> None:
+                 tokenizers: dict[str, PromptTokenizer] | None = None, max_attempts: int = 3,
+                 answer_budgets: dict[str, tuple[int | None, int | None]] | None = None) -> None:
         self.pool = pool
         self.balancers = balancers
         self.admission = admission
@@ -72,13 +73,15 @@ class Relay:
         self.max_attempts = max_attempts
         self.tokenizers = tokenizers or {}  # tiers routed on their replicas' KV events (precise prefix scorer)
         self.conversations = ConversationHomes()  # Responses API: response id -> the replica that holds it
+        self.answer_budgets = answer_budgets or {}  # tier -> (default_max_tokens, max_model_len)
 
     async def send(self, request: FrontRequest, ctx: RequestContext, raw: bytes, *, keep_body: bool) -> Reply | StreamReply:
         """The replica's answer to `ctx` (`keep_body`: parse a complete 200 answer into `Reply.thrifty_body`)."""
         tier = ctx.tier
         replicas = self.pool.tiers[tier]
         balancer = self.balancers[tier]
-        body, strip_usage = upstream_body(ctx, raw, self.models[tier])
+        cap, context_len = self.answer_budgets.get(tier, (None, None))
+        body, strip_usage = upstream_body(ctx, raw, self.models[tier], default_budget(ctx, cap, context_len))
         pick_req, prompt_chars = pick_request(ctx, raw)
         pick_req.pinned = ctx.pinned_replica
         tokenizer = self.tokenizers.get(tier)
@@ -133,7 +136,8 @@ class Relay:
                     if ctx.endpoint == "responses" and resp.status == 200:
                         self._remember(response_id(data), tier, replica.url)
                     return out
-                stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier})
+                stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier,
+                                      **({"X-Thrifty-Group": "control"} if ctx.group == "control" else {})})
                 await stream.prepare(request)
                 editor: StreamEditor | ResponsesStreamEditor = (
                     ResponsesStreamEditor(ctx.model_alias) if ctx.endpoint == "responses"
@@ -179,16 +183,34 @@ def response_id(data: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def upstream_body(ctx: RequestContext, raw: bytes, model: str) -> tuple[bytes, bool]:
+_BUDGET_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def default_budget(ctx: RequestContext, cap: int | None, context_len: int | None) -> int | None:
+    """The answer-length cap to add to a chat/completions/responses request that sets none (the tier's
+    `default_max_tokens`), shrunk to fit the tier's context next to the prompt. Why: without a
+    bound a small model can ramble to its context limit (2,000 tokens for "What is the capital
+    of France?"). None: the request keeps its own budget, or no room is known to be left."""
+    if cap is None or ctx.endpoint not in ("chat", "completions", "responses") or any(ctx.body.get(k) is not None for k in _BUDGET_KEYS):
+        return None
+    if context_len:  # the token estimate is rough (~4 chars a token): leave it a quarter's slack
+        cap = min(cap, context_len - estimate_tokens(render_prompt(ctx.endpoint, ctx.body)) * 5 // 4 - 16)
+    return cap if cap >= 1 else None
+
+
+def upstream_body(ctx: RequestContext, raw: bytes, model: str, max_tokens: int | None = None) -> tuple[bytes, bool]:
     """The body to send (re-serialised only when it must change) and whether to strip usage.
 
     The engine is asked for the answering tier's model by name (a routed request, or one that
-    used an alias); a stream always asks for usage
-    (for accounting), which is stripped again when the client did not ask for it."""
+    used an alias); a stream always asks for usage (for accounting), which is stripped again
+    when the client did not ask for it; `max_tokens` (from `default_budget`) is added when the
+    request set no budget."""
     body = ctx.body
     changes: dict[str, Any] = {}
     if ctx.model_alias != model:  # routed, or an alias the engine may not know: name the tier's model
         changes["model"] = model
+    if max_tokens is not None:
+        changes["max_output_tokens" if ctx.endpoint == "responses" else "max_tokens"] = max_tokens
     strip_usage = False
     if ctx.stream and ctx.endpoint != "responses":  # a Responses stream always ends with its usage
         if not wants_usage(body):

@@ -147,6 +147,9 @@ class Tier(_Strict):
     price: Price
     replicas: Replicas = Field(default_factory=Replicas)
     cache: bool = True  # per-tier cache switch
+    # Answer-length cap the sidecar adds to a chat/completions request that sets no max_tokens
+    # (shrunk to fit max_model_len beside the prompt); None: no cap, the engine's default.
+    default_max_tokens: Annotated[int, Field(ge=1)] | None = 1024
 
     @property
     def served_names(self) -> list[str]:
@@ -230,6 +233,49 @@ class RouterSettings(_Strict):
     threshold: Annotated[float, Field(ge=0, le=1)] | None = None  # None: the artifact's calibration
     artifact: str | None = None
     escalate_on_error: bool = True
+    # Proofs, multi-step maths and code go to the largest allowed tier before the learned
+    # score is consulted (proxy/levers/router.py `hard_prompt`); false: the score alone decides.
+    hard_prompts: bool = True
+
+
+class ShadowSettings(_Strict):
+    """Shadow evaluation (docs/design/quality.md): a share of cheaper answers re-asked of the reference tier."""
+
+    rate: Annotated[float, Field(ge=0, le=1)] = 0.02
+    judge: Literal["exact", "embedding", "llm", "feedback"] = "exact"
+    reference_tier: str | None = None  # None: the baseline tier (named, else the priciest)
+    max_inflight: Annotated[int, Field(ge=0)] = 4  # shadow calls open at once; more are skipped (shed first)
+    embedding_agree: Annotated[float, Field(gt=0, le=1)] = 0.9  # `embedding` judge: cosine at which answers agree
+    max_verdicts: Annotated[int, Field(ge=1, le=1000)] = 500  # verdicts held for the controller between windows
+
+
+class CacheWatchSettings(_Strict):
+    """Semantic-cache watch: shadowed semantic hits judged; the floor rises when false hits exceed the target."""
+
+    precision_target: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.9
+    min_samples: Annotated[int, Field(ge=1)] = 20
+    step: Annotated[float, Field(gt=0, le=0.2)] = 0.01
+    max_floor: Annotated[float, Field(gt=0, le=1)] = 0.99
+
+
+class ControlGroupSettings(_Strict):
+    rate: Annotated[float, Field(ge=0, le=1)] = 0.01  # share served by the baseline path (no cache, no routing)
+
+
+class QualitySettings(_Strict):
+    """Closed-loop quality: shadow evaluation, the control group, the cache watch (docs/design/quality.md)."""
+
+    enabled: bool = True
+    target: Annotated[float, Field(gt=0, lt=1)] = 0.95  # quality retained the controller's threshold must meet
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.9  # one-sided level of the bounds
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    control: ControlGroupSettings = Field(default_factory=ControlGroupSettings)
+    cache_watch: CacheWatchSettings = Field(default_factory=CacheWatchSettings)
+    feedback_pending: Annotated[int, Field(ge=0)] = 10000  # recent request ids `POST /v1/thrifty/feedback` accepts
+    # Push a threshold per router topic cluster with verdicts (a cluster with too few starts
+    # conservative: all to the reference); off: one pooled threshold for every cluster.
+    cluster_thresholds: bool = True
 
 
 class ListenSettings(_Strict):
@@ -297,6 +343,7 @@ class Config(_Strict):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     baseline_tier: str | None = None  # defaults to the most expensive tier
 
     @model_validator(mode="after")
@@ -313,6 +360,9 @@ class Config(_Strict):
                 seen[alias] = tier.name
         if self.baseline_tier is not None and self.baseline_tier not in names:
             raise ValueError(f"baseline_tier {self.baseline_tier!r} is not a tier")
+        ref = self.quality.shadow.reference_tier
+        if ref is not None and ref not in names:
+            raise ValueError(f"quality.shadow.reference_tier {ref!r} is not a tier")
         unknown = [n for n in self.cache.semantic.sampled_tiers if n not in names]
         if unknown:
             raise ValueError(f"cache.semantic.sampled_tiers names unknown tiers: {unknown}")

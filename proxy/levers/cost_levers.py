@@ -41,7 +41,7 @@ from thrifty.config import Config, ConfigError
 from thrifty.proxy.levers.embedder import Embedder, MiniLMEncoder
 from thrifty.proxy.levers.exact_cache import ExactCache, is_deterministic, request_key
 from thrifty.proxy.levers.protocol import CachedAnswer
-from thrifty.proxy.levers.router import RouterModel, pick_tier, router_view
+from thrifty.proxy.levers.router import RouterModel, hard_prompt, pick_tier, router_view
 from thrifty.proxy.levers.semantic_cache import PairVerifier, SemanticCache, partition_key
 from thrifty.proxy.levers.verifier import Verifier
 from thrifty.proxy.request.context import CACHE_HEADER, TIER_HEADER, RequestContext
@@ -168,6 +168,7 @@ class CostLevers:
             self.router_model = RouterModel.load(config.router.artifact) if config.router.artifact else RouterModel.load()
         self.default_threshold = config.router.threshold if config.router.threshold is not None else (self.router_model.threshold if self.router_model else 0.5)
         self.router_threshold = self.default_threshold
+        self.cluster_thresholds: dict[int, float] = {}  # controller-pushed, per router topic cluster
         needs_vectors = semantic.enabled or (config.router.enabled and self.router_model is not None)
         if embedder is None and needs_vectors:
             embedder = Embedder(MiniLMEncoder(), observe_seconds=self.metrics.embed_seconds.observe)
@@ -198,10 +199,14 @@ class CostLevers:
     # ------------------------------------------------------------------ policy
 
     def apply_policy(self, policy: dict[str, Any]) -> None:
-        """Controller-pushed policy: `router_threshold` (float, or None for the default), `cache_enabled`."""
+        """Controller-pushed policy: `router_threshold` (float, or None for the default),
+        `router_cluster_thresholds` ({cluster: float}), `cache_enabled`."""
         if "router_threshold" in policy:
             value = policy["router_threshold"]
             self.router_threshold = self.default_threshold if value is None else min(max(float(value), 0.0), 1.0)
+        if "router_cluster_thresholds" in policy:  # per topic cluster; the others use router_threshold
+            clusters = policy["router_cluster_thresholds"] or {}
+            self.cluster_thresholds = {int(c): min(max(float(v), 0.0), 1.0) for c, v in clusters.items()}
         if "cache_enabled" in policy and policy["cache_enabled"] is not None:
             self.cache_enabled = bool(policy["cache_enabled"])
 
@@ -300,6 +305,8 @@ class CostLevers:
         if self.router_model is None or not self.config.router.enabled or len(allowed) < 2:
             return self._decide(ctx, ctx.requested_tier or allowed[-1], "disabled")
         text = query_text(ctx)
+        if self.config.router.hard_prompts and text is not None and hard_prompt(text):
+            return self._decide(ctx, allowed[-1], "hard")
         try:
             vector = await self._router_embedding(ctx, text)
             if vector is None or text is None:
@@ -309,8 +316,12 @@ class CostLevers:
             log.exception("router failed; sending the request to the tier it asked for")
             return self._decide(ctx, allowed[-1], "disabled")
         ctx.router_score = score
+        centroids = self.router_model.centroids
+        if len(centroids):
+            ctx.router_cluster = int(np.argmax(centroids @ np.asarray(vector, dtype=centroids.dtype)))
         self.metrics.router_score.observe(score)
-        return self._decide(ctx, pick_tier(score, allowed, self.router_threshold), "model")
+        threshold = self.cluster_thresholds.get(ctx.router_cluster, self.router_threshold)
+        return self._decide(ctx, pick_tier(score, allowed, threshold), "model")
 
     def _decide(self, ctx: RequestContext, tier: str, reason: str) -> str:
         ctx.tier = tier

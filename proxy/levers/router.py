@@ -35,6 +35,35 @@ _CODE = re.compile(r"```|\bdef |\bclass |\breturn\b|;\s*$|\{|\}|\bfunction\b", r
 _MATH = re.compile(r"[=+\-*/^<>]")
 
 
+# Hard prompts (`hard_prompt`): kinds a small model answers badly whatever the ease score says.
+_PROOF = re.compile(r"\b(prove|proofs?|theorem|lemma|show that|demonstrate that)\b", re.IGNORECASE)
+_MATH_WORDS = re.compile(r"\b(solve|calculate|compute|integral|integrate|derivative|differentiate|equation|probability|how many|how much)\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_CODE_ASK = re.compile(
+    r"```|\bdef \w+\(|\bclass \w+|\bfunction\b|\b(write|implement|debug|fix|refactor)\b[^.?!\n]{0,40}\b(code|program|function|script|class|method|query|algorithm)\b",
+    re.IGNORECASE,
+)
+
+
+def hard_prompt(text: str) -> str | None:
+    """The kind of a prompt that should go to the largest tier (`proof`, `math`, `code`), or None.
+
+    A cheap, documented rule in front of the learned score (config `router.hard_prompts`):
+    proofs, multi-step maths (a maths verb with at least two numbers, or an equation-heavy
+    prompt) and code. Why: the ease head is fitted on benchmark tasks, and on the demo a
+    twin-primes proof went to the 135M model and came back as gibberish. Reads the router's
+    view (the prompt's tail), so a long few-shot prefix does not decide it."""
+    view = router_view(text)
+    if _PROOF.search(view):
+        return "proof"
+    if _CODE_ASK.search(view):
+        return "code"
+    numbers = len(_NUMBER.findall(view))
+    if (_MATH_WORDS.search(view) and numbers >= 2) or (numbers >= 3 and len(_MATH.findall(view)) >= 3 and "=" in view):
+        return "math"
+    return None
+
+
 def prompt_hash(prompt: str) -> int:
     return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "little")
 

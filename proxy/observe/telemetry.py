@@ -31,7 +31,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Gauge
@@ -41,6 +41,7 @@ from thrifty.wire import auth
 from thrifty.wire import telemetry_pb2 as pb
 from thrifty.wire import telemetry_pb2_grpc as pb_grpc
 from thrifty.wire.codec import policy_from_pb, window_to_pb
+from thrifty.wire.quality import GROUPS, LedgerGroup, ShadowVerdict
 from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,45 @@ def shared_between(now: _SharedSnap | None, before: _SharedSnap | None) -> Share
     d = lambda key: int(max(0.0, now.counters.get(key, 0) - (before.counters.get(key, 0) if before else 0)))  # noqa: E731
     return SharedCacheStats(up=now.up >= 1.0, exact_hits=d("exact_hits"), semantic_hits=d("semantic_hits"),
                             sync_errors=d("sync_errors"), mirror_lag=_hist_delta(now.lag, before.lag if before else None))
+
+
+_LEDGER = {"thrifty_ledger_requests_total": "requests", "thrifty_ledger_dollars_total": "dollars",
+           "thrifty_ledger_dollars_squared_total": "dollars_sq", "thrifty_ledger_baseline_dollars_total": "baseline_dollars",
+           "thrifty_ledger_judged_total": "judged", "thrifty_ledger_quality_total": "quality_sum"}
+
+
+def read_ledger(registry: CollectorRegistry) -> dict[str, dict[str, float]]:
+    """Cumulative savings-ledger counters per group (empty without the quality loop)."""
+    out: dict[str, dict[str, float]] = {}
+    for family in registry.collect():
+        if not family.name.startswith("thrifty_ledger_"):
+            continue
+        for s in family.samples:
+            key, group = _LEDGER.get(s.name), s.labels.get("group")
+            if key is not None and group in GROUPS:
+                out.setdefault(group, {})[key] = s.value
+    return out
+
+
+def ledger_between(now: dict[str, dict[str, float]], before: dict[str, dict[str, float]]) -> list[LedgerGroup]:
+    """Deltas per group; groups with nothing new are left out."""
+    out = []
+    for group, values in sorted(now.items()):
+        prev = before.get(group, {})
+        d = {k: max(0.0, v - prev.get(k, 0.0)) for k, v in values.items()}
+        if not any(d.values()):
+            continue
+        out.append(LedgerGroup(group, int(round(d.get("requests", 0))), d.get("dollars", 0.0), d.get("dollars_sq", 0.0),
+                               d.get("baseline_dollars", 0.0), int(round(d.get("judged", 0))), d.get("quality_sum", 0.0)))
+    return out
+
+
+class VerdictSource(Protocol):
+    """The sidecar's quality loop as telemetry sees it (proxy/quality/shadow.py)."""
+
+    def drain(self, limit: int) -> list[ShadowVerdict]: ...
+
+    def requeue(self, verdicts: list[ShadowVerdict]) -> None: ...
 
 
 def read_registry(registry: CollectorRegistry) -> dict[str, _TierSnap]:
@@ -208,9 +248,12 @@ class TelemetryClient:
                  on_policy: Callable[[dict[str, Any]], None], *, interval_s: float = 5.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
                  on_connected: Callable[[bool], None] | None = None, clock: Callable[[], float] = time.time,
-                 token: bytes | None, tls: auth.TlsFiles | None = None) -> None:
+                 token: bytes | None, tls: auth.TlsFiles | None = None, verdicts: VerdictSource | None = None,
+                 max_verdicts: int = 1000) -> None:
         """`token` None: no handshake (only with the sidecar's explicit --insecure-telemetry);
-        `tls`: verify the controller's certificate (and present ours for mTLS)."""
+        `tls`: verify the controller's certificate (and present ours for mTLS); `verdicts`: the
+        quality loop whose shadow verdicts ride in the windows (at most `max_verdicts` each)."""
+        self.verdicts, self.max_verdicts = verdicts, max_verdicts
         self.target, self.registry, self.sidecar_id = target, registry, sidecar_id
         self.token = token
         self._credentials = auth.channel_credentials(tls) if tls is not None and tls.enabled else None
@@ -226,6 +269,7 @@ class TelemetryClient:
         self.windows_sent = 0
         self._sent_snap: dict[str, _TierSnap] = read_registry(registry)
         self._sent_shared: _SharedSnap | None = read_shared(registry)
+        self._sent_ledger = read_ledger(registry)
         self._sent_time = clock()
         self._seq = 0
         self._gap = False
@@ -307,19 +351,29 @@ class TelemetryClient:
             hello.proof = auth.sidecar_proof(self.token, theirs, nonce, self.sidecar_id)
         outbox.put_nowait(pb.SidecarMessage(hello=hello))
         pending: dict[int, tuple[dict[str, _TierSnap], _SharedSnap | None, float]] = {}
+        pending_ledger: dict[int, dict[str, dict[str, float]]] = {}
+        pending_verdicts: dict[int, list[ShadowVerdict]] = {}  # sent, not acknowledged: requeued if lost
 
         async def produce() -> None:
             # Within one stream each window follows the previous one; after a reconnect
             # the first window starts from the last acknowledged one (the catch-up).
             base_snap, base_shared, base_time, catch_up = self._sent_snap, self._sent_shared, self._sent_time, self._gap
+            base_ledger = self._sent_ledger
             while True:
                 await asyncio.sleep(self.interval_s)
                 now_snap, now_shared, now = read_registry(self.registry), read_shared(self.registry), self.clock()
+                now_ledger = read_ledger(self.registry)
                 self._seq += 1
                 w = window_between(now_snap, base_snap, base_time, now, self._seq, catch_up,
                                    shared_now=now_shared, shared_before=base_shared)
+                w.ledger = ledger_between(now_ledger, base_ledger)
+                if self.verdicts is not None:
+                    w.verdicts = self.verdicts.drain(self.max_verdicts)
+                    pending_verdicts[self._seq] = w.verdicts
                 pending[self._seq] = (now_snap, now_shared, now)
+                pending_ledger[self._seq] = now_ledger
                 base_snap, base_shared, base_time, catch_up = now_snap, now_shared, now, False
+                base_ledger = now_ledger
                 outbox.put_nowait(pb.SidecarMessage(window=window_to_pb(w)))
 
         producer: asyncio.Task[None] | None = None
@@ -335,11 +389,17 @@ class TelemetryClient:
                 elif kind == "ack" and msg.ack.seq in pending:
                     # Acknowledged: the next window starts where this one ended.
                     self._sent_snap, self._sent_shared, self._sent_time = pending[msg.ack.seq]
+                    self._sent_ledger = pending_ledger[msg.ack.seq]
                     for seq in [s for s in pending if s <= msg.ack.seq]:
                         del pending[seq]
+                        pending_ledger.pop(seq, None)
+                        pending_verdicts.pop(seq, None)
                     self._gap = False
                     self.windows_sent += 1
         finally:
             if producer is not None:
                 producer.cancel()
             call.cancel()
+            if self.verdicts is not None:  # windows never acknowledged: their verdicts go out again
+                for seq in sorted(pending_verdicts, reverse=True):
+                    self.verdicts.requeue(pending_verdicts[seq])

@@ -39,6 +39,7 @@ class RequestContext:
     bypass_cache: bool = False  # `X-Thrifty-Cache: bypass`, a tier's `cache: false` or policy
     embedding: np.ndarray | None = None  # computed once, shared by semantic cache and router
     router_score: float | None = None
+    router_cluster: int = -1  # the router's topic cluster (-1: none), for the quality loop's verdicts
     cache_result: str = "miss"  # "miss" | "exact" | "semantic" | "bypass"
     # the outcome (read by the finish step)
     started: float = 0.0  # time.monotonic() on arrival
@@ -49,6 +50,12 @@ class RequestContext:
     replica: str = ""  # the replica URL that answered
     ttft: float | None = None  # seconds to the first streamed event
     admission_wait: float = 0.0  # seconds spent queued in admission for a replica
+    # the quality loop (proxy/quality): ledger group, shadow draw, the answer to judge, its dollars
+    group: str = ""  # "control" | "treated" | "" (not in the savings ledger)
+    shadow: bool = False  # sampled for a shadow call to the reference tier
+    answer_body: dict[str, Any] | None = None  # the complete answer, kept only when shadowed
+    dollars: float = 0.0
+    baseline_dollars: float = 0.0
 
     @property
     def validated(self) -> bool:

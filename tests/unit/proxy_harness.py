@@ -35,6 +35,8 @@ def config_for(tiers: dict[str, list[str]], **extra: Any) -> Config:
         ],
         "router": {"enabled": False},
         "cache": {"exact": {"enabled": False}, "semantic": {"enabled": False}},
+        # off unless a test asks: its random draws (control group, shadow calls) would make counts flaky
+        "quality": {"enabled": False},
     }
     data.update(extra)
     return parse_config(data)

@@ -39,7 +39,8 @@ def config(**overrides):
             {"name": "small", "model": "smol", "price": {"gpu_hour": 1}, "cache": overrides.pop("small_cache", True)},
             {"name": "large", "model": "big", "price": {"gpu_hour": 8}},
         ],
-        "router": {"enabled": overrides.pop("router", True)},
+        # The learned score is what most tests here exercise: the hard-prompt rule is off unless asked for.
+        "router": {"enabled": overrides.pop("router", True), "hard_prompts": overrides.pop("hard_prompts", False)},
         # Most tests here use sampled requests to reach the semantic cache: opt both tiers in
         # (the default, no tier, is tested in test_levers_cache_tenancy.py).
         "cache": {"semantic": {"sampled_tiers": overrides.pop("sampled_tiers", ["small", "large"])}},
@@ -235,6 +236,19 @@ async def test_routing_header_model_and_ceiling(encoder, router_model) -> None:
     assert metric(reg, "thrifty_router_decisions_total", tier="large", reason="header") == 1
     assert metric(reg, "thrifty_router_decisions_total", tier="small", reason="model") >= 2
     assert metric(reg, "thrifty_router_score_count") >= 3
+
+
+async def test_hard_prompts_go_to_the_largest_allowed_tier(encoder, router_model) -> None:
+    levers, reg = make(encoder, router_model, hard_prompts=True)
+    levers.apply_policy({"router_threshold": 0.0})  # the learned score alone would send everything small
+    assert await levers.route(ctx("Prove that there are infinitely many twin primes."), TIERS) == "large"
+    assert await levers.route(ctx("Write a Python function that merges two sorted lists."), TIERS) == "large"
+    assert await levers.route(ctx("What is the capital of France?"), TIERS) == "small"
+    assert await levers.route(ctx("Prove that there are infinitely many twin primes.", model="smol"), TIERS) == "small"  # never above what was asked
+    assert metric(reg, "thrifty_router_decisions_total", tier="large", reason="hard") == 2
+    off, _ = make(encoder, router_model, hard_prompts=False)
+    off.apply_policy({"router_threshold": 0.0})
+    assert await off.route(ctx("Prove that there are infinitely many twin primes."), TIERS) == "small"
 
 
 async def test_router_disabled_keeps_requested_tier(encoder, router_model) -> None:

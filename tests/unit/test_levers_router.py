@@ -13,6 +13,7 @@ from thrifty.proxy.levers.router import (
     CLUSTER_SCALE,
     VIEW_CHARS,
     RouterModel,
+    hard_prompt,
     pick_tier,
     router_view,
     tier_thresholds,
@@ -185,3 +186,27 @@ def test_choose_policy_mixes_tiers_when_predictions_are_flat() -> None:
     cheap_share = (choice == 0).mean()
     assert 0.3 < cheap_share < 0.5  # (0.90 - 0.855) / (0.90 - 0.80) = 0.45
     assert np.array([0.80, 0.90])[choice].mean() >= 0.95 * 0.90 - 1e-9
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("Prove that there are infinitely many twin primes.", "proof"),
+        ("Show that the square root of 2 is irrational.", "proof"),
+        ("Write a Python function that reverses a linked list.", "code"),
+        ("Why does this fail?\n```\nx = [1, 2]\nprint(x[3])\n```", "code"),
+        ("A shop sells 12 apples at 0.5 dollars each and 7 pears at 0.8 dollars. Calculate the total.", "math"),
+        ("Solve 3x + 5 = 20 and then 2y - 4 = x", "math"),
+        ("What is the capital of France?", None),
+        ("How many legs does a spider have?", None),
+        ("Write a short poem about autumn.", None),
+        ("Summarise the plot of Hamlet in 3 sentences.", None),
+    ],
+)
+def test_hard_prompt_rule(text: str, kind: str | None) -> None:
+    assert hard_prompt(text) == kind
+
+
+def test_hard_prompt_reads_the_question_not_a_few_shot_prefix() -> None:
+    prefix = "Example: prove the lemma. " + "Some more context here. " * 60  # the view cuts the proof off
+    assert hard_prompt(prefix + "Q: What colour is the sky?") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from thrifty.wire import telemetry_pb2 as pb
+from thrifty.wire.quality import LedgerGroup, ShadowVerdict
 from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
 
 
@@ -58,6 +59,11 @@ def window_to_pb(w: StatsWindow) -> pb.StatsWindow:
     )
     if w.shared_cache is not None:
         msg.shared_cache.CopyFrom(shared_to_pb(w.shared_cache))
+    msg.verdicts.extend(pb.Verdict(kind=v.kind, cheap_tier=v.cheap_tier, reference_tier=v.reference_tier,
+                                   cluster=v.cluster, ease=v.ease, score=v.score) for v in w.verdicts)
+    msg.ledger.extend(pb.LedgerGroup(group=g.group, requests=g.requests, dollars=g.dollars, dollars_sq=g.dollars_sq,
+                                     baseline_dollars=g.baseline_dollars, judged=g.judged, quality_sum=g.quality_sum)
+                      for g in w.ledger)
     return msg
 
 
@@ -81,6 +87,9 @@ def window_from_pb(m: pb.StatsWindow) -> StatsWindow:
             for t in m.tiers
         ],
         shared_cache=shared_from_pb(m),
+        verdicts=[ShadowVerdict(v.kind, v.cheap_tier, v.reference_tier, v.cluster, v.ease, v.score) for v in m.verdicts],
+        ledger=[LedgerGroup(g.group, g.requests, g.dollars, g.dollars_sq, g.baseline_dollars, g.judged, g.quality_sum)
+                for g in m.ledger],
     )
 
 
@@ -90,6 +99,8 @@ def policy_to_pb(policy: dict[str, Any]) -> pb.Policy:
         msg.router_threshold = float(policy["router_threshold"])
     for tier, replicas in (policy.get("tier_targets") or {}).items():
         msg.tier_targets[tier].replicas = int(replicas)
+    for cluster, threshold in (policy.get("router_cluster_thresholds") or {}).items():
+        msg.router_cluster_thresholds[int(cluster)] = float(threshold)
     return msg
 
 
@@ -100,4 +111,5 @@ def policy_from_pb(m: pb.Policy) -> dict[str, Any]:
         "router_threshold": m.router_threshold if m.HasField("router_threshold") else None,
         "cache_enabled": m.cache_enabled,
         "tier_targets": {k: v.replicas for k, v in m.tier_targets.items()},
+        "router_cluster_thresholds": dict(m.router_cluster_thresholds),
     }

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from thrifty.wire.quality import LedgerGroup, ShadowVerdict
+
 # Upper bucket edges (seconds) used when a window carries no histogram of its own.
 DEFAULT_LATENCY_BOUNDS: tuple[float, ...] = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
@@ -183,6 +185,8 @@ class StatsWindow:
     seq: int = 0
     catch_up: bool = False
     shared_cache: SharedCacheStats | None = None
+    verdicts: list[ShadowVerdict] = field(default_factory=list)  # judged since the last window
+    ledger: list[LedgerGroup] = field(default_factory=list)  # savings-ledger deltas per group
 
 
 def ratio(num: float, den: float) -> float | None:

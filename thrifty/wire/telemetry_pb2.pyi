@@ -73,20 +73,58 @@ class TierStats(_message.Message):
     def __init__(self, tier: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., dollars: _Optional[float] = ..., baseline_dollars: _Optional[float] = ..., ttft: _Optional[_Union[Histogram, _Mapping]] = ..., itl: _Optional[_Union[Histogram, _Mapping]] = ..., queue_depth: _Optional[float] = ..., cache_exact_hits: _Optional[int] = ..., cache_semantic_hits: _Optional[int] = ..., routed: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStats, _Mapping]]] = ...) -> None: ...
 
 class StatsWindow(_message.Message):
-    __slots__ = ("seq", "window_start", "window_end", "tiers", "catch_up", "shared_cache")
+    __slots__ = ("seq", "window_start", "window_end", "tiers", "catch_up", "shared_cache", "verdicts", "ledger")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     WINDOW_START_FIELD_NUMBER: _ClassVar[int]
     WINDOW_END_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     CATCH_UP_FIELD_NUMBER: _ClassVar[int]
     SHARED_CACHE_FIELD_NUMBER: _ClassVar[int]
+    VERDICTS_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
     seq: int
     window_start: float
     window_end: float
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     catch_up: bool
     shared_cache: SharedCacheStats
-    def __init__(self, seq: _Optional[int] = ..., window_start: _Optional[float] = ..., window_end: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., catch_up: _Optional[bool] = ..., shared_cache: _Optional[_Union[SharedCacheStats, _Mapping]] = ...) -> None: ...
+    verdicts: _containers.RepeatedCompositeFieldContainer[Verdict]
+    ledger: _containers.RepeatedCompositeFieldContainer[LedgerGroup]
+    def __init__(self, seq: _Optional[int] = ..., window_start: _Optional[float] = ..., window_end: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., catch_up: _Optional[bool] = ..., shared_cache: _Optional[_Union[SharedCacheStats, _Mapping]] = ..., verdicts: _Optional[_Iterable[_Union[Verdict, _Mapping]]] = ..., ledger: _Optional[_Iterable[_Union[LedgerGroup, _Mapping]]] = ...) -> None: ...
+
+class Verdict(_message.Message):
+    __slots__ = ("kind", "cheap_tier", "reference_tier", "cluster", "ease", "score")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CHEAP_TIER_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_TIER_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    EASE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    cheap_tier: str
+    reference_tier: str
+    cluster: int
+    ease: float
+    score: float
+    def __init__(self, kind: _Optional[str] = ..., cheap_tier: _Optional[str] = ..., reference_tier: _Optional[str] = ..., cluster: _Optional[int] = ..., ease: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
+
+class LedgerGroup(_message.Message):
+    __slots__ = ("group", "requests", "dollars", "dollars_sq", "baseline_dollars", "judged", "quality_sum")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DOLLARS_FIELD_NUMBER: _ClassVar[int]
+    DOLLARS_SQ_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_DOLLARS_FIELD_NUMBER: _ClassVar[int]
+    JUDGED_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_SUM_FIELD_NUMBER: _ClassVar[int]
+    group: str
+    requests: int
+    dollars: float
+    dollars_sq: float
+    baseline_dollars: float
+    judged: int
+    quality_sum: float
+    def __init__(self, group: _Optional[str] = ..., requests: _Optional[int] = ..., dollars: _Optional[float] = ..., dollars_sq: _Optional[float] = ..., baseline_dollars: _Optional[float] = ..., judged: _Optional[int] = ..., quality_sum: _Optional[float] = ...) -> None: ...
 
 class SharedCacheStats(_message.Message):
     __slots__ = ("up", "exact_hits", "semantic_hits", "sync_errors", "mirror_lag")
@@ -129,7 +167,7 @@ class TierTarget(_message.Message):
     def __init__(self, replicas: _Optional[int] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("version", "router_threshold", "cache_enabled", "tier_targets")
+    __slots__ = ("version", "router_threshold", "cache_enabled", "tier_targets", "router_cluster_thresholds")
     class TierTargetsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,15 +175,24 @@ class Policy(_message.Message):
         key: str
         value: TierTarget
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TierTarget, _Mapping]] = ...) -> None: ...
+    class RouterClusterThresholdsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: float
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[float] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUTER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CACHE_ENABLED_FIELD_NUMBER: _ClassVar[int]
     TIER_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_CLUSTER_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     version: int
     router_threshold: float
     cache_enabled: bool
     tier_targets: _containers.MessageMap[str, TierTarget]
-    def __init__(self, version: _Optional[int] = ..., router_threshold: _Optional[float] = ..., cache_enabled: _Optional[bool] = ..., tier_targets: _Optional[_Mapping[str, TierTarget]] = ...) -> None: ...
+    router_cluster_thresholds: _containers.ScalarMap[int, float]
+    def __init__(self, version: _Optional[int] = ..., router_threshold: _Optional[float] = ..., cache_enabled: _Optional[bool] = ..., tier_targets: _Optional[_Mapping[str, TierTarget]] = ..., router_cluster_thresholds: _Optional[_Mapping[int, float]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)
