@@ -47,6 +47,7 @@ from thrifty.proxy.balance.kv_events import ReplicaKvFeed, decode_seq
 from thrifty.proxy.balance.pool import ReplicaState
 
 BLOCK_TOKENS = 512
+DEFAULT_EPSILON = 2.0  # the balancer's own default (proxy/balance/balancer.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +204,7 @@ def make_load(kind: str, replicas: int, *, profile: str, prefill_tps: float, tpo
 
 def run_policy(policy: str, trace: list[TraceRequest], replicas: int, capacity: int, *, load_kind: str = "sim",
                profile: str = "a100-llama3-8b", prefill_tps: float = 10000.0, tpot_s: float = 0.03,
-               epsilon: float = 1.0) -> PolicyResult:
+               epsilon: float = DEFAULT_EPSILON) -> PolicyResult:
     states = [ReplicaState(url=f"sim://{i}", tier="bench") for i in range(replicas)]
     precise = policy == "precise"
     publishers = [SimKvEventPublisher() if precise else None for _ in range(replicas)]
@@ -283,25 +284,39 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run_ttft(policy: str, trace: list[TraceRequest], replicas: int, *, profile: str = "a100-llama3-8b",
-             epsilon: float = 1.0) -> TtftResult:
-    """Replay `trace` on simulated vLLM replicas; TTFT and prefix hits come from the simulator itself."""
+             epsilon: float = DEFAULT_EPSILON, sidecars: int = 1, seed: int = 0) -> TtftResult:
+    """Replay `trace` on simulated vLLM replicas; TTFT and prefix hits come from the simulator itself.
+
+    `sidecars` > 1: that many sidecars share the replicas, each request reaching one of them at
+    random (a fleet of gateways in front of one pool): each keeps its own balancer, so an
+    approximate scorer knows only what its own sidecar sent, while every sidecar's precise
+    scorer reads all the replicas' KV events."""
+    import random
+
     load = SimReplicaLoad(replicas, get_profile(profile))
-    states = [ReplicaState(url=f"sim://{i}", tier="bench") for i in range(replicas)]
     precise = policy == "precise"
     publishers = [SimKvEventPublisher() for _ in range(replicas)] if precise else []
     for sim, pub in zip(load.sims, publishers):
         sim.kv_events = pub
-    feeds = {s.url: ReplicaKvFeed() for s in states} if precise else None
     # The approximate scorer is told each replica's real cache size, in trace blocks (its best case).
     cache_blocks = load.sims[0].kv_blocks * load.sims[0].profile.block_tokens // BLOCK_TOKENS
-    balancer = build_balancer(policy, prefix_capacity_blocks=cache_blocks, epsilon=epsilon, kv_feeds=feeds)
-    index = {id(s): i for i, s in enumerate(states)}
+    fleet = []
+    for _ in range(sidecars):
+        states = [ReplicaState(url=f"sim://{i}", tier="bench") for i in range(replicas)]
+        feeds = {s.url: ReplicaKvFeed() for s in states} if precise else None
+        fleet.append((states, feeds, build_balancer(policy, prefix_capacity_blocks=cache_blocks, epsilon=epsilon,
+                                                    kv_feeds=feeds)))
+    rng = random.Random(seed)
     assigned = [0] * replicas
     for req in trace:
         load.advance(req.arrival_s)
-        if feeds is not None:
-            for state, pub in zip(states, publishers):
-                feed_frames(feeds[state.url], pub.flush(req.arrival_s))
+        if precise:
+            for i, pub in enumerate(publishers):
+                frames = pub.flush(req.arrival_s)
+                for states, feeds, _ in fleet:
+                    feed_frames(feeds[states[i].url], frames)  # type: ignore[index]
+        states, _, balancer = fleet[rng.randrange(sidecars)]
+        index = {id(s): i for i, s in enumerate(states)}
         for i, s in enumerate(states):
             load.observe(i, s)
         pick = balancer.pick(PickRequest(blocks=req.blocks, tokens=req.input_tokens + req.output_tokens,
@@ -345,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="a100-llama3-8b", choices=sorted(PROFILES), help="sim load: GPU profile of each replica")
     p.add_argument("--prefill-tps", type=float, default=10000.0, help="token-queue load: prefill tokens/s per replica")
     p.add_argument("--tpot-ms", type=float, default=30.0, help="token-queue load: ms per output token")
-    p.add_argument("--epsilon", type=float, default=1.0, help="bounded-load slack of the thrifty policy (default 1.0: chosen on the first 6,000 requests with 4 and 16 replicas, not on the scored run)")
+    p.add_argument("--epsilon", type=float, default=DEFAULT_EPSILON, help=f"bounded-load slack of the prefix policies (default {DEFAULT_EPSILON:g}, the balancer's own: see docs/design/prefix-routing.md)")
+    p.add_argument("--sidecars", type=int, default=4, help="multi-tenant: sidecars sharing the replicas, each request to one at random (default 4: a fleet of pods in front of one pool; 1: one sidecar sees everything, so its approximate model is exact)")
     args = p.parse_args(argv)
     if args.replicas < 1:
         print("thrifty bench balance: --replicas must be >= 1", file=sys.stderr)
@@ -406,10 +422,14 @@ def multi_tenant_main(args: argparse.Namespace) -> int:
         print("thrifty bench balance: the scenario produced no requests (raise --qps or --duration-s)", file=sys.stderr)
         return 2
     order = ("round_robin", "least_loaded", "thrifty", "precise")
-    results = {pol: run_ttft(pol, trace, args.replicas, profile=args.profile, epsilon=args.epsilon) for pol in order}
+    if args.sidecars < 1:
+        print("thrifty bench balance: --sidecars must be >= 1", file=sys.stderr)
+        return 2
+    results = {pol: run_ttft(pol, trace, args.replicas, profile=args.profile, epsilon=args.epsilon,
+                             sidecars=args.sidecars, seed=args.seed) for pol in order}
     print(f"multi-tenant scenario: {len(trace)} requests, {scenario.tenants} tenants x {scenario.context_tokens}-token "
           f"contexts, queries {scenario.query_tokens[0]}-{scenario.query_tokens[1]} tokens, {scenario.qps:g} req/s, "
-          f"seed {scenario.seed}; {args.replicas} simulated replicas ({args.profile})")
+          f"seed {scenario.seed}; {args.replicas} simulated replicas ({args.profile}) behind {args.sidecars} sidecar(s)")
     print(f"{'policy':<14}{'TTFT p50 s':>12}{'TTFT p90 s':>12}{'hit rate':>10}{'imbalance':>11}")
     for pol in order:
         r = results[pol]
@@ -423,7 +443,7 @@ def multi_tenant_main(args: argparse.Namespace) -> int:
         out[f"{pol}_imbalance"] = round(r.imbalance, 4)
     approx = results["thrifty"].p90_s
     out["precise_p90_vs_approximate"] = round(results["precise"].p90_s / approx, 4) if approx > 0 else None
-    out.update({"requests": len(trace), "replicas": args.replicas, "tenants": scenario.tenants,
+    out.update({"requests": len(trace), "replicas": args.replicas, "sidecars": args.sidecars, "tenants": scenario.tenants,
                 "context_tokens": scenario.context_tokens, "qps": scenario.qps, "seed": scenario.seed})
     print(json.dumps(out))
     return 0

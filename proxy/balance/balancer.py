@@ -66,7 +66,7 @@ class Balancer:
 
 
 def build_balancer(policy: str = "thrifty", *, max_waiting: float = float("inf"), max_kv: float = 1.01,
-                   prefix_capacity_blocks: int = 1 << 18, epsilon: float = 1.0,
+                   prefix_capacity_blocks: int = 1 << 18, epsilon: float = 2.0,
                    kv_feeds: Mapping[str, ReplicaKvFeed] | None = None) -> Balancer:
     """`thrifty`: bounded-load prefix affinity; `precise`: the same, on the engines' KV events
     (`kv_feeds`, url -> feed; approximate for replicas without one); `least_loaded`; `round_robin`."""

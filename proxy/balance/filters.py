@@ -61,7 +61,7 @@ class BoundedLoadFilter:
     pile work onto one replica.
     """
 
-    def __init__(self, epsilon: float = 1.0) -> None:
+    def __init__(self, epsilon: float = 2.0) -> None:
         self.epsilon = epsilon
 
     def filter(self, req: PickRequest, replicas: list[ReplicaState]) -> list[ReplicaState]:
