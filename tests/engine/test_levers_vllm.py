@@ -50,6 +50,7 @@ async def test_cache_hit_skips_engine_and_router_picks_tier(vllm_engine) -> None
             {"name": "large", "model": "gpt-4o-mini", "engine": {"kind": "external"}, "price": {"input_per_1m": 5, "output_per_1m": 15},
              "replicas": {"count": 1, "urls": [vllm_engine.url]}},
         ],
+        "quality": {"enabled": False},  # its random shadow and control draws would add engine requests to the counts
     })
     sidecar = Sidecar(config)
     sidecar.set_levers(CostLevers(config, sidecar.metrics.registry))

@@ -19,7 +19,7 @@ async def test_responses_and_service_tier_through_the_sidecar(vllm_engine) -> No
     config = parse_config({"tiers": [{"name": "small", "model": vllm_engine.model, "aliases": ["gpt-4o"],
                                       "engine": {"kind": "external"}, "price": {"input_per_1m": 0.1, "output_per_1m": 0.2},
                                       "replicas": {"count": 1, "urls": [vllm_engine.url]}}],
-                           "router": {"enabled": False}})
+                           "router": {"enabled": False}, "quality": {"enabled": False}})
     sidecar = Sidecar(config)
     listener = await serve(sidecar, "127.0.0.1", 0)
     try:
