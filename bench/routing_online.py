@@ -67,7 +67,8 @@ def run_stream(
     n = len(scores)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
-    sampled = rng.random(n) < shadow_rate
+    draws = rng.random(n)
+    sampled = np.zeros(n, dtype=bool)  # filled in stream order: a sampler with a budget never exceeds the rate
     flips = rng.random((n, len(models))) < judge_noise
     price = costs.mean(axis=0)
     candidates = [m for m in range(len(models)) if m != reference and price[m] <= CHEAP_PRICE_SHARE * price[reference]]
@@ -79,7 +80,7 @@ def run_stream(
                             judge_noise=judge_noise if noise_known else 0.0)
     tier, threshold = None, CONSERVATIVE
     served_q = served_cost = shadow_cost = 0.0
-    cheap_served = 0
+    cheap_served = shadowed = 0
     for step, i in enumerate(order):
         pred = None if predicted is None else {models[m]: float(predicted[i, m]) for m in [reference, *candidates]}
         cal.observe_traffic(float(ease[i]), int(clusters[i]), pred)
@@ -89,7 +90,9 @@ def run_stream(
         cheap_served += served != reference
         served_q += scores[i, served]
         served_cost += costs[i, served]
-        if sampled[i]:
+        if draws[i] < shadow_rate and shadowed + 1 <= shadow_rate * (step + 1):
+            sampled[i] = True
+            shadowed += 1
             for m in [reference, *candidates]:
                 if m != served:
                     shadow_cost += costs[i, m]

@@ -16,7 +16,11 @@ API (stable; the shadow/controller wiring depends on it):
             judge gives 1 (as good as the reference) or 0 (worse), with reference_score 1.0;
             a judge that knows absolute quality (labels, feedback) gives both answers' scores.
     QualityCalibrator(target=0.95, confidence=0.9, prior_strength=20.0, window=5000,
-                      traffic_window=5000, start_threshold=CONSERVATIVE, min_evidence=10)
+                      traffic_window=5000, start_threshold=CONSERVATIVE, min_evidence=10,
+                      judge_noise=0.0)
+        (start_threshold: with fewer than min_evidence verdicts for a pair, its threshold is no
+        lower than this; 0.0 lets the prior alone be the warm start. The routing bench uses
+        prior_strength=1000 with the per-model heads' predictions and confidence=0.95.)
         observe(verdict)                      a judged shadow pair
         observe_traffic(ease, cluster=-1, predicted=None)
                                               every request the router scored (label-free):
@@ -29,7 +33,12 @@ API (stable; the shadow/controller wiring depends on it):
                                               (every request to the reference) without evidence
         choose(costs, reference_tier, candidates=None) -> (cheap_tier | None, threshold)
                                               the tier pair with the lowest expected cost per
-                                              request at its threshold (costs: tier -> $/call)
+                                              request at its threshold (costs: tier -> $/call;
+                                              candidates: cheaper tiers to weigh, default those
+                                              with verdicts; Bonferroni over them)
+        bounds(cheap_tier, reference_tier, cluster=None) -> list[Bound]
+                                              the estimate and bound at every cut (for
+                                              dashboards and tests)
         snapshot() -> dict                    per pair and per cluster: n, mean, lower bound,
                                               threshold; JSON-ready
 
@@ -42,9 +51,10 @@ cheap-served requests (ease >= the current threshold): D(t) is conditional on ea
 either works for t at or above the current threshold. The prior is `prior_strength`
 pseudo-verdicts spread over the observed traffic: loss 1 - ease (the ease score is the
 artifact's P(cheap as good as the reference)) or, with `predicted`, p_ref - p_cheap; its
-variance is the independent-Bernoulli one (an over-estimate, so conservative). The bound is
-normal: Q - z(confidence) * share * sd(D) / sqrt(n_eff) / R, with n_eff = verdicts above t plus
-the prior mass above t. Noisy judges: `judge_noise` (the judge's measured flip rate, default 0)
+variance is the independent-Bernoulli one (an over-estimate, so conservative); empirical
+Bayes caps its weight at var / bias^2 where the verdicts contradict it, so a wrong prior fades.
+The bound is normal: Q - z(confidence) * share * sd(D) / sqrt(n_eff) / R, with n_eff = verdicts
+above t plus the prior mass above t. Noisy judges: `judge_noise` (the judge's measured flip rate, default 0)
 de-biases binary pairwise scores; without it a symmetric flip makes the bound more
 conservative (flips add more apparent losses than they hide while the cheap tier is mostly right).
 """
