@@ -30,6 +30,10 @@ RECOMPUTE_EVERY = 10  # requests between threshold updates (also after every ver
 # see docs/design/router.md, "Online calibration".
 PRIOR_STRENGTH = 1000.0
 CONFIDENCE = 0.95
+# Without per-model heads for the file's models the prior is the generic ease score, fitted on
+# other model pairs: the calibrator's default weight (on MMLU with an artifact that never saw
+# it, weight 1000 kept 0.940 over the stream; docs/design/router.md).
+GENERIC_PRIOR_STRENGTH = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +64,7 @@ def run_stream(
     start_threshold: float,
     seed: int,
     confidence: float = CONFIDENCE,
-    prior_strength: float = PRIOR_STRENGTH,
+    prior_strength: float | None = None,  # None: PRIOR_STRENGTH with heads, else GENERIC_PRIOR_STRENGTH
     noise_known: bool = True,
 ) -> OnlineResult:
     """One pass over the rows in a seeded random order; labels read only for shadow-sampled rows."""
@@ -76,6 +80,8 @@ def run_stream(
         candidates = [m for m in range(len(models)) if m != reference and price[m] < price[reference]]
     ref_name = models[reference]
     tier_price = {models[m]: float(price[m]) for m in [reference, *candidates]}
+    if prior_strength is None:
+        prior_strength = PRIOR_STRENGTH if predicted is not None else GENERIC_PRIOR_STRENGTH
     cal = QualityCalibrator(target=target, confidence=confidence, prior_strength=prior_strength, start_threshold=start_threshold,
                             judge_noise=judge_noise if noise_known else 0.0)
     tier, threshold = None, CONSERVATIVE
