@@ -48,7 +48,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--reference", metavar="MODEL", help="the operator's baseline model quality is measured against (default: the priciest)")
     p.add_argument("--online", action="store_true", help="replay the file as a stream; the threshold is calibrated online from shadow verdicts (bench/routing_online.py)")
     p.add_argument("--shadow-rate", type=float, default=0.05, help="--online: share of requests shadow-evaluated (labels revealed, calls paid)")
-    p.add_argument("--judge-noise", type=float, default=0.0, help="--online: share of judge verdicts flipped")
+    p.add_argument("--judge-noise", type=float, default=0.0, help="--online: share of judge verdicts flipped (the calibrator is told the rate, as a judge's measured flip rate)")
     return p.parse_args(argv)
 
 
@@ -213,7 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         "rows_scored": int(len(scores)),
         "rows_excluded_seen_in_training": int(seen.sum()),
         "models": data.models,
-        "strongest": data.models[strong],
+        "strongest": data.models[strong],  # (the reference: kept under its old key for existing readers)
+        "reference": data.models[strong],
         "scorer": scorer,
         "target_quality": args.target_quality,
         "calibration": f"label-free: predicted quality on the scored prompts, cross-validated margin {model.margin_for(len(data.models))}" if known else "artifact threshold (its training rows)",
