@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    "'hashed-ngrams:DIM' needs no model); the router always uses its artifact's encoder")
     p.add_argument("--embed-cache", help="file prefix to reuse embeddings between runs (one .npz per encoder)")
     p.add_argument("--small-model", help="label column for the small tier (default: the router's weak model for the file)")
-    p.add_argument("--large-model", help="label column for the large tier (default: the file's strongest model)")
+    p.add_argument("--large-model", help="label column for the large tier (default: the reference, the file's priciest model)")
     p.add_argument("--small-profile", default="a100-llama3-8b-fp8", help="small tier with quantization (default a100-llama3-8b-fp8)")
     p.add_argument("--small-base-profile", default="a100-llama3-8b", help="small tier before quantization (default a100-llama3-8b)")
     p.add_argument("--large-profile", default="h100-llama3-70b-tp4", help="large tier before quantization (default h100-llama3-70b-tp4)")
@@ -211,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
     from thrifty.sim.model import SpeculativeSim
     from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
     from thrifty.proxy.levers.router import ARTIFACT, RouterModel, pick_tier, router_view
-    from thrifty.training.labels import default_weak, load_labelled, strongest
+    from thrifty.training.labels import default_weak, load_labelled, reference_model
     from thrifty.training.router_calibration import threshold_for_quality, threshold_for_strong_share
     from thrifty.proxy.levers.verifier import ARTIFACT as VERIFIER_ARTIFACT
     from thrifty.proxy.levers.verifier import Verifier
@@ -230,7 +230,7 @@ def _run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         not_ready.append(f"router: no artifact at {router_path} (the levers engineer ships it); +router left out")
     mean_costs = np.nanmean(data.costs, axis=0) if data.costs is not None else None
-    large = data.models.index(args.large_model) if args.large_model else strongest(data)
+    large = data.models.index(args.large_model) if args.large_model else reference_model(data, mean_costs)
     small = data.models.index(args.small_model) if args.small_model else default_weak(data, mean_costs)
     if small == large:
         raise ValueError("--small-model and --large-model must differ")

@@ -9,8 +9,10 @@ The operating point is chosen WITHOUT the file's labels (`choose_policy` over th
 per-model heads' predictions, with the artifact's cross-validated margin); the labels
 only measure what that choice achieved, next to the labelled curve's cheapest point,
 random routing and the oracle. Costs: the file's `|total_cost` columns, else
-`--cost MODEL=DOLLARS`, else RouteLLM's paper prices. Method, figures and history:
-docs/design/router.md.
+`--cost MODEL=DOLLARS`, else RouteLLM's paper prices. Quality is measured against the
+operator's baseline (`--reference`, default the priciest model), never the label-best one.
+`--online` replays the rows as a stream calibrated from shadow verdicts instead
+(bench/routing_online.py). Method, figures and history: docs/design/router.md.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embed-cache", help="npz file to reuse prompt embeddings between runs")
     p.add_argument("--plot", metavar="FILE.png", help="also write the cost/quality curve with the chosen point and baselines (matplotlib, headless)")
+    p.add_argument("--reference", metavar="MODEL", help="the operator's baseline model quality is measured against (default: the priciest)")
+    p.add_argument("--online", action="store_true", help="replay the file as a stream; the threshold is calibrated online from shadow verdicts (bench/routing_online.py)")
+    p.add_argument("--shadow-rate", type=float, default=0.05, help="--online: share of requests shadow-evaluated (labels revealed, calls paid)")
+    p.add_argument("--judge-noise", type=float, default=0.0, help="--online: share of judge verdicts flipped (the calibrator is told the rate, as a judge's measured flip rate)")
     return p.parse_args(argv)
 
 
@@ -127,11 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from thrifty.proxy.levers.embedder import encode_with_disk_cache, encoder_for
     from thrifty.proxy.levers.router import ARTIFACT, RouterModel, router_view
-    from thrifty.training.labels import load_labelled, strongest
+    from thrifty.training.labels import load_labelled
     from thrifty.training.router_calibration import choose_policy
 
     if not 0 < args.target_quality <= 1:
         raise ValueError("--target-quality must be in (0, 1]")
+    if not 0 <= args.shadow_rate <= 1:
+        raise ValueError("--shadow-rate must be in [0, 1]")
+    if not 0 <= args.judge_noise < 0.5:
+        raise ValueError("--judge-noise must be in [0, 0.5)")
     model = RouterModel.load(args.artifact or ARTIFACT)
     data = load_labelled(args.data)
     seen = model.trained_on(data.prompts)
@@ -145,13 +155,15 @@ def _run(args: argparse.Namespace) -> int:
     data = data.subset(rows)
     costs = _costs(data, args.cost)
     scores = data.scores
-    strong = strongest(data)  # the reference the target is defined against
+    strong = _reference(data, costs, args.reference)  # the reference the target is defined against
     all_strong = Point(float(scores[:, strong].mean()), float(costs[:, strong].sum()), 1.0)
     goal = args.target_quality * all_strong.quality
 
     encoder = encoder_for(model.embedder, threads=2)
     vectors = encode_with_disk_cache(encoder, [router_view(p) for p in data.prompts], args.embed_cache)
     known = all(m in model.heads for m in data.models)
+    if args.online:
+        return _run_online(args, model, data, costs, vectors, strong, known, int(seen.sum()))
     if known:
         scorer = "per-model heads"
         predicted = model.correctness(vectors, data.prompts, data.models)
@@ -174,22 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     low = Point(float(scores[:, cheapest_model].mean()), float(costs[:, cheapest_model].sum()), 0.0)
     read_off = cheapest_meeting(curve, goal)
 
-    # random routing: for each cheaper model, mix it with the strongest just enough to meet the goal
-    random_best: Point | None = None
-    for m in range(len(data.models)):
-        if m == strong:
-            continue
-        qm, cm = scores[:, m].mean(), costs[:, m].sum()
-        if qm >= goal:
-            p = 0.0
-        elif all_strong.quality > qm:
-            p = (goal - qm) / (all_strong.quality - qm)
-        else:
-            continue
-        candidate = Point(qm + p * (all_strong.quality - qm), (1 - p) * cm + p * all_strong.cost, p)
-        if random_best is None or candidate.cost < random_best.cost:
-            random_best = candidate
-    random_best = random_best or all_strong
+    random_best = _random_mix(scores, costs, strong, goal)
     random_low = min(((scores[:, m].mean(), costs[:, m].sum()) for m in range(len(data.models))), key=lambda qc: qc[1])
     random_points = [Point(random_low[0] + p * (all_strong.quality - random_low[0]), (1 - p) * random_low[1] + p * all_strong.cost, p) for p in np.linspace(0, 1, 51)]
 
@@ -216,7 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         "rows_scored": int(len(scores)),
         "rows_excluded_seen_in_training": int(seen.sum()),
         "models": data.models,
-        "strongest": data.models[strong],
+        "strongest": data.models[strong],  # (the reference: kept under its old key for existing readers)
+        "reference": data.models[strong],
         "scorer": scorer,
         "target_quality": args.target_quality,
         "calibration": f"label-free: predicted quality on the scored prompts, cross-validated margin {model.margin_for(len(data.models))}" if known else "artifact threshold (its training rows)",
@@ -231,6 +229,84 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         from thrifty.bench import plots
         plots.routing(result, args.plot)
+    print(json.dumps(result))
+    return 0
+
+
+def _reference(data, costs: np.ndarray, name: str | None) -> int:
+    """The operator's baseline: --reference, else the priciest model (training.labels.reference_model)."""
+    from thrifty.training.labels import reference_model
+
+    if name is None:
+        return reference_model(data, costs.mean(axis=0))
+    if name not in data.models:
+        raise ValueError(f"--reference {name!r}: not a model in the file ({', '.join(data.models)})")
+    return data.models.index(name)
+
+
+def _random_mix(scores: np.ndarray, costs: np.ndarray, strong: int, goal: float) -> Point:
+    """Random routing: for each cheaper model, mixed with the reference just enough to meet the goal
+    (picked on labels: a generous baseline); the cheapest such mix."""
+    ref_q, ref_cost = float(scores[:, strong].mean()), float(costs[:, strong].sum())
+    best: Point | None = None
+    for m in range(scores.shape[1]):
+        if m == strong:
+            continue
+        qm, cm = scores[:, m].mean(), costs[:, m].sum()
+        if qm >= goal:
+            p = 0.0
+        elif ref_q > qm:
+            p = (goal - qm) / (ref_q - qm)
+        else:
+            continue
+        candidate = Point(qm + p * (ref_q - qm), (1 - p) * cm + p * ref_cost, p)
+        if best is None or candidate.cost < best.cost:
+            best = candidate
+    return best or Point(ref_q, ref_cost, 1.0)
+
+
+def _run_online(args: argparse.Namespace, model, data, costs: np.ndarray, vectors: np.ndarray, reference: int, known: bool, excluded: int) -> int:
+    from thrifty.bench.routing_online import run_stream
+
+    scores = data.scores
+    ease = model.ease_scores(vectors, data.prompts)
+    clusters = np.argmax(vectors @ model.centroids.T, axis=1) if len(model.centroids) else np.full(len(scores), -1)
+    predicted = model.correctness(vectors, data.prompts, data.models) if known else None
+    r = run_stream(
+        ease=ease, clusters=clusters, predicted=predicted, scores=scores, costs=costs, models=data.models,
+        reference=reference, target=args.target_quality, shadow_rate=args.shadow_rate, judge_noise=args.judge_noise,
+        start_threshold=0.0, seed=args.seed,  # no cap: the artifact's predictions are the warm start (the prior)
+    )
+    ref_q, ref_cost = float(scores[:, reference].mean()), float(costs[:, reference].sum())
+    mix = _random_mix(scores, costs, reference, args.target_quality * ref_q)
+    result = {
+        "bench": "routing",
+        "mode": "online",
+        "data": args.data,
+        "rows_scored": int(len(scores)),
+        "rows_excluded_seen_in_training": excluded,
+        "models": data.models,
+        "reference": data.models[reference],
+        "target_quality": args.target_quality,
+        "shadow_rate": args.shadow_rate,
+        "judge_noise": args.judge_noise,
+        "seed": args.seed,
+        "quality_retained": round(r.quality_retained, 4),
+        "cost_reduction": round(r.cost_reduction, 4),
+        "shadow_share": round(r.shadow_share, 4),
+        "shadow_spend_share": round(r.shadow_spend_share, 4),
+        "cheap_share": round(r.cheap_share, 4),
+        "final_tier": r.final_tier,
+        "final_threshold": round(r.final_threshold, 4),
+        "random_mix": {"cost_reduction": round(1 - mix.cost / ref_cost, 4), "quality_retained": round(mix.quality / ref_q, 4)},
+        "calibrator": r.calibrator,
+    }
+    print(f"routing bench (online): {args.data}  ({result['rows_scored']} rows streamed, {excluded} excluded as seen in training)")
+    print(f"reference: {result['reference']}   target: {args.target_quality:.0%}   shadow rate {args.shadow_rate}   judge noise {args.judge_noise}")
+    print(f"{'policy':<28}{'cost_reduction':>16}{'quality_retained':>18}")
+    print(f"{'online calibrated':<28}{result['cost_reduction']:>16}{result['quality_retained']:>18}")
+    print(f"{'random mix (on labels)':<28}{result['random_mix']['cost_reduction']:>16}{result['random_mix']['quality_retained']:>18}")
+    print(f"shadow share {result['shadow_share']} (spend {result['shadow_spend_share']}), final tier {r.final_tier} at threshold {result['final_threshold']}")
     print(json.dumps(result))
     return 0
 

@@ -16,7 +16,11 @@ API (stable; the shadow/controller wiring depends on it):
             judge gives 1 (as good as the reference) or 0 (worse), with reference_score 1.0;
             a judge that knows absolute quality (labels, feedback) gives both answers' scores.
     QualityCalibrator(target=0.95, confidence=0.9, prior_strength=20.0, window=5000,
-                      traffic_window=5000, start_threshold=CONSERVATIVE, min_evidence=10)
+                      traffic_window=5000, start_threshold=CONSERVATIVE, min_evidence=10,
+                      judge_noise=0.0)
+        (start_threshold: with fewer than min_evidence verdicts for a pair, its threshold is no
+        lower than this; 0.0 lets the prior alone be the warm start. The routing bench uses
+        prior_strength=1000 with the per-model heads' predictions and confidence=0.95.)
         observe(verdict)                      a judged shadow pair
         observe_traffic(ease, cluster=-1, predicted=None)
                                               every request the router scored (label-free):
@@ -29,7 +33,12 @@ API (stable; the shadow/controller wiring depends on it):
                                               (every request to the reference) without evidence
         choose(costs, reference_tier, candidates=None) -> (cheap_tier | None, threshold)
                                               the tier pair with the lowest expected cost per
-                                              request at its threshold (costs: tier -> $/call)
+                                              request at its threshold (costs: tier -> $/call;
+                                              candidates: cheaper tiers to weigh, default those
+                                              with verdicts; Bonferroni over them)
+        bounds(cheap_tier, reference_tier, cluster=None) -> list[Bound]
+                                              the estimate and bound at every cut (for
+                                              dashboards and tests)
         snapshot() -> dict                    per pair and per cluster: n, mean, lower bound,
                                               threshold; JSON-ready
 
@@ -42,9 +51,10 @@ cheap-served requests (ease >= the current threshold): D(t) is conditional on ea
 either works for t at or above the current threshold. The prior is `prior_strength`
 pseudo-verdicts spread over the observed traffic: loss 1 - ease (the ease score is the
 artifact's P(cheap as good as the reference)) or, with `predicted`, p_ref - p_cheap; its
-variance is the independent-Bernoulli one (an over-estimate, so conservative). The bound is
-normal: Q - z(confidence) * share * sd(D) / sqrt(n_eff) / R, with n_eff = verdicts above t plus
-the prior mass above t. Noisy judges: `judge_noise` (the judge's measured flip rate, default 0)
+variance is the independent-Bernoulli one (an over-estimate, so conservative); empirical
+Bayes caps its weight at var / bias^2 where the verdicts contradict it, so a wrong prior fades.
+The bound is normal: Q - z(confidence) * share * sd(D) / sqrt(n_eff) / R, with n_eff = verdicts
+above t plus the prior mass above t. Noisy judges: `judge_noise` (the judge's measured flip rate, default 0)
 de-biases binary pairwise scores; without it a symmetric flip makes the bound more
 conservative (flips add more apparent losses than they hide while the cheap tier is mostly right).
 """
@@ -139,17 +149,19 @@ class QualityCalibrator:
         best: tuple[str | None, float] = (None, CONSERVATIVE)
         best_cost = float(costs[reference_tier])
         names = [c for c, r in self.pairs() if r == reference_tier] if candidates is None else list(candidates)
+        names = [c for c in names if c != reference_tier and c in costs]
+        # picking the best of k pairs favours the one whose noise flatters it: each pair's bound
+        # is taken at confidence 1 - (1 - confidence) / k (Bonferroni), so the choice keeps it
+        z = NormalDist().inv_cdf(1 - (1 - self.confidence) / max(len(names), 1))
         for cheap in names:
-            if cheap == reference_tier or cheap not in costs:
-                continue
-            b = self._best(cheap, reference_tier, None)
+            b = self._best(cheap, reference_tier, None, z)
             ref = reference_tier
             expected = b.share * costs[cheap] + (1 - b.share) * costs[ref]
             if expected < best_cost - 1e-15:
                 best, best_cost = (cheap, b.threshold), expected
         return best
 
-    def bounds(self, cheap_tier: str, reference_tier: str, cluster: int | None = None) -> list[Bound]:
+    def bounds(self, cheap_tier: str, reference_tier: str, cluster: int | None = None, z: float | None = None) -> list[Bound]:
         """The bound at every candidate threshold, from all-reference down to all-cheap."""
         v = [x for x in self._verdicts.get((cheap_tier, reference_tier), ()) if cluster is None or x.cluster == cluster]
         traffic = [t for t in self._traffic if cluster is None or t[1] == cluster]
@@ -167,33 +179,36 @@ class QualityCalibrator:
             else:
                 pc, pr = float(ease), 1.0
             p_loss[i], p_m2[i], p_ref[i] = pr - pc, pr + pc - 2 * pr * pc, pr
-        w_prior = self.prior_strength / len(traffic)
         o_ease = np.array([x.ease for x in v])
         o_loss = np.array([x.reference_score - self._debiased(x) for x in v])
         o_ref = np.array([x.reference_score for x in v])
-        ref_quality = (o_ref.sum() + w_prior * p_ref.sum()) / (len(v) + self.prior_strength)
-        ref_quality = max(ref_quality, 1e-6)
-        # every item (prior pseudo-verdict or verdict) sorted by ease, highest first; cumulative
-        # sums at each distinct ease give the routed set of that cut
-        ease = np.concatenate([t_ease, o_ease])
-        weight = np.concatenate([np.full(len(t_ease), w_prior), np.ones(len(o_ease))])
-        loss = np.concatenate([w_prior * p_loss, o_loss])
-        m2 = np.concatenate([w_prior * p_m2, o_loss**2])
-        is_traffic = np.concatenate([np.ones(len(t_ease)), np.zeros(len(o_ease))])
-        order = np.argsort(-ease, kind="stable")
-        ease = ease[order]
-        last = np.r_[np.nonzero(np.diff(ease))[0], len(ease) - 1]  # last index of each distinct ease
-        sw, sl, sm2 = (np.cumsum(x[order])[last] for x in (weight, loss, m2))
-        share = np.cumsum(is_traffic[order])[last] / len(t_ease)
-        mean = sl / sw
-        sd = np.sqrt(np.maximum(sm2 / sw - mean**2, 0.0) / sw)
+        ref_quality = max((o_ref.sum() + self.prior_strength * p_ref.mean()) / (len(v) + self.prior_strength), 1e-6)
+        cuts = np.unique(np.concatenate([t_ease, o_ease]))[::-1]
+        kp, lp, mp = _above(cuts, t_ease, p_loss, p_m2)  # prior: traffic with ease >= cut
+        ko, lo, mo = _above(cuts, o_ease, o_loss, o_loss**2)  # verdicts with ease >= cut
+        share = kp / len(t_ease)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_prior = np.where(kp > 0, lp / np.maximum(kp, 1), 0.0)
+            d_obs = np.where(ko > 0, lo / np.maximum(ko, 1), d_prior)
+            v_obs = np.where(ko > 1, mo / np.maximum(ko, 1) - d_obs**2, np.nan)
+            v_prior = np.where(kp > 0, mp / np.maximum(kp, 1) - d_prior**2, 0.0)
+            v_item = np.maximum(np.where(np.isnan(v_obs), v_prior, np.maximum(v_obs, v_prior)), 1e-4)  # a few agreeing verdicts are not zero variance
+            # empirical Bayes: the prior counts as n_prior pseudo-verdicts, fewer when the
+            # verdicts contradict it (its squared error, less the verdicts' own sampling noise)
+            bias2 = np.where(ko > 1, np.maximum((d_obs - d_prior) ** 2 - v_item / np.maximum(ko, 1), 0.0), 0.0)
+            n_prior = self.prior_strength * share
+            n_prior = np.where(bias2 > 0, np.minimum(n_prior, v_item / np.where(bias2 > 0, bias2, 1.0)), n_prior)
+            n = n_prior + ko
+            mean = np.where(n > 0, (n_prior * d_prior + lo) / np.maximum(n, 1e-12), d_prior)
+            second = np.where(n > 0, (n_prior * (v_prior + d_prior**2) + mo) / np.maximum(n, 1e-12), v_prior + d_prior**2)
+            sd = np.sqrt(np.maximum(second - mean**2, 1e-4) / np.maximum(n, 1e-12))
         quality = 1 - share * mean / ref_quality
-        lower = quality - self.z * share * sd / ref_quality
-        out += [Bound(float(c), float(sh), float(q), float(lo), float(n)) for c, sh, q, lo, n in zip(ease[last], share, quality, lower, sw, strict=True)]
+        lower = quality - (self.z if z is None else z) * share * sd / ref_quality
+        out += [Bound(float(c), float(sh), float(q), float(lb), float(k)) for c, sh, q, lb, k in zip(cuts, share, quality, lower, n, strict=True)]
         return out
 
-    def _best(self, cheap_tier: str, reference_tier: str, cluster: int | None) -> Bound:
-        bounds = self.bounds(cheap_tier, reference_tier, cluster)
+    def _best(self, cheap_tier: str, reference_tier: str, cluster: int | None, z: float | None = None) -> Bound:
+        bounds = self.bounds(cheap_tier, reference_tier, cluster, z)
         if cluster is not None and self.evidence(cheap_tier, reference_tier, cluster) < self.min_evidence:
             # a cluster without evidence: no looser than the pooled threshold or the warm start
             floor = max(self._best(cheap_tier, reference_tier, None).threshold, self.start_threshold)
@@ -242,3 +257,14 @@ class QualityCalibrator:
 def _at_or_above(bounds: list[Bound], floor: float) -> Bound:
     """The loosest candidate whose threshold is at least `floor` (bounds[0] is all-reference)."""
     return min((b for b in bounds if b.threshold >= floor), key=lambda b: b.threshold, default=bounds[0])
+
+
+def _above(cuts: np.ndarray, ease: np.ndarray, loss: np.ndarray, m2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each cut (descending): the count, loss sum and second-moment sum of items with ease >= cut."""
+    order = np.argsort(ease)
+    sorted_ease = ease[order]
+    k = len(ease) - np.searchsorted(sorted_ease, cuts, side="left")
+    def top(x: np.ndarray) -> np.ndarray:  # [j]: the sum over the j highest-ease items
+        return np.concatenate([[0.0], np.cumsum(x[order][::-1])])
+
+    return k.astype(float), top(loss)[k], top(m2)[k]

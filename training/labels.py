@@ -106,12 +106,28 @@ def load_labelled(path: str | Path) -> LabelledSet:
 
 
 def strongest(data: LabelledSet) -> int:
+    """The label-best model: only where no prices say which model is the operator's baseline."""
     return int(np.nanargmax(np.nanmean(data.scores, axis=0)))
 
 
+def reference_model(data: LabelledSet, mean_costs: np.ndarray | None = None) -> int:
+    """The reference quality is measured against: the operator's baseline, i.e. the priciest
+    model (the file's `|total_cost`, else `mean_costs`, else REFERENCE_PRICES when they cover
+    every model), not whichever model the labels favour. Why: on a small RouterBench file
+    gpt-3.5 beat GPT-4, and taking it as the reference scored routing to GPT-4 as a loss.
+    Without any prices the label-best model is the only guess."""
+    if mean_costs is None and data.costs is not None:
+        mean_costs = np.nanmean(data.costs, axis=0)
+    if mean_costs is None and all(m in REFERENCE_PRICES for m in data.models):
+        mean_costs = np.array([REFERENCE_PRICES[m] for m in data.models])
+    if mean_costs is None or np.isnan(mean_costs).all():
+        return strongest(data)
+    return int(np.nanargmax(mean_costs))
+
+
 def default_weak(data: LabelledSet, mean_costs: np.ndarray | None) -> int:
-    """The pair the ease score learns from: the best model costing <= 20% of the strongest."""
-    s = strongest(data)
+    """The pair the ease score learns from: the best model costing <= 20% of the reference."""
+    s = reference_model(data, mean_costs)
     means = np.nanmean(data.scores, axis=0)
     if mean_costs is None or len(data.models) == 2:
         return min((i for i in range(len(data.models)) if i != s), key=lambda i: -means[i])

@@ -18,7 +18,7 @@ from thrifty.proxy.levers.router import (
     sigmoid,
     topic_features,
 )
-from thrifty.training.labels import REFERENCE_PRICES, LabelledSet, default_weak, strongest
+from thrifty.training.labels import REFERENCE_PRICES, LabelledSet, default_weak, reference_model
 from thrifty.training.router_calibration import choose_policy, threshold_for_quality
 
 TRAIN_BUCKETS = 50  # prompts whose hash % 100 < 50 train the router; the rest stay held out
@@ -97,7 +97,7 @@ def train_router(
         if mc is not None:
             for m, c in zip(t.models, mc, strict=True):
                 costs.setdefault(m, []).append(float(c))
-        s, w = strongest(t), default_weak(t, mc)
+        s, w = reference_model(t, mc), default_weak(t, mc)
         ok = ~np.isnan(t.scores[:, s]) & ~np.isnan(t.scores[:, w])
         ease_x.append(x[start : start + len(t.prompts)][ok])
         ease_y.append((t.scores[ok, w] >= t.scores[ok, s]).astype(float))

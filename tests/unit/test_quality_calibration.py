@@ -102,3 +102,25 @@ def test_bad_input_is_refused():
         QualityCalibrator(target=1.5)
     with pytest.raises(ValueError):
         QualityCalibrator().observe(Verdict(0.5, -1, "a", "b", 2.0))
+
+
+def test_a_prior_the_verdicts_contradict_fades():
+    """The heads predict the cheap tier as good as the reference; it is right only 40% of the time."""
+    cal = QualityCalibrator(prior_strength=1000, start_threshold=0.0)
+    rng = random.Random(11)
+    for _ in range(3000):
+        e = rng.random()
+        cal.observe_traffic(e, predicted={"small": 0.9, "big": 0.9})
+        if rng.random() < 0.05:
+            cal.observe(Verdict(e, -1, "small", "big", 1.0 if rng.random() < 0.4 else 0.0))
+    t = cal.threshold("small", "big")
+    assert 1 - sum(1 for i in range(1000) if i / 1000 >= t) / 1000 * 0.6 >= 0.95  # the realised quality holds
+
+
+def test_the_prior_alone_is_the_warm_start():
+    """Before any verdict, a trusted prior that says the cheap tier is as good routes some traffic."""
+    cal = QualityCalibrator(prior_strength=1000, start_threshold=0.0)
+    for i in range(1000):
+        cal.observe_traffic(i / 1000, predicted={"small": 0.9, "big": 0.9})
+    assert cal.threshold("small", "big") < 0.5
+    assert cal.choose({"small": 1.0, "big": 10.0}, "big", ["small"])[0] == "small"
