@@ -25,6 +25,7 @@ from thrifty.controller.fleet import FleetView
 from thrifty.controller.intake import Rejected, check_window
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
+from thrifty.controller.observe import tier_observation
 from thrifty.wire.stats import StatsWindow
 from thrifty.profiles import engine_costs, get_profile
 
@@ -173,21 +174,12 @@ class ControlPlane:
         return out
 
     def observations(self, now: float) -> dict[str, TierObservation]:
-        out = {}
+        """Each tier as telemetry shows it (`controller/observe.py`, shared with the benches)."""
         outcomes = self._ttft_outcomes(now)
-        for t in self.config.tiers:
-            s = self.fleet.summary(t.name, now, VIEW_SPAN_S)
-            reps = [r for r, _ in self.fleet.replicas(t.name, now)]
-            healthy = [r for r in reps if r.healthy]
-            ready = self.ready.get(t.name, len(healthy))
-            out[t.name] = TierObservation(
-                time=now, ready=ready, starting=max(0, self.autoscaler.target(t.name) - ready),
-                waiting=sum(r.waiting for r in healthy), running=sum(r.running for r in healthy),
-                kv_usage=sum(r.kv_cache_usage for r in healthy), queue_depth=self.fleet.queue_depth(t.name),
-                token_rate=s.tokens_per_s, ttft_p95_s=s.ttft_p95,
-                ttft_finished=outcomes[t.name][0], ttft_missed=outcomes[t.name][1],
-            )
-        return out
+        return {t.name: tier_observation(self.fleet, t.name, now, target=self.autoscaler.target(t.name),
+                                         ready=self.ready.get(t.name), ttft_outcomes=outcomes[t.name],
+                                         rate_span_s=VIEW_SPAN_S)
+                for t in self.config.tiers}
 
     async def tick(self, now: float | None = None) -> list[DecisionRecord]:
         now = self.clock() if now is None else now
