@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from thrifty.bench.autoscale import TierProbe, thrifty_tier_policy
+from thrifty.bench.autoscale import TierProbe, fleet_config
 from thrifty.controller.autoscaler import Autoscaler
+from thrifty.controller.policy import tier_policies
 from thrifty.sim.fleet import SimPod, SimTier, replay
 from thrifty.profiles import GpuProfile, engine_costs
 from thrifty.sim.model import SpeculativeSim
@@ -175,8 +176,9 @@ def run_autoscaled(specs: list[TierSpec], arrivals: dict[str, list[Arrival]], in
             submit(arrival, prompt, output, now, tag, hashes)
 
         tier.submit = noted  # type: ignore[method-assign]
-    policies = [thrifty_tier_policy(s.name, s.profile, settings.startup_s, settings.slo_ttft_s, max_replicas[s.name])
-                for s in specs]
+    config = fleet_config([(s.name, s.profile, max_replicas[s.name]) for s in specs],
+                          startup_s=settings.startup_s, slo_ttft_s=settings.slo_ttft_s)
+    policies = tier_policies(config)
     scaler = Autoscaler(policies, initial={n: len(t.active()) for n, t in tiers.items()})
     peak = {n: len(t.active()) for n, t in tiers.items()}
 

@@ -8,7 +8,8 @@ of vLLM replicas on a virtual clock (`thrifty.sim.fleet`, replicas from
 - `keda_threshold`: common practice, KEDA + HPA on `vllm:num_requests_waiting` with a
   target of 5 per replica (AverageValue), 15 s sync, HPA's 10% tolerance, scale-up
   limited to max(4 pods, 100%) per period, 300 s scale-down stabilisation;
-- `thrifty`: `thrifty.controller.autoscaler.Autoscaler` (the controller's own code).
+- `thrifty`: `thrifty.controller.autoscaler.Autoscaler` (the controller's own code) with the
+  policy `thrifty controller` builds from the same config (`thrifty.controller.policy`).
 Replicas take `--startup-s` to start; scale-down drains. Both autoscalers start at the
 replica count the trace's first 10 minutes need (found like static_peak), as a running
 service would; static_peak's search is a bisection whose failing runs stop at 1% misses. `--copies K` overlays K copies
@@ -27,9 +28,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
+from thrifty.config import Config, ConfigError, parse_config
+from thrifty.controller.autoscaler import Autoscaler, TierObservation
+from thrifty.controller.policy import tier_policy
 from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
-from thrifty.profiles import PRIOR_CONTEXT_TOKENS, GpuProfile, engine_costs, get_profile
+from thrifty.profiles import GpuProfile, get_profile
 from thrifty.sim.model import SimReplica, SimRequest
 
 TIER = "llm"
@@ -214,28 +217,28 @@ def smallest_static(trace: list[TraceRequest], profile: GpuProfile, hi: int, com
     return best
 
 
-def thrifty_tier_policy(name: str, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int) -> TierPolicy:
-    """The Thrifty policy for a simulated tier; `bench cost` builds its tiers with it too.
-
-    One consistent engine model: the capacity prior assumes full batches, so the
-    concurrency floor allows them too (a quarter of the batch made the floor escalate
-    under a burst: in-flight sequences grow with latency, Little's law, while replicas
-    start). A full batch is what the replica can hold: max_num_seqs, or fewer when its KV
-    cache fills first at the prior's 2048-token contexts (a 70B on two GPUs holds ~100).
-    The benches have no ITL SLO to cap the batch. Capacity is the replicas' saturated
-    throughput and queueing margin comes from the TTFT/backlog rule, so no second margin
-    below 100% of it.
-    """
-    batch = max(1, min(profile.max_num_seqs, profile.kv_tokens // PRIOR_CONTEXT_TOKENS))
-    return TierPolicy(
-        name, min_replicas=1, max_replicas=max_r, startup_s=startup_s,
-        target_concurrency=float(batch), slo_ttft_s=slo_ttft_s, target_utilization=1.0,
-        **engine_costs(profile, batch=batch, context=PRIOR_CONTEXT_TOKENS),
-    )
+def fleet_config(tiers: list[tuple[str, GpuProfile, int]], *, startup_s: float, slo_ttft_s: float,
+                 target_utilization: float | None = None) -> Config:
+    """The config a bench's simulated tiers stand for: (name, profile, max replicas) each, as
+    sim tiers of that profile; the policy comes from it through the controller's factory
+    (`thrifty.controller.policy`), so every knob is a config field production has too."""
+    data: dict = {
+        "tiers": [{"name": name, "model": name, "price": {"gpu_hour": 1.0, "gpus_per_replica": profile.num_gpus},
+                   "engine": {"kind": "sim", "sim_profile": profile.name, "max_num_seqs": profile.max_num_seqs},
+                   "replicas": {"count": 1, "min": 1, "max": max_r, "startup_s": startup_s}}
+                  for name, profile, max_r in tiers],
+        "slo": {"ttft_p95_ms": slo_ttft_s * 1000},
+    }
+    if target_utilization is not None:
+        data["autoscaler"] = {"target_utilization": target_utilization}
+    return parse_config(data, "bench config")
 
 
-def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int):
-    policy = thrifty_tier_policy(TIER, profile, startup_s, slo_ttft_s, max_r)
+def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int,
+                   target_utilization: float | None = None):
+    config = fleet_config([(TIER, profile, max_r)], startup_s=startup_s, slo_ttft_s=slo_ttft_s,
+                          target_utilization=target_utilization)
+    policy = tier_policy(config, config.tiers[0])
     scaler = Autoscaler([policy])
     started = [False]
 
@@ -308,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO (default 2 s)")
     p.add_argument("--max-replicas", type=int, default=12, help="max replicas for both autoscalers (default 12)")
     p.add_argument("--limit", type=int, help="use only the first N requests of the trace")
+    p.add_argument("--target-utilization", type=float,
+                   help="config autoscaler.target_utilization for thrifty (default: the config default)")
     p.add_argument("--plot", metavar="FILE.png", help="also write load, replicas and SLO attainment over time per policy (replays each once more) (matplotlib, headless)")
     args = p.parse_args(argv)
     try:
@@ -330,8 +335,12 @@ def main(argv: list[str] | None = None) -> int:
     keda = KedaHpa(max_r=args.max_replicas)
     results["keda_threshold"] = run_policy(trace, profile, lambda now, o, cur: keda.decide(now, o, cur), initial,
                                            **common)
-    results["thrifty"] = run_policy(trace, profile, thrifty_policy(profile, args.startup_s, args.slo_ttft_s,
-                                                                   args.max_replicas), initial, **common)
+    try:
+        decide = thrifty_policy(profile, args.startup_s, args.slo_ttft_s, args.max_replicas, args.target_utilization)
+    except ConfigError as exc:
+        print(f"thrifty bench autoscale: {exc}", file=sys.stderr)
+        return 2
+    results["thrifty"] = run_policy(trace, profile, decide, initial, **common)
     static_n, results["static_peak"] = smallest_static(
         trace, profile, max(r.max_replicas for r in results.values()), common)
 

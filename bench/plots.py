@@ -165,7 +165,8 @@ def autoscale_timelines(args: Any, trace: Sequence[Any], profile: Any, initial: 
     policies: dict[str, tuple[Callable[..., int], int]] = {
         "static_peak": (lambda now, obs, cur: static_n, static_n),
         "keda_threshold": (lambda now, obs, cur: keda.decide(now, obs, cur), initial),
-        "thrifty": (thrifty_policy(profile, args.startup_s, args.slo_ttft_s, args.max_replicas), initial),
+        "thrifty": (thrifty_policy(profile, args.startup_s, args.slo_ttft_s, args.max_replicas,
+                                   getattr(args, "target_utilization", None)), initial),
     }
     out: dict[str, list[tuple[float, float, int, int, int]]] = {}
     for name, (decide, start) in policies.items():

@@ -19,37 +19,20 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import Config
-from thrifty.controller.autoscaler import Autoscaler, Decision, TierObservation, TierPolicy
+from thrifty.controller.autoscaler import Autoscaler, Decision, TierObservation
 from thrifty.controller.drift import SPEC_NET_LOSS, Alert, DriftMonitor, bucket_signals
 from thrifty.controller.fleet import FleetView
 from thrifty.controller.intake import Rejected, check_window
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
 from thrifty.controller.observe import tier_observation
+from thrifty.controller.policy import tier_policies
 from thrifty.wire.stats import StatsWindow
-from thrifty.profiles import engine_costs, get_profile
 
 log = logging.getLogger(__name__)
 VIEW_SPAN_S = 60.0  # "now" in the fleet view and the autoscaler's arrival rate
 DRIFT_BUCKET_S = 60.0
 VIEW_HISTORY_S = 3600.0
-
-
-def tier_policies(config: Config) -> list[TierPolicy]:
-    """One policy per tier. Target concurrency is a quarter of max_num_seqs (room for the
-    ITL SLO); the capacity prior, where the tier names a performance profile, is the
-    profile's per-token cost at that batch, so it errs low until served tokens say more."""
-    policies = []
-    for t in config.tiers:
-        concurrency = max(1.0, 0.25 * t.engine.max_num_seqs)
-        profile = t.engine.prior_profile()
-        costs = engine_costs(get_profile(profile), batch=int(concurrency)) if profile else {}
-        policies.append(TierPolicy(
-            name=t.name, min_replicas=t.replicas.min, max_replicas=t.replicas.max,
-            scale_to_zero=t.replicas.scale_to_zero, target_concurrency=concurrency,
-            slo_ttft_s=config.slo.ttft_p95_ms / 1000, slo_target=config.slo.ttft_attainment, **costs,
-        ))
-    return policies
 
 
 @dataclass(slots=True)
@@ -335,6 +318,7 @@ class ControlPlane:
             "queue": self.fleet.queue_depth(name) + sum(r.waiting for r in healthy),
             "kv_cache_usage": (sum(r.kv_cache_usage for r in healthy) / len(healthy)) if healthy else 0.0,
             "spec_acceptance": s.spec_acceptance if t.engine.speculative is not None or s.spec_draft_tokens else None,
+            "capacity_tokens_s": self.autoscaler.learned_capacity(name),
             "dollars_per_hour": s.dollars / (VIEW_SPAN_S / 3600),
             # What the tier's running replicas cost per hour, traffic or not (None for API-priced tiers).
             "replica_dollars_per_hour": (t.price.gpu_hour * t.price.gpus_per_replica * self.ready.get(name, len(healthy))

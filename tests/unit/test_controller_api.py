@@ -19,7 +19,7 @@ CONFIG = {
     "tiers": [
         {"name": "small", "model": "s", "price": {"gpu_hour": 0.5}, "replicas": {"count": 1, "min": 1, "max": 3}},
         {"name": "large", "model": "l", "price": {"gpu_hour": 2.5}, "replicas": {"count": 2, "min": 1, "max": 6},
-         "engine": {"speculative": {"method": "ngram"}}},
+         "engine": {"speculative": {"method": "ngram"}, "max_num_seqs": 64}},  # running 64 = a full batch
     ],
     "router": {"threshold": 0.5},
 }
