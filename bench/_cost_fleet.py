@@ -7,7 +7,8 @@ power-of-two-choices on in-flight counts). Provisioning is either static at the 
 (the smallest replica count per tier that keeps the TTFT SLO for >= 99% of its requests
 with none shed, searched in this run) or the controller's `Autoscaler` over all tiers at
 once (coupled through their routing shares), fed what the sidecar and the Deployment
-status report (`thrifty.bench.autoscale.TierProbe`).
+status report (`thrifty.bench.autoscale.TierProbe`: telemetry windows into a FleetView, observed
+by `thrifty.controller.observe.tier_observation`, as the controller does).
 """
 
 from __future__ import annotations
@@ -168,14 +169,6 @@ def run_autoscaled(specs: list[TierSpec], arrivals: dict[str, list[Arrival]], in
     probes = {name: TierProbe(tier, slo_ttft_s=settings.slo_ttft_s) for name, tier in tiers.items()}
     for name, tier in tiers.items():
         tier.start(max(1, initial.get(name, 1)), 0.0, ready=True)
-        probe, submit = probes[name], tier.submit
-
-        def noted(arrival: float, prompt: int, output: int, now: float, tag: int = 0, hashes: tuple = (),
-                  probe: TierProbe = probe, submit=submit) -> None:
-            probe.note_arrival(now, prompt, output)
-            submit(arrival, prompt, output, now, tag, hashes)
-
-        tier.submit = noted  # type: ignore[method-assign]
     config = fleet_config([(s.name, s.profile, max_replicas[s.name]) for s in specs],
                           startup_s=settings.startup_s, slo_ttft_s=settings.slo_ttft_s)
     policies = tier_policies(config)

@@ -30,7 +30,11 @@ from dataclasses import dataclass
 
 from thrifty.config import Config, ConfigError, parse_config
 from thrifty.controller.autoscaler import Autoscaler, TierObservation
+from thrifty.controller.fleet import FleetView
+from thrifty.controller.observe import tier_observation
 from thrifty.controller.policy import tier_policy
+from thrifty.proxy.observe.metrics import LATENCY_BUCKETS
+from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
 from thrifty.profiles import GpuProfile, get_profile
 from thrifty.sim.model import SimReplica, SimRequest
@@ -53,58 +57,56 @@ class RunResult:
 
 
 class TierProbe:
-    """What the sidecar + Deployment status report about a simulated tier."""
+    """What the sidecar reports about a simulated tier, through the controller's own path.
 
-    def __init__(self, tier: SimTier, rate_window_s: float = 30.0, ttft_window_s: float = 60.0,
-                 slo_ttft_s: float = 2.0) -> None:
-        self.tier = tier
-        self.rate_window_s, self.ttft_window_s, self.slo_ttft_s = rate_window_s, ttft_window_s, slo_ttft_s
-        self.arrivals: deque[tuple[float, int, int]] = deque()
-        self.ttfts: deque[tuple[float, float]] = deque()
+    Every tick it builds the telemetry window a sidecar would send (finished requests and
+    their tokens, TTFT histogram on the sidecar's buckets, admission queue, and per replica
+    the engine gauges and counter deltas the sidecar scrapes), feeds it to a `FleetView`,
+    and returns `thrifty.controller.observe.tier_observation` of it: the observation
+    `thrifty controller` computes, with the Deployment status's ready/starting counts.
+    """
+
+    def __init__(self, tier: SimTier, slo_ttft_s: float = 2.0) -> None:
+        self.tier, self.slo_ttft_s = tier, slo_ttft_s
+        self.fleet = FleetView([tier.name], bucket_s=10.0, history_s=3600.0)
         self._seen = 0
-        self._served_at: tuple[float, dict[int, float]] | None = None  # engine token counters last time
-        self._started: float | None = None
+        self._counters: dict[int, tuple[float, float, float, float]] = {}  # pod id -> engine counters last time
+        self._last: float | None = None
 
-    def _served_rate(self, now: float, pods: list) -> float | None:
-        """Tokens/s the ready replicas processed since the last look (vLLM's token counters)."""
-        counters = {p.id: p.replica.stats.prompt_tokens + p.replica.stats.generation_tokens for p in pods}
-        last, self._served_at = self._served_at, (now, counters)
-        if last is None or now <= last[0]:
-            return None
-        done = sum(c - last[1][i] for i, c in counters.items() if i in last[1])
-        return done / (now - last[0])
-
-    def note_arrival(self, t: float, prompt: int, output: int) -> None:
-        self.arrivals.append((t, prompt, output))
+    def _replicas(self, now: float) -> list[ReplicaStats]:
+        rows = []
+        for p in self.tier.pods:
+            if p.stopped is not None or p.ready_at > now:
+                continue
+            st, r = p.replica.stats, p.replica
+            now_c = (float(st.prompt_tokens), float(st.generation_tokens), float(st.spec_draft_tokens),
+                     float(st.spec_accepted_tokens))
+            before = self._counters.get(p.id, now_c)  # a replica's first scrape is its baseline
+            self._counters[p.id] = now_c
+            d = [max(0.0, a - b) for a, b in zip(now_c, before)]
+            rows.append(ReplicaStats(url=f"http://pod-{p.id}", healthy=True, waiting=r.waiting, running=r.running,
+                                     kv_cache_usage=r.kv_usage, inflight=p.inflight, prompt_tokens=d[0],
+                                     generation_tokens=d[1], spec_draft_tokens=d[2], spec_accepted_tokens=d[3]))
+        return rows
 
     def observe(self, now: float) -> TierObservation:
-        while self.arrivals and self.arrivals[0][0] < now - self.rate_window_s:
-            self.arrivals.popleft()
-        served = self.tier.served
-        fresh = served[self._seen:]
-        for s in fresh:
-            self.ttfts.append((s.finish, s.ttft if s.ttft is not None else 1e9))
-        self._seen = len(served)
-        missed = sum(1 for s in fresh if s.ttft is None or s.ttft > self.slo_ttft_s)
-        while self.ttfts and self.ttfts[0][0] < now - self.ttft_window_s:
-            self.ttfts.popleft()
-        ttft = sorted(v for _, v in self.ttfts)
-        p95 = ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))] if len(ttft) >= 20 else None
+        fresh = self.tier.served[self._seen:]
+        self._seen = len(self.tier.served)
+        ttft = Histogram(bounds=LATENCY_BUCKETS)
+        for f in fresh:
+            if f.ttft is not None:
+                ttft.observe(f.ttft)
+        ok = [f for f in fresh if f.ttft is not None]
+        stats = TierStats(self.tier.name, requests=len(fresh), errors=len(fresh) - len(ok),
+                          input_tokens=sum(f.prompt_tokens for f in ok), output_tokens=sum(f.output_tokens for f in ok),
+                          ttft=ttft, queue_depth=self.tier.queue_depth(), replicas=self._replicas(now))
+        start = now if self._last is None else self._last
+        self._last = now
+        self.fleet.ingest("bench-sidecar", StatsWindow(start, now, [stats]))
+        missed = sum(1 for f in fresh if f.ttft is None or f.ttft > self.slo_ttft_s)
         ready, starting = self.tier.counts(now)
-        pods = [p for p in self.tier.active() if p.ready_at <= now]
-        if self._started is None:
-            self._started = now
-        # Rates over the window, or over what has elapsed of it: a half-filled window is not a ramp.
-        span = max(min(self.rate_window_s, now - self._started), 1.0)
-        return TierObservation(
-            time=now, ready=ready, starting=starting,
-            waiting=sum(p.replica.waiting for p in pods), running=sum(p.replica.running for p in pods),
-            kv_usage=sum(p.replica.kv_usage for p in pods), queue_depth=self.tier.queue_depth(),
-            token_rate=sum(a + b for _, a, b in self.arrivals) / span,
-            input_rate=sum(a for _, a, _ in self.arrivals) / span,
-            output_rate=sum(b for _, _, b in self.arrivals) / span, ttft_p95_s=p95,
-            served_token_rate=self._served_rate(now, pods), ttft_finished=len(fresh), ttft_missed=missed,
-        )
+        return tier_observation(self.fleet, self.tier.name, now, target=ready + starting, ready=ready,
+                                ttft_outcomes=(len(fresh), missed))
 
 
 class KedaHpa:
@@ -169,17 +171,7 @@ def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[
         seen = len(served)
         return give_up_misses is not None and misses > give_up_misses
 
-    arrivals = []
-    for i, r in enumerate(trace):
-        arrivals.append((r.arrival, TIER, r.prompt_tokens, r.output_tokens, i, ()))
-    # Arrivals are noted for the rate estimate as they are submitted.
-    original_submit = tier.submit
-
-    def submit(arrival: float, prompt: int, output: int, now: float, tag: int = 0, hashes: tuple = ()) -> None:
-        probe.note_arrival(now, prompt, output)
-        original_submit(arrival, prompt, output, now, tag, hashes)
-
-    tier.submit = submit  # type: ignore[method-assign]
+    arrivals = [(r.arrival, TIER, r.prompt_tokens, r.output_tokens, i, ()) for i, r in enumerate(trace)]
     end = replay({TIER: tier}, arrivals, tick_s, on_tick)
     if give_up_misses is not None and misses > give_up_misses:
         return None
