@@ -13,8 +13,14 @@ from __future__ import annotations
 from thrifty.controller.autoscaler import TierObservation
 from thrifty.controller.fleet import FleetView
 
-RATE_SPAN_S = 60.0  # arrival rates and TTFT p95: the last minute of buckets
-SERVED_SPAN_S = 30.0  # served throughput: the buckets completed in the last 30 s
+# Arrival rates and TTFT p95 over the last 30 s, served throughput over the buckets completed
+# in the last 30 s (the capacity estimator's sample). The autoscaler's burst quantile and
+# forecast smooth further; a minute lagged ramps and held scale-downs on a stale p95: bench
+# autoscale's dev trace at 2 copies gave thrifty 3.36 GPU-h with 60 s spans, 3.24 with 30 s
+# rates and a 60 s p95, 3.10 with both at 30 s (attainment 0.9965 / 0.9985 / 0.9986).
+RATE_SPAN_S = 30.0
+TTFT_SPAN_S = 30.0
+SERVED_SPAN_S = 30.0
 
 
 def served_token_rate(fleet: FleetView, tier: str, now: float, span_s: float = SERVED_SPAN_S) -> float | None:
@@ -32,7 +38,7 @@ def served_token_rate(fleet: FleetView, tier: str, now: float, span_s: float = S
 
 def tier_observation(fleet: FleetView, tier: str, now: float, *, target: int, ready: int | None = None,
                      ttft_outcomes: tuple[int, int] = (0, 0), rate_span_s: float = RATE_SPAN_S,
-                     served_span_s: float = SERVED_SPAN_S) -> TierObservation:
+                     ttft_span_s: float = TTFT_SPAN_S, served_span_s: float = SERVED_SPAN_S) -> TierObservation:
     """The tier at `now`. `ready`: what the Deployment reports (None: the replicas whose
     sidecar gauges are healthy); `target`: the replicas asked for (the rest are starting);
     `ttft_outcomes`: (finished, missed the TTFT SLO) since the last round."""
@@ -45,6 +51,6 @@ def tier_observation(fleet: FleetView, tier: str, now: float, *, target: int, re
         waiting=sum(r.waiting for r in healthy), running=sum(r.running for r in healthy),
         kv_usage=sum(r.kv_cache_usage for r in healthy), queue_depth=fleet.queue_depth(tier),
         token_rate=s.tokens_per_s, input_rate=s.input_tokens / span, output_rate=s.output_tokens / span,
-        ttft_p95_s=s.ttft_p95, served_token_rate=served_token_rate(fleet, tier, now, served_span_s),
+        ttft_p95_s=fleet.summary(tier, now, ttft_span_s).ttft_p95, served_token_rate=served_token_rate(fleet, tier, now, served_span_s),
         ttft_finished=ttft_outcomes[0], ttft_missed=ttft_outcomes[1],
     )

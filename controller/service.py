@@ -30,7 +30,7 @@ from thrifty.controller.policy import tier_policies
 from thrifty.wire.stats import StatsWindow
 
 log = logging.getLogger(__name__)
-VIEW_SPAN_S = 60.0  # "now" in the fleet view and the autoscaler's arrival rate
+VIEW_SPAN_S = 60.0  # "now" in the fleet view (the autoscaler's spans: controller/observe.py)
 DRIFT_BUCKET_S = 60.0
 VIEW_HISTORY_S = 3600.0
 
@@ -160,8 +160,7 @@ class ControlPlane:
         """Each tier as telemetry shows it (`controller/observe.py`, shared with the benches)."""
         outcomes = self._ttft_outcomes(now)
         return {t.name: tier_observation(self.fleet, t.name, now, target=self.autoscaler.target(t.name),
-                                         ready=self.ready.get(t.name), ttft_outcomes=outcomes[t.name],
-                                         rate_span_s=VIEW_SPAN_S)
+                                         ready=self.ready.get(t.name), ttft_outcomes=outcomes[t.name])
                 for t in self.config.tiers}
 
     async def tick(self, now: float | None = None) -> list[DecisionRecord]:
