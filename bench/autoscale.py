@@ -8,8 +8,9 @@ of vLLM replicas on a virtual clock (`thrifty.sim.fleet`, replicas from
 - `keda_threshold`: common practice, KEDA + HPA on `vllm:num_requests_waiting` with a
   target of 5 per replica (AverageValue), 15 s sync, HPA's 10% tolerance, scale-up
   limited to max(4 pods, 100%) per period, 300 s scale-down stabilisation;
-- `thrifty`: `thrifty.controller.autoscaler.Autoscaler` (the controller's own code) with the
-  policy `thrifty controller` builds from the same config (`thrifty.controller.policy`).
+- `thrifty`: the controller itself (`ControlPlane`, built from the config the simulated tier
+  stands for, policy from `thrifty.controller.policy`), fed the telemetry windows a sidecar
+  would send and ticked on the virtual clock; its replica targets are applied.
 Replicas take `--startup-s` to start; scale-down drains. Both autoscalers start at the
 replica count the trace's first 10 minutes need (found like static_peak), as a running
 service would; static_peak's search is a bisection whose failing runs stop at 1% misses. `--copies K` overlays K copies
@@ -29,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from thrifty.config import Config, ConfigError, parse_config
-from thrifty.controller.autoscaler import Autoscaler, TierObservation
+from thrifty.bench._control import ControlledFleet
+from thrifty.controller.autoscaler import TierObservation
 from thrifty.controller.fleet import FleetView
 from thrifty.controller.observe import tier_observation
-from thrifty.controller.policy import tier_policy
+from thrifty.controller.service import ControlPlane
 from thrifty.proxy.observe.metrics import LATENCY_BUCKETS
 from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
@@ -66,9 +68,11 @@ class TierProbe:
     `thrifty controller` computes, with the Deployment status's ready/starting counts.
     """
 
-    def __init__(self, tier: SimTier, slo_ttft_s: float = 2.0) -> None:
-        self.tier, self.slo_ttft_s = tier, slo_ttft_s
-        self.fleet = FleetView([tier.name], bucket_s=10.0, history_s=3600.0)
+    def __init__(self, tier: SimTier, slo_ttft_s: float = 2.0, plane: ControlPlane | None = None) -> None:
+        """With `plane`, windows go to that control plane (its fleet view) and the tier's
+        ready count to its `ready` (what the controller reads from the Deployment)."""
+        self.tier, self.slo_ttft_s, self.plane = tier, slo_ttft_s, plane
+        self.fleet = plane.fleet if plane is not None else FleetView([tier.name], bucket_s=10.0, history_s=3600.0)
         self._seen = 0
         self._counters: dict[int, tuple[float, float, float, float]] = {}  # pod id -> engine counters last time
         self._last: float | None = None
@@ -102,9 +106,14 @@ class TierProbe:
                           ttft=ttft, queue_depth=self.tier.queue_depth(), replicas=self._replicas(now))
         start = now if self._last is None else self._last
         self._last = now
-        self.fleet.ingest("bench-sidecar", StatsWindow(start, now, [stats]))
-        missed = sum(1 for f in fresh if f.ttft is None or f.ttft > self.slo_ttft_s)
+        window = StatsWindow(start, now, [stats])
         ready, starting = self.tier.counts(now)
+        if self.plane is not None:
+            self.plane.ingest("bench-sidecar", window)
+            self.plane.ready[self.tier.name] = ready
+        else:
+            self.fleet.ingest("bench-sidecar", window)
+        missed = sum(1 for f in fresh if f.ttft is None or f.ttft > self.slo_ttft_s)
         return tier_observation(self.fleet, self.tier.name, now, target=ready + starting, ready=ready,
                                 ttft_outcomes=(len(fresh), missed))
 
@@ -151,11 +160,12 @@ class KedaHpa:
 
 def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[[float, TierObservation, int], int],
                initial: int, *, startup_s: float, slo_ttft_s: float, tick_s: float, max_wait_s: float,
-               give_up_misses: int | None = None) -> RunResult | None:
-    """One replay under `decide`; None when more than `give_up_misses` requests already missed the SLO."""
+               give_up_misses: int | None = None, plane: ControlPlane | None = None) -> RunResult | None:
+    """One replay under `decide`; None when more than `give_up_misses` requests already missed the SLO.
+    `plane`: the control plane `decide` runs (its telemetry comes from this replay)."""
     tier = SimTier(TIER, profile, startup_s=startup_s, max_wait_s=max_wait_s)
     tier.start(initial, 0.0, ready=True)
-    probe = TierProbe(tier, slo_ttft_s=slo_ttft_s)
+    probe = TierProbe(tier, slo_ttft_s=slo_ttft_s, plane=plane)
     peak = initial
     seen = misses = 0
 
@@ -226,22 +236,24 @@ def fleet_config(tiers: list[tuple[str, GpuProfile, int]], *, startup_s: float, 
     return parse_config(data, "bench config")
 
 
+class ThriftyPolicy:
+    """`thrifty`: the real `ControlPlane` (`bench/_control.py`) built from the bench's config;
+    call as a `run_policy` decide with `plane=self.plane` so it gets the replay's telemetry."""
+
+    def __init__(self, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int,
+                 target_utilization: float | None = None) -> None:
+        config = fleet_config([(TIER, profile, max_r)], startup_s=startup_s, slo_ttft_s=slo_ttft_s,
+                              target_utilization=target_utilization)
+        self.control = ControlledFleet(config)
+        self.plane = self.control.plane
+
+    def __call__(self, now: float, obs: TierObservation, current: int) -> int:
+        return self.control.targets(now, {TIER: current})[TIER]
+
+
 def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int,
-                   target_utilization: float | None = None):
-    config = fleet_config([(TIER, profile, max_r)], startup_s=startup_s, slo_ttft_s=slo_ttft_s,
-                          target_utilization=target_utilization)
-    policy = tier_policy(config, config.tiers[0])
-    scaler = Autoscaler([policy])
-    started = [False]
-
-    def decide(now: float, obs: TierObservation, current: int) -> int:
-        if not started[0]:
-            scaler.set_target(TIER, current)
-            started[0] = True
-        scaler.decide(now, {TIER: obs})
-        return scaler.target(TIER)
-
-    return decide
+                   target_utilization: float | None = None) -> ThriftyPolicy:
+    return ThriftyPolicy(profile, startup_s, slo_ttft_s, max_r, target_utilization)
 
 
 @dataclass(slots=True)
@@ -332,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"thrifty bench autoscale: {exc}", file=sys.stderr)
         return 2
-    results["thrifty"] = run_policy(trace, profile, decide, initial, **common)
+    results["thrifty"] = run_policy(trace, profile, decide, initial, plane=decide.plane, **common)
+    decide.control.close()
     static_n, results["static_peak"] = smallest_static(
         trace, profile, max(r.max_replicas for r in results.values()), common)
 
