@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from thrifty.bench.autoscale import TierProbe, fleet_config
 from thrifty.bench._control import ControlledFleet
-from thrifty.sim.fleet import SimPod, SimTier, replay
+from thrifty.sim.fleet import SimTier, replay
 from thrifty.profiles import GpuProfile, engine_costs
 from thrifty.sim.model import SpeculativeSim
 
