@@ -84,7 +84,7 @@ class SimPod:
     inflight: int = 0
     inflight_tokens: int = 0  # prompt + output tokens of the requests in flight (the sidecar's estimate)
     state: ReplicaState | None = None  # what the sidecar's balancer sees of it
-    awaiting: dict[int, float] = field(default_factory=dict)  # request id -> arrival, before its first token
+    awaiting: dict[int, float] = field(default_factory=dict)  # request id -> sent, before its first token
 
     def ready(self, now: float) -> bool:
         return now >= self.ready_at and not self.draining and self.stopped is None
@@ -183,7 +183,7 @@ class SimTier:
             pod.replica.submit(SimRequest(rid, arrival, prompt, output, hashes), now)
             pod.inflight += 1
             pod.inflight_tokens += prompt + output
-            pod.awaiting[rid] = arrival
+            pod.awaiting[rid] = now  # the relay times the first byte from the send
 
     def _pick(self, ready: list[SimPod], now: float, req: PickRequest) -> SimPod | None:
         """The sidecar's `Balancer` over the ready pods, each brought up to `now` and its
@@ -197,10 +197,10 @@ class SimTier:
             self._early.extend(self._finish(c) for c in pod.replica.advance(now))
             st, r = pod.state, pod.replica
             assert st is not None
-            for rid, arrival in list(pod.awaiting.items()):  # first bytes seen by now (the latency scorer's input)
+            for rid, sent in list(pod.awaiting.items()):  # first bytes seen by now (the latency scorer's input)
                 progress = r.progress(rid)
                 if progress is not None and progress[1] is not None:
-                    st.observe_ttfb(progress[1] - arrival)
+                    st.observe_ttfb(progress[1] - sent)
                     del pod.awaiting[rid]
             st.waiting, st.running, st.kv_usage = float(r.waiting), float(r.running), r.kv_usage
             st.inflight, st.inflight_tokens = pod.inflight, pod.inflight_tokens
@@ -228,8 +228,9 @@ class SimTier:
         pod, tag, arrival, tokens = self._meta.pop(c.id)
         pod.inflight -= 1
         pod.inflight_tokens -= tokens
-        if pod.awaiting.pop(c.id, None) is not None and pod.state is not None:
-            pod.state.observe_ttfb(c.first_token_time - arrival)
+        sent = pod.awaiting.pop(c.id, None)
+        if sent is not None and pod.state is not None:
+            pod.state.observe_ttfb(c.first_token_time - sent)
         s = Served(arrival, c.first_token_time - arrival, c.finish_time, c.prompt_tokens, c.output_tokens,
                    c.cached_tokens, tag)
         self.served.append(s)
