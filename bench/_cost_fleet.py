@@ -1,13 +1,13 @@
 """The cost bench's engines: simulated tiers under static or autoscaled provisioning.
 
 Each tier is a `thrifty.sim.fleet.SimTier` of `thrifty.sim.model`
-replicas. Dispatch inside a tier is either round-robin (the baseline: a plain Service
-spreading requests evenly) or the sidecar balancer's least-loaded choice (SimTier's own
-power-of-two-choices on in-flight counts). Provisioning is either static at the peak
+replicas. Dispatch inside a tier is the sidecar's `Balancer`: `round_robin` (the baseline: a
+plain Service spreading requests evenly) or the sidecar's own policy with admission control.
+Provisioning is either static at the peak
 (the smallest replica count per tier that keeps the TTFT SLO for >= 99% of its requests
-with none shed, searched in this run) or the controller's `Autoscaler` over all tiers at
+with none shed, searched in this run) or the controller's `ControlPlane` over all tiers at
 once (coupled through their routing shares), fed what the sidecar and the Deployment
-status report (`thrifty.bench.autoscale.TierProbe`).
+status report (`thrifty.bench.autoscale.TierProbe`: the telemetry windows a sidecar sends).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from thrifty.bench.autoscale import TierProbe, thrifty_tier_policy
-from thrifty.controller.autoscaler import Autoscaler
-from thrifty.sim.fleet import SimPod, SimTier, replay
+from thrifty.bench.autoscale import TierProbe, fleet_config
+from thrifty.bench._control import ControlledFleet
+from thrifty.sim.fleet import SimTier, replay
 from thrifty.profiles import GpuProfile, engine_costs
 from thrifty.sim.model import SpeculativeSim
 
 TICK_S = 5.0
 MAX_WAIT_S = 30.0  # config admission.max_wait_s: shed after this long in the sidecar queue
 SLO_TARGET = 0.99
-WARMUP_S = 30.0  # TierProbe's rate window: the controller has no rate estimate before it fills
+WARMUP_S = 30.0  # no control rounds in the first windows: the controller has no rate estimate yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,7 @@ class TierSpec:
 @dataclass(frozen=True, slots=True)
 class FleetSettings:
     balancer: bool  # least-loaded (sidecar balancer) vs round-robin
-    autoscale: bool  # Autoscaler vs static peak
+    autoscale: bool  # the controller (ControlPlane) vs static peak
     startup_s: float = 90.0
     slo_ttft_s: float = 2.0
 
@@ -72,22 +72,15 @@ class FleetRun:
 
 
 @dataclass
+@dataclass
 class RoundRobinTier(SimTier):
-    """The baseline's tier: a plain Service sends each request to the next ready pod in turn.
+    """The baseline's tier: a plain Service sends each request to the next ready pod in turn
+    (the balancer's `round_robin` policy, no admission control): the pod's engine queues what
+    it cannot run yet, as vLLM does."""
 
-    Overrides SimTier's pick (the sidecar balancer's least-loaded choice with admission
-    control); the pod's engine queues what it cannot run yet, as vLLM does.
-    """
-
-    _turn: int = 0
-
-    def _pick(self, ready: list[SimPod], now: float) -> SimPod | None:
-        if not ready:
-            return None
-        pod = ready[self._turn % len(ready)]
-        self._turn += 1
-        self._early.extend(self._finish(c) for c in pod.replica.advance(now))  # bring it to `now` first
-        return pod
+    policy: str = "round_robin"
+    saturation_waiting: int = 1 << 30
+    saturation_kv: float = 1.01
 
 
 Arrival = tuple[float, int, int]  # (arrival s, prompt tokens, output tokens)
@@ -162,37 +155,34 @@ def static_peak(spec: TierSpec, arrivals: list[Arrival], settings: FleetSettings
 
 def run_autoscaled(specs: list[TierSpec], arrivals: dict[str, list[Arrival]], initial: dict[str, int],
                    settings: FleetSettings, max_replicas: dict[str, int]) -> FleetRun:
-    """All tiers at once under the controller's Autoscaler, starting from `initial` ready replicas."""
+    """All tiers at once under the real control plane (`bench/_control.py`), fed the tiers'
+    telemetry, starting from `initial` ready replicas."""
     tiers = {s.name: _make_tier(s, settings.balancer) for s in specs}
-    probes = {name: TierProbe(tier, slo_ttft_s=settings.slo_ttft_s) for name, tier in tiers.items()}
     for name, tier in tiers.items():
         tier.start(max(1, initial.get(name, 1)), 0.0, ready=True)
-        probe, submit = probes[name], tier.submit
-
-        def noted(arrival: float, prompt: int, output: int, now: float, tag: int = 0, hashes: tuple = (),
-                  probe: TierProbe = probe, submit=submit) -> None:
-            probe.note_arrival(now, prompt, output)
-            submit(arrival, prompt, output, now, tag, hashes)
-
-        tier.submit = noted  # type: ignore[method-assign]
-    policies = [thrifty_tier_policy(s.name, s.profile, settings.startup_s, settings.slo_ttft_s, max_replicas[s.name])
-                for s in specs]
-    scaler = Autoscaler(policies, initial={n: len(t.active()) for n, t in tiers.items()})
+    config = fleet_config([(s.name, s.profile, max_replicas[s.name]) for s in specs],
+                          startup_s=settings.startup_s, slo_ttft_s=settings.slo_ttft_s)
+    control = ControlledFleet(config)
+    probes = {name: TierProbe(tier, slo_ttft_s=settings.slo_ttft_s, plane=control.plane)
+              for name, tier in tiers.items()}
+    control.adopt({n: len(t.active()) for n, t in tiers.items()})
     peak = {n: len(t.active()) for n, t in tiers.items()}
 
     def on_tick(now: float) -> None:
-        observations = {n: probes[n].observe(now) for n in tiers}
-        if now < WARMUP_S:  # the probes' rate windows are still filling: a ramp from 0 is not a trend
+        for probe in probes.values():
+            probe.observe(now)
+        if now < WARMUP_S:  # the first windows: a ramp from 0 is not a trend
             return
-        scaler.decide(now, observations)
+        targets = control.targets(now, {n: len(t.active()) for n, t in tiers.items()})
         for n, tier in tiers.items():
-            want = scaler.target(n)
+            want = targets[n]
             if want != len(tier.active()):
                 tier.scale_to(want, now)
             peak[n] = max(peak[n], len(tier.active()))
 
     feed = [(t, name, p, o, i, ()) for name, arr in arrivals.items() for i, (t, p, o) in enumerate(arr)]
     end = replay(tiers, feed, TICK_S, on_tick)
+    control.close()
     spec_of = {s.name: s for s in specs}
     return FleetRun({n: _tier_run(t, spec_of[n], end, peak[n], settings.slo_ttft_s) for n, t in tiers.items()})
 

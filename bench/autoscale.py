@@ -8,7 +8,9 @@ of vLLM replicas on a virtual clock (`thrifty.sim.fleet`, replicas from
 - `keda_threshold`: common practice, KEDA + HPA on `vllm:num_requests_waiting` with a
   target of 5 per replica (AverageValue), 15 s sync, HPA's 10% tolerance, scale-up
   limited to max(4 pods, 100%) per period, 300 s scale-down stabilisation;
-- `thrifty`: `thrifty.controller.autoscaler.Autoscaler` (the controller's own code).
+- `thrifty`: the controller itself (`ControlPlane`, built from the config the simulated tier
+  stands for, policy from `thrifty.controller.policy`), fed the telemetry windows a sidecar
+  would send and ticked on the virtual clock; its replica targets are applied.
 Replicas take `--startup-s` to start; scale-down drains. Both autoscalers start at the
 replica count the trace's first 10 minutes need (found like static_peak), as a running
 service would; static_peak's search is a bisection whose failing runs stop at 1% misses. `--copies K` overlays K copies
@@ -27,9 +29,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
+from thrifty.config import Config, ConfigError, parse_config
+from thrifty.bench._control import ControlledFleet
+from thrifty.controller.autoscaler import TierObservation
+from thrifty.controller.fleet import FleetView
+from thrifty.controller.observe import tier_observation
+from thrifty.controller.service import ControlPlane
+from thrifty.proxy.observe.metrics import LATENCY_BUCKETS
+from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
-from thrifty.profiles import PRIOR_CONTEXT_TOKENS, GpuProfile, engine_costs, get_profile
+from thrifty.profiles import GpuProfile, get_profile
 from thrifty.sim.model import SimReplica, SimRequest
 
 TIER = "llm"
@@ -50,58 +59,63 @@ class RunResult:
 
 
 class TierProbe:
-    """What the sidecar + Deployment status report about a simulated tier."""
+    """What the sidecar reports about a simulated tier, through the controller's own path.
 
-    def __init__(self, tier: SimTier, rate_window_s: float = 30.0, ttft_window_s: float = 60.0,
-                 slo_ttft_s: float = 2.0) -> None:
-        self.tier = tier
-        self.rate_window_s, self.ttft_window_s, self.slo_ttft_s = rate_window_s, ttft_window_s, slo_ttft_s
-        self.arrivals: deque[tuple[float, int, int]] = deque()
-        self.ttfts: deque[tuple[float, float]] = deque()
+    Every tick it builds the telemetry window a sidecar would send (finished requests and
+    their tokens, TTFT histogram on the sidecar's buckets, admission queue, and per replica
+    the engine gauges and counter deltas the sidecar scrapes), feeds it to a `FleetView`,
+    and returns `thrifty.controller.observe.tier_observation` of it: the observation
+    `thrifty controller` computes, with the Deployment status's ready/starting counts.
+    """
+
+    def __init__(self, tier: SimTier, slo_ttft_s: float = 2.0, plane: ControlPlane | None = None) -> None:
+        """With `plane`, windows go to that control plane (its fleet view) and the tier's
+        ready count to its `ready` (what the controller reads from the Deployment)."""
+        self.tier, self.slo_ttft_s, self.plane = tier, slo_ttft_s, plane
+        self.fleet = plane.fleet if plane is not None else FleetView([tier.name], bucket_s=10.0, history_s=3600.0)
         self._seen = 0
-        self._served_at: tuple[float, dict[int, float]] | None = None  # engine token counters last time
-        self._started: float | None = None
+        self._counters: dict[int, tuple[float, float, float, float]] = {}  # pod id -> engine counters last time
+        self._last: float | None = None
 
-    def _served_rate(self, now: float, pods: list) -> float | None:
-        """Tokens/s the ready replicas processed since the last look (vLLM's token counters)."""
-        counters = {p.id: p.replica.stats.prompt_tokens + p.replica.stats.generation_tokens for p in pods}
-        last, self._served_at = self._served_at, (now, counters)
-        if last is None or now <= last[0]:
-            return None
-        done = sum(c - last[1][i] for i, c in counters.items() if i in last[1])
-        return done / (now - last[0])
-
-    def note_arrival(self, t: float, prompt: int, output: int) -> None:
-        self.arrivals.append((t, prompt, output))
+    def _replicas(self, now: float) -> list[ReplicaStats]:
+        rows = []
+        for p in self.tier.pods:
+            if p.stopped is not None or p.ready_at > now:
+                continue
+            st, r = p.replica.stats, p.replica
+            now_c = (float(st.prompt_tokens), float(st.generation_tokens), float(st.spec_draft_tokens),
+                     float(st.spec_accepted_tokens))
+            before = self._counters.get(p.id, now_c)  # a replica's first scrape is its baseline
+            self._counters[p.id] = now_c
+            d = [max(0.0, a - b) for a, b in zip(now_c, before)]
+            rows.append(ReplicaStats(url=f"http://pod-{p.id}", healthy=True, waiting=r.waiting, running=r.running,
+                                     kv_cache_usage=r.kv_usage, inflight=p.inflight, prompt_tokens=d[0],
+                                     generation_tokens=d[1], spec_draft_tokens=d[2], spec_accepted_tokens=d[3]))
+        return rows
 
     def observe(self, now: float) -> TierObservation:
-        while self.arrivals and self.arrivals[0][0] < now - self.rate_window_s:
-            self.arrivals.popleft()
-        served = self.tier.served
-        fresh = served[self._seen:]
-        for s in fresh:
-            self.ttfts.append((s.finish, s.ttft if s.ttft is not None else 1e9))
-        self._seen = len(served)
-        missed = sum(1 for s in fresh if s.ttft is None or s.ttft > self.slo_ttft_s)
-        while self.ttfts and self.ttfts[0][0] < now - self.ttft_window_s:
-            self.ttfts.popleft()
-        ttft = sorted(v for _, v in self.ttfts)
-        p95 = ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))] if len(ttft) >= 20 else None
+        fresh = self.tier.served[self._seen:]
+        self._seen = len(self.tier.served)
+        ttft = Histogram(bounds=LATENCY_BUCKETS)
+        for f in fresh:
+            if f.ttft is not None:
+                ttft.observe(f.ttft)
+        ok = [f for f in fresh if f.ttft is not None]
+        stats = TierStats(self.tier.name, requests=len(fresh), errors=len(fresh) - len(ok),
+                          input_tokens=sum(f.prompt_tokens for f in ok), output_tokens=sum(f.output_tokens for f in ok),
+                          ttft=ttft, queue_depth=self.tier.queue_depth(), replicas=self._replicas(now))
+        start = now if self._last is None else self._last
+        self._last = now
+        window = StatsWindow(start, now, [stats])
         ready, starting = self.tier.counts(now)
-        pods = [p for p in self.tier.active() if p.ready_at <= now]
-        if self._started is None:
-            self._started = now
-        # Rates over the window, or over what has elapsed of it: a half-filled window is not a ramp.
-        span = max(min(self.rate_window_s, now - self._started), 1.0)
-        return TierObservation(
-            time=now, ready=ready, starting=starting,
-            waiting=sum(p.replica.waiting for p in pods), running=sum(p.replica.running for p in pods),
-            kv_usage=sum(p.replica.kv_usage for p in pods), queue_depth=self.tier.queue_depth(),
-            token_rate=sum(a + b for _, a, b in self.arrivals) / span,
-            input_rate=sum(a for _, a, _ in self.arrivals) / span,
-            output_rate=sum(b for _, _, b in self.arrivals) / span, ttft_p95_s=p95,
-            served_token_rate=self._served_rate(now, pods), ttft_finished=len(fresh), ttft_missed=missed,
-        )
+        if self.plane is not None:
+            self.plane.ingest("bench-sidecar", window)
+            self.plane.ready[self.tier.name] = ready
+        else:
+            self.fleet.ingest("bench-sidecar", window)
+        missed = sum(1 for f in fresh if f.ttft is None or f.ttft > self.slo_ttft_s)
+        return tier_observation(self.fleet, self.tier.name, now, target=ready + starting, ready=ready,
+                                ttft_outcomes=(len(fresh), missed))
 
 
 class KedaHpa:
@@ -146,11 +160,12 @@ class KedaHpa:
 
 def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[[float, TierObservation, int], int],
                initial: int, *, startup_s: float, slo_ttft_s: float, tick_s: float, max_wait_s: float,
-               give_up_misses: int | None = None) -> RunResult | None:
-    """One replay under `decide`; None when more than `give_up_misses` requests already missed the SLO."""
+               give_up_misses: int | None = None, plane: ControlPlane | None = None) -> RunResult | None:
+    """One replay under `decide`; None when more than `give_up_misses` requests already missed the SLO.
+    `plane`: the control plane `decide` runs (its telemetry comes from this replay)."""
     tier = SimTier(TIER, profile, startup_s=startup_s, max_wait_s=max_wait_s)
     tier.start(initial, 0.0, ready=True)
-    probe = TierProbe(tier, slo_ttft_s=slo_ttft_s)
+    probe = TierProbe(tier, slo_ttft_s=slo_ttft_s, plane=plane)
     peak = initial
     seen = misses = 0
 
@@ -166,17 +181,7 @@ def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[
         seen = len(served)
         return give_up_misses is not None and misses > give_up_misses
 
-    arrivals = []
-    for i, r in enumerate(trace):
-        arrivals.append((r.arrival, TIER, r.prompt_tokens, r.output_tokens, i, ()))
-    # Arrivals are noted for the rate estimate as they are submitted.
-    original_submit = tier.submit
-
-    def submit(arrival: float, prompt: int, output: int, now: float, tag: int = 0, hashes: tuple = ()) -> None:
-        probe.note_arrival(now, prompt, output)
-        original_submit(arrival, prompt, output, now, tag, hashes)
-
-    tier.submit = submit  # type: ignore[method-assign]
+    arrivals = [(r.arrival, TIER, r.prompt_tokens, r.output_tokens, i, ()) for i, r in enumerate(trace)]
     end = replay({TIER: tier}, arrivals, tick_s, on_tick)
     if give_up_misses is not None and misses > give_up_misses:
         return None
@@ -214,39 +219,41 @@ def smallest_static(trace: list[TraceRequest], profile: GpuProfile, hi: int, com
     return best
 
 
-def thrifty_tier_policy(name: str, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int) -> TierPolicy:
-    """The Thrifty policy for a simulated tier; `bench cost` builds its tiers with it too.
-
-    One consistent engine model: the capacity prior assumes full batches, so the
-    concurrency floor allows them too (a quarter of the batch made the floor escalate
-    under a burst: in-flight sequences grow with latency, Little's law, while replicas
-    start). A full batch is what the replica can hold: max_num_seqs, or fewer when its KV
-    cache fills first at the prior's 2048-token contexts (a 70B on two GPUs holds ~100).
-    The benches have no ITL SLO to cap the batch. Capacity is the replicas' saturated
-    throughput and queueing margin comes from the TTFT/backlog rule, so no second margin
-    below 100% of it.
-    """
-    batch = max(1, min(profile.max_num_seqs, profile.kv_tokens // PRIOR_CONTEXT_TOKENS))
-    return TierPolicy(
-        name, min_replicas=1, max_replicas=max_r, startup_s=startup_s,
-        target_concurrency=float(batch), slo_ttft_s=slo_ttft_s, target_utilization=1.0,
-        **engine_costs(profile, batch=batch, context=PRIOR_CONTEXT_TOKENS),
-    )
+def fleet_config(tiers: list[tuple[str, GpuProfile, int]], *, startup_s: float, slo_ttft_s: float,
+                 target_utilization: float | None = None) -> Config:
+    """The config a bench's simulated tiers stand for: (name, profile, max replicas) each, as
+    sim tiers of that profile; the policy comes from it through the controller's factory
+    (`thrifty.controller.policy`), so every knob is a config field production has too."""
+    data: dict = {
+        "tiers": [{"name": name, "model": name, "price": {"gpu_hour": 1.0, "gpus_per_replica": profile.num_gpus},
+                   "engine": {"kind": "sim", "sim_profile": profile.name, "max_num_seqs": profile.max_num_seqs},
+                   "replicas": {"count": 1, "min": 1, "max": max_r, "startup_s": startup_s}}
+                  for name, profile, max_r in tiers],
+        "slo": {"ttft_p95_ms": slo_ttft_s * 1000},
+    }
+    if target_utilization is not None:
+        data["autoscaler"] = {"target_utilization": target_utilization}
+    return parse_config(data, "bench config")
 
 
-def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int):
-    policy = thrifty_tier_policy(TIER, profile, startup_s, slo_ttft_s, max_r)
-    scaler = Autoscaler([policy])
-    started = [False]
+class ThriftyPolicy:
+    """`thrifty`: the real `ControlPlane` (`bench/_control.py`) built from the bench's config;
+    call as a `run_policy` decide with `plane=self.plane` so it gets the replay's telemetry."""
 
-    def decide(now: float, obs: TierObservation, current: int) -> int:
-        if not started[0]:
-            scaler.set_target(TIER, current)
-            started[0] = True
-        scaler.decide(now, {TIER: obs})
-        return scaler.target(TIER)
+    def __init__(self, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int,
+                 target_utilization: float | None = None) -> None:
+        config = fleet_config([(TIER, profile, max_r)], startup_s=startup_s, slo_ttft_s=slo_ttft_s,
+                              target_utilization=target_utilization)
+        self.control = ControlledFleet(config)
+        self.plane = self.control.plane
 
-    return decide
+    def __call__(self, now: float, obs: TierObservation, current: int) -> int:
+        return self.control.targets(now, {TIER: current})[TIER]
+
+
+def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int,
+                   target_utilization: float | None = None) -> ThriftyPolicy:
+    return ThriftyPolicy(profile, startup_s, slo_ttft_s, max_r, target_utilization)
 
 
 @dataclass(slots=True)
@@ -308,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO (default 2 s)")
     p.add_argument("--max-replicas", type=int, default=12, help="max replicas for both autoscalers (default 12)")
     p.add_argument("--limit", type=int, help="use only the first N requests of the trace")
+    p.add_argument("--target-utilization", type=float,
+                   help="config autoscaler.target_utilization for thrifty (default: the config default)")
     p.add_argument("--plot", metavar="FILE.png", help="also write load, replicas and SLO attainment over time per policy (replays each once more) (matplotlib, headless)")
     args = p.parse_args(argv)
     try:
@@ -330,8 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     keda = KedaHpa(max_r=args.max_replicas)
     results["keda_threshold"] = run_policy(trace, profile, lambda now, o, cur: keda.decide(now, o, cur), initial,
                                            **common)
-    results["thrifty"] = run_policy(trace, profile, thrifty_policy(profile, args.startup_s, args.slo_ttft_s,
-                                                                   args.max_replicas), initial, **common)
+    try:
+        decide = thrifty_policy(profile, args.startup_s, args.slo_ttft_s, args.max_replicas, args.target_utilization)
+    except ConfigError as exc:
+        print(f"thrifty bench autoscale: {exc}", file=sys.stderr)
+        return 2
+    results["thrifty"] = run_policy(trace, profile, decide, initial, plane=decide.plane, **common)
+    decide.control.close()
     static_n, results["static_peak"] = smallest_static(
         trace, profile, max(r.max_replicas for r in results.values()), common)
 

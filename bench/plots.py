@@ -162,10 +162,12 @@ def autoscale_timelines(args: Any, trace: Sequence[Any], profile: Any, initial: 
     from thrifty.bench.autoscale import KedaHpa, run_policy, thrifty_policy
 
     keda = KedaHpa(max_r=args.max_replicas)
+    thrifty = thrifty_policy(profile, args.startup_s, args.slo_ttft_s, args.max_replicas,
+                             getattr(args, "target_utilization", None))
     policies: dict[str, tuple[Callable[..., int], int]] = {
         "static_peak": (lambda now, obs, cur: static_n, static_n),
         "keda_threshold": (lambda now, obs, cur: keda.decide(now, obs, cur), initial),
-        "thrifty": (thrifty_policy(profile, args.startup_s, args.slo_ttft_s, args.max_replicas), initial),
+        "thrifty": (thrifty, initial),
     }
     out: dict[str, list[tuple[float, float, int, int, int]]] = {}
     for name, (decide, start) in policies.items():
@@ -176,7 +178,7 @@ def autoscale_timelines(args: Any, trace: Sequence[Any], profile: Any, initial: 
             ticks.append((now, obs.token_rate, obs.ready + obs.starting, obs.ttft_finished, obs.ttft_missed))
             return decide(now, obs, current)
 
-        run_policy(list(trace), profile, recording, start, **common)
+        run_policy(list(trace), profile, recording, start, plane=thrifty.plane if decide is thrifty else None, **common)
         out[name] = ticks
     return out
 

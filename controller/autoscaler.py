@@ -155,6 +155,14 @@ class Autoscaler:
         """The tier's SLO error budget: its burn rate and the capacity factor it allows."""
         return self._tiers[tier].budget
 
+    def learned_capacity(self, tier: str) -> float | None:
+        """One replica's tokens/s as learned from served telemetry (saturated samples, or the
+        most proven within the SLO); None before any sample (the profile prior, if any, stands)."""
+        est = self._tiers[tier].capacity
+        if est.measured is not None:
+            return max(est.measured, est.proven())
+        return est.proven() or None
+
     def set_target(self, tier: str, replicas: int) -> None:
         """Adopt the replica count actually in place (e.g. read back from Kubernetes)."""
         self._tiers[tier].target = replicas

@@ -165,11 +165,14 @@ class FleetView:
             if bucket is not None:
                 part = bucket.tier(ts.tier)
                 part.add(ts)
-                # Spec-decode counters ride on replica rows; keep them summed per bucket.
+                # Engine counters (spec decode, served tokens) ride on replica rows; keep them per bucket.
                 for r in ts.replicas:
-                    if r.spec_draft_tokens or r.spec_accepted_tokens:
+                    if r.spec_draft_tokens or r.spec_accepted_tokens or r.prompt_tokens is not None \
+                            or r.generation_tokens is not None:
                         part.replicas.append(ReplicaStats(url=r.url, spec_draft_tokens=r.spec_draft_tokens,
-                                                          spec_accepted_tokens=r.spec_accepted_tokens))
+                                                          spec_accepted_tokens=r.spec_accepted_tokens,
+                                                          prompt_tokens=r.prompt_tokens,
+                                                          generation_tokens=r.generation_tokens))
             self._queues[(sidecar_id, ts.tier)] = ts.queue_depth
             # The sidecar's latest report replaces its earlier one: URLs it stopped reporting go.
             self._inflight[(sidecar_id, ts.tier)] = {r.url: r.inflight for r in ts.replicas}

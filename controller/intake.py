@@ -74,6 +74,9 @@ def _replica(r: ReplicaStats, tier: str) -> None:
     _number(r.kv_cache_usage, "replica kv_cache_usage", 1.0)
     _number(r.spec_draft_tokens, "replica spec_draft_tokens", MAX_TOKENS)
     _number(r.spec_accepted_tokens, "replica spec_accepted_tokens", MAX_TOKENS)
+    for name in ("prompt_tokens", "generation_tokens"):
+        if getattr(r, name) is not None:
+            _number(getattr(r, name), f"replica {name}", MAX_TOKENS)
 
 
 def _tier(t: TierStats) -> None:

@@ -19,37 +19,21 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from thrifty.config import Config
-from thrifty.controller.autoscaler import Autoscaler, Decision, TierObservation, TierPolicy
+from thrifty.controller.autoscaler import Autoscaler, Decision, TierObservation
 from thrifty.controller.drift import SPEC_NET_LOSS, Alert, DriftMonitor, bucket_signals
 from thrifty.controller.fleet import FleetView
 from thrifty.controller.intake import Rejected, check_window
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
 from thrifty.controller.quality_loop import QualityControl
+from thrifty.controller.observe import tier_observation
+from thrifty.controller.policy import tier_policies
 from thrifty.wire.stats import StatsWindow
-from thrifty.profiles import engine_costs, get_profile
 
 log = logging.getLogger(__name__)
-VIEW_SPAN_S = 60.0  # "now" in the fleet view and the autoscaler's arrival rate
+VIEW_SPAN_S = 60.0  # "now" in the fleet view (the autoscaler's spans: controller/observe.py)
 DRIFT_BUCKET_S = 60.0
 VIEW_HISTORY_S = 3600.0
-
-
-def tier_policies(config: Config) -> list[TierPolicy]:
-    """One policy per tier. Target concurrency is a quarter of max_num_seqs (room for the
-    ITL SLO); the capacity prior, where the tier names a performance profile, is the
-    profile's per-token cost at that batch, so it errs low until served tokens say more."""
-    policies = []
-    for t in config.tiers:
-        concurrency = max(1.0, 0.25 * t.engine.max_num_seqs)
-        profile = t.engine.prior_profile()
-        costs = engine_costs(get_profile(profile), batch=int(concurrency)) if profile else {}
-        policies.append(TierPolicy(
-            name=t.name, min_replicas=t.replicas.min, max_replicas=t.replicas.max,
-            scale_to_zero=t.replicas.scale_to_zero, target_concurrency=concurrency,
-            slo_ttft_s=config.slo.ttft_p95_ms / 1000, slo_target=config.slo.ttft_attainment, **costs,
-        ))
-    return policies
 
 
 @dataclass(slots=True)
@@ -178,21 +162,11 @@ class ControlPlane:
         return out
 
     def observations(self, now: float) -> dict[str, TierObservation]:
-        out = {}
+        """Each tier as telemetry shows it (`controller/observe.py`, shared with the benches)."""
         outcomes = self._ttft_outcomes(now)
-        for t in self.config.tiers:
-            s = self.fleet.summary(t.name, now, VIEW_SPAN_S)
-            reps = [r for r, _ in self.fleet.replicas(t.name, now)]
-            healthy = [r for r in reps if r.healthy]
-            ready = self.ready.get(t.name, len(healthy))
-            out[t.name] = TierObservation(
-                time=now, ready=ready, starting=max(0, self.autoscaler.target(t.name) - ready),
-                waiting=sum(r.waiting for r in healthy), running=sum(r.running for r in healthy),
-                kv_usage=sum(r.kv_cache_usage for r in healthy), queue_depth=self.fleet.queue_depth(t.name),
-                token_rate=s.tokens_per_s, ttft_p95_s=s.ttft_p95,
-                ttft_finished=outcomes[t.name][0], ttft_missed=outcomes[t.name][1],
-            )
-        return out
+        return {t.name: tier_observation(self.fleet, t.name, now, target=self.autoscaler.target(t.name),
+                                         ready=self.ready.get(t.name), ttft_outcomes=outcomes[t.name])
+                for t in self.config.tiers}
 
     async def tick(self, now: float | None = None) -> list[DecisionRecord]:
         now = self.clock() if now is None else now
@@ -361,6 +335,7 @@ class ControlPlane:
             "queue": self.fleet.queue_depth(name) + sum(r.waiting for r in healthy),
             "kv_cache_usage": (sum(r.kv_cache_usage for r in healthy) / len(healthy)) if healthy else 0.0,
             "spec_acceptance": s.spec_acceptance if t.engine.speculative is not None or s.spec_draft_tokens else None,
+            "capacity_tokens_s": self.autoscaler.learned_capacity(name),
             "dollars_per_hour": s.dollars / (VIEW_SPAN_S / 3600),
             # What the tier's running replicas cost per hour, traffic or not (None for API-priced tiers).
             "replica_dollars_per_hour": (t.price.gpu_hour * t.price.gpus_per_replica * self.ready.get(name, len(healthy))

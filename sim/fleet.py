@@ -5,7 +5,10 @@ here): replicas take `startup_s` to become ready after a scale-up (pod schedulin
 image, weights, CUDA graphs), a scale-down drains (the replica takes no new requests
 and is released only when its last request has finished, so none is lost), and
 requests that arrive while no replica is ready wait in the sidecar's admission queue,
-shed after `max_wait_s`. Each replica is `thrifty.sim.model.SimReplica`.
+shed after `max_wait_s`. Each replica is `thrifty.sim.model.SimReplica`. Dispatch is the
+sidecar's own `Balancer` (`thrifty.proxy.balance`, policy `thrifty` with the admission
+saturation filters; `round_robin` for a plain Service) on each replica's `ReplicaState`,
+filled as the sidecar's scrape would fill it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from datetime import datetime
 from pathlib import Path
 
 from thrifty.profiles import GpuProfile
+from thrifty.proxy.balance.balancer import Balancer, build_balancer
+from thrifty.proxy.balance.filters import PickRequest
+from thrifty.proxy.balance.pool import ReplicaState
 from thrifty.sim.model import SimCompletion, SimReplica, SimRequest, SpeculativeSim
 
 
@@ -76,6 +82,9 @@ class SimPod:
     draining: bool = False
     stopped: float | None = None
     inflight: int = 0
+    inflight_tokens: int = 0  # prompt + output tokens of the requests in flight (the sidecar's estimate)
+    state: ReplicaState | None = None  # what the sidecar's balancer sees of it
+    awaiting: dict[int, float] = field(default_factory=dict)  # request id -> sent, before its first token
 
     def ready(self, now: float) -> bool:
         return now >= self.ready_at and not self.draining and self.stopped is None
@@ -96,7 +105,7 @@ class Served:
 
 @dataclass
 class SimTier:
-    """One tier: pods, a least-loaded dispatcher, an admission queue."""
+    """One tier: pods, the sidecar's balancer, an admission queue."""
 
     name: str
     profile: GpuProfile
@@ -105,6 +114,7 @@ class SimTier:
     speculative: SpeculativeSim | None = None
     saturation_waiting: int = 16  # config admission.saturation_waiting
     saturation_kv: float = 0.95  # config admission.saturation_kv
+    policy: str = "thrifty"  # the sidecar's balancing policy (`build_balancer`); round_robin: a plain Service
     pods: list[SimPod] = field(default_factory=list)
     served: list[Served] = field(default_factory=list)
     scale_actions: int = 0
@@ -114,6 +124,10 @@ class SimTier:
     _meta: dict = field(default_factory=dict)
     _rng: random.Random = field(default_factory=lambda: random.Random(0))
     _early: list = field(default_factory=list)  # finished while a dispatch advanced a pod
+    balancer: Balancer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.balancer = build_balancer(self.policy, max_waiting=self.saturation_waiting, max_kv=self.saturation_kv)
 
     def start(self, n: int, now: float, ready: bool = True) -> None:
         for _ in range(n):
@@ -121,7 +135,8 @@ class SimTier:
 
     def _add_pod(self, now: float, ready_at: float) -> None:
         i = next(self._ids)
-        self.pods.append(SimPod(i, SimReplica(self.profile, speculative=self.speculative, seed=i), now, ready_at))
+        self.pods.append(SimPod(i, SimReplica(self.profile, speculative=self.speculative, seed=i), now, ready_at,
+                                state=ReplicaState(url=f"sim://{self.name}/{i}", tier=self.name)))
 
     # -- scaling -------------------------------------------------------------
     def active(self) -> list[SimPod]:
@@ -140,6 +155,8 @@ class SimTier:
         victims = sorted(live, key=lambda p: (p.ready_at <= now, p.inflight))[: len(live) - n]
         for p in victims:
             p.draining = True
+            assert p.state is not None
+            self.balancer.forget(p.state.url)
             if p.inflight == 0:
                 p.stopped = now
 
@@ -157,38 +174,41 @@ class SimTier:
                 self._queue.popleft()
                 self.served.append(Served(arrival, None, now, prompt, output, tag=tag))
                 continue
-            pod = self._pick(ready, now)
+            pod = self._pick(ready, now, PickRequest(blocks=hashes, tokens=prompt + output))
             if pod is None:  # every replica saturated: the request waits in the sidecar
                 return
             self._queue.popleft()
             rid = next(self._req_ids)
-            self._meta[rid] = (pod, tag, arrival)
+            self._meta[rid] = (pod, tag, arrival, prompt + output)
             pod.replica.submit(SimRequest(rid, arrival, prompt, output, hashes), now)
             pod.inflight += 1
+            pod.inflight_tokens += prompt + output
+            pod.awaiting[rid] = now  # the relay times the first byte from the send
 
-    def _pick(self, ready: list[SimPod], now: float) -> SimPod | None:
-        """Power of two choices on the sidecar's in-flight counts among unsaturated replicas.
-
-        The sidecar's admission control: a saturated replica (engine queue or KV cache
-        over the configured limits) takes no more. Only the sampled pair is brought up to
-        `now` and checked, so a dispatch costs O(1) replicas; when both are saturated the
-        rest are tried in random order.
-        """
+    def _pick(self, ready: list[SimPod], now: float, req: PickRequest) -> SimPod | None:
+        """The sidecar's `Balancer` over the ready pods, each brought up to `now` and its
+        `ReplicaState` filled with what a scrape reads (engine queue, running, KV use) plus the
+        sidecar's own in-flight counts. Saturated replicas (engine queue or KV cache over
+        the configured limits) are filtered out: None keeps the request in admission."""
         if not ready:
             return None
-        order = ready if len(ready) <= 2 else self._rng.sample(ready, len(ready))
-        chosen: SimPod | None = None
-        checked = 0
-        for pod in order:
+        states = []
+        for pod in ready:
             self._early.extend(self._finish(c) for c in pod.replica.advance(now))
-            r = pod.replica
-            if r.waiting < self.saturation_waiting and r.kv_usage < self.saturation_kv:
-                if chosen is None or (pod.inflight, pod.id) < (chosen.inflight, chosen.id):
-                    chosen = pod
-                checked += 1
-                if checked == 2:
-                    break
-        return chosen
+            st, r = pod.state, pod.replica
+            assert st is not None
+            for rid, sent in list(pod.awaiting.items()):  # first bytes seen by now (the latency scorer's input)
+                progress = r.progress(rid)
+                if progress is not None and progress[1] is not None:
+                    st.observe_ttfb(progress[1] - sent)
+                    del pod.awaiting[rid]
+            st.waiting, st.running, st.kv_usage = float(r.waiting), float(r.running), r.kv_usage
+            st.inflight, st.inflight_tokens = pod.inflight, pod.inflight_tokens
+            states.append(st)
+        pick = self.balancer.pick(req, states)
+        if pick is None:
+            return None
+        return ready[states.index(pick.replica)]
 
     def advance(self, now: float) -> list[Served]:
         """Run every pod to `now`; returns what finished."""
@@ -205,8 +225,12 @@ class SimTier:
         return done
 
     def _finish(self, c: SimCompletion) -> Served:
-        pod, tag, arrival = self._meta.pop(c.id)
+        pod, tag, arrival, tokens = self._meta.pop(c.id)
         pod.inflight -= 1
+        pod.inflight_tokens -= tokens
+        sent = pod.awaiting.pop(c.id, None)
+        if sent is not None and pod.state is not None:
+            pod.state.observe_ttfb(c.first_token_time - sent)
         s = Served(arrival, c.first_token_time - arrival, c.finish_time, c.prompt_tokens, c.output_tokens,
                    c.cached_tokens, tag)
         self.served.append(s)

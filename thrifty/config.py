@@ -124,6 +124,9 @@ class Replicas(_Strict):
     # External replicas' KV-event publishers, one per `urls` entry ("" = none): tcp://host:port or ipc://path.
     kv_events: list[str] = Field(default_factory=list)
     deployment: str | None = None
+    # Seconds from a scale-up to a replica serving (pod scheduled, model loaded): the
+    # autoscaler provisions for the demand this far ahead.
+    startup_s: NonNegative = 90
 
     @model_validator(mode="after")
     def _bounds(self) -> "Replicas":
@@ -311,6 +314,12 @@ class ControllerSettings(_Strict):
     tls: TelemetryTls = Field(default_factory=lambda: TelemetryTls())
 
 
+class AutoscalerSettings(_Strict):
+    # Share of a replica's learned tokens/s capacity the autoscaler plans to use (before the
+    # SLO budget's factor): queueing margin beyond it comes from the TTFT/backlog rules.
+    target_utilization: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+
 class AdmissionSettings(_Strict):
     max_queue: Annotated[int, Field(ge=0)] = 1024
     max_wait_s: Positive = 30
@@ -344,6 +353,7 @@ class Config(_Strict):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     controller: ControllerSettings = Field(default_factory=ControllerSettings)
     quality: QualitySettings = Field(default_factory=QualitySettings)
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     baseline_tier: str | None = None  # defaults to the most expensive tier
 
     @model_validator(mode="after")

@@ -32,6 +32,12 @@ class ReplicaState:
     kv_usage: float = 0.0  # vllm:kv_cache_usage_perc, 0-1
     prefix_hits: float = 0.0  # vllm:prefix_cache_hits_total (tokens)
     prefix_queries: float = 0.0  # vllm:prefix_cache_queries_total (tokens)
+    # Engine counters the controller needs (served throughput, spec-decode acceptance);
+    # None until a scrape finds them (an engine without speculative decoding has no spec_*).
+    prompt_tokens: float | None = None  # vllm:prompt_tokens_total
+    generation_tokens: float | None = None  # vllm:generation_tokens_total
+    spec_draft_tokens: float | None = None  # vllm:spec_decode_num_draft_tokens_total
+    spec_accepted_tokens: float | None = None  # vllm:spec_decode_num_accepted_tokens_total
     inflight: int = 0  # requests this sidecar has open to it
     inflight_tokens: int = 0  # estimated prompt+output tokens of those requests
     ttfb_ewma_s: float = 0.0  # smoothed time to first byte, 0 until measured
@@ -66,11 +72,15 @@ _GAUGES = {
     b"vllm:gpu_cache_usage_perc": "kv_usage",  # older vLLM name
     b"vllm:prefix_cache_hits_total": "prefix_hits",
     b"vllm:prefix_cache_queries_total": "prefix_queries",
+    b"vllm:prompt_tokens_total": "prompt_tokens",
+    b"vllm:generation_tokens_total": "generation_tokens",
+    b"vllm:spec_decode_num_draft_tokens_total": "spec_draft_tokens",
+    b"vllm:spec_decode_num_accepted_tokens_total": "spec_accepted_tokens",
 }
 
 
 def parse_vllm_metrics(text: bytes) -> dict[str, float]:
-    """Sum the vLLM gauges we use over their label sets (one engine may report several)."""
+    """Sum the vLLM gauges and counters we use over their label sets (one engine may report several)."""
     out: dict[str, float] = {}
     for line in text.split(b"\n"):
         if not line.startswith(b"vllm:"):

@@ -41,6 +41,14 @@ class _PoolCollector(Collector):
             "kv": GaugeMetricFamily("thrifty_replica_kv_cache_usage", "scraped vllm:kv_cache_usage_perc (0-1)", labels=["tier", "replica"]),
             "inflight": GaugeMetricFamily("thrifty_replica_inflight", "requests this sidecar has open to the replica", labels=["tier", "replica"]),
         }
+        # Engine counters, re-exported as gauges holding the replica's value (a replica
+        # restart resets them): only for replicas whose /metrics has them.
+        counters = {
+            "prompt_tokens": GaugeMetricFamily("thrifty_replica_prompt_tokens", "scraped vllm:prompt_tokens_total", labels=["tier", "replica"]),
+            "generation_tokens": GaugeMetricFamily("thrifty_replica_generation_tokens", "scraped vllm:generation_tokens_total", labels=["tier", "replica"]),
+            "spec_draft_tokens": GaugeMetricFamily("thrifty_replica_spec_draft_tokens", "scraped vllm:spec_decode_num_draft_tokens_total", labels=["tier", "replica"]),
+            "spec_accepted_tokens": GaugeMetricFamily("thrifty_replica_spec_accepted_tokens", "scraped vllm:spec_decode_num_accepted_tokens_total", labels=["tier", "replica"]),
+        }
         for r in self.pool.all():
             labels = [r.tier, r.url]
             families["up"].add_metric(labels, 1.0 if r.healthy else 0.0)
@@ -48,11 +56,16 @@ class _PoolCollector(Collector):
             families["running"].add_metric(labels, r.running)
             families["kv"].add_metric(labels, r.kv_usage)
             families["inflight"].add_metric(labels, r.inflight)
+            for attr, fam in counters.items():
+                value = getattr(r, attr)
+                if value is not None:
+                    fam.add_metric(labels, value)
         queue = GaugeMetricFamily("thrifty_queue_depth", "requests waiting in admission", labels=["tier"])
         depths = self.queue_depth()
         for tier in self.pool.tiers:
             queue.add_metric([tier], depths.get(tier, 0))
         yield from families.values()
+        yield from counters.values()
         yield queue
 
 

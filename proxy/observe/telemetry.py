@@ -16,9 +16,11 @@ stream is up.
 Metrics read (docs/metrics.md): thrifty_requests_total, thrifty_tokens_total,
 thrifty_cost_dollars_total, thrifty_baseline_cost_dollars_total, thrifty_ttft_seconds,
 thrifty_itl_seconds, thrifty_queue_depth, thrifty_router_decisions_total,
-thrifty_replica_{up,waiting,running,kv_cache_usage,inflight}, and, when the sidecar
-scrapes them, thrifty_replica_spec_{draft,accepted}_tokens (gauges holding the
-replica's vllm:spec_decode_num_{draft,accepted}_tokens_total); with a shared cache tier,
+thrifty_replica_{up,waiting,running,kv_cache_usage,inflight}, and, where the replica's
+/metrics has them, thrifty_replica_{prompt,generation}_tokens and
+thrifty_replica_spec_{draft,accepted}_tokens (gauges holding the replica's
+vllm:{prompt,generation}_tokens_total and vllm:spec_decode_num_{draft,accepted}_tokens_total,
+sent as deltas: the controller's served throughput and spec acceptance); with a shared cache tier,
 thrifty_shared_cache_{up,lookups_total,sync_errors_total,mirror_lag_seconds} (the
 window's `shared_cache`, absent when the sidecar has no shared tier).
 """
@@ -224,10 +226,12 @@ def window_between(now: dict[str, _TierSnap], before: dict[str, _TierSnap], star
         for url, g in sorted(snap.replicas.items()):
             pg = prev.replicas.get(url, {}) if prev else {}
             spec = lambda key: max(0.0, g.get(key, 0) - pg.get(key, g.get(key, 0)))  # noqa: E731
+            served = lambda key: spec(key) if key in g else None  # noqa: E731 - None: not scraped
             replicas.append(ReplicaStats(
                 url=url, healthy=g.get("up", 1.0) >= 1.0, waiting=g.get("waiting", 0.0), running=g.get("running", 0.0),
                 kv_cache_usage=g.get("kv_cache_usage", 0.0), inflight=g.get("inflight", 0.0),
                 spec_draft_tokens=spec("spec_draft_tokens"), spec_accepted_tokens=spec("spec_accepted_tokens"),
+                prompt_tokens=served("prompt_tokens"), generation_tokens=served("generation_tokens"),
             ))
         tiers.append(TierStats(
             tier=name, requests=int(d("requests")), errors=int(d("errors")), input_tokens=int(d("tokens_input")),

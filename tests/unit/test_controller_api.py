@@ -19,7 +19,7 @@ CONFIG = {
     "tiers": [
         {"name": "small", "model": "s", "price": {"gpu_hour": 0.5}, "replicas": {"count": 1, "min": 1, "max": 3}},
         {"name": "large", "model": "l", "price": {"gpu_hour": 2.5}, "replicas": {"count": 2, "min": 1, "max": 6},
-         "engine": {"speculative": {"method": "ngram"}}},
+         "engine": {"speculative": {"method": "ngram"}, "max_num_seqs": 64}},  # running 64 = a full batch
     ],
     "router": {"threshold": 0.5},
 }
@@ -27,8 +27,9 @@ TOKEN = "s3cret"
 TELEMETRY_TOKEN = b"telemetry-token-0123456789"
 
 
-class SidecarMetrics:
-    """The sidecar's metric names (docs/metrics.md) in a registry of its own."""
+class FakeSidecarRegistry:
+    """A fake: a registry with a few of the sidecar's metric names (docs/metrics.md), set by hand;
+    the real sidecar's exports are `thrifty.proxy.observe.metrics`."""
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -66,7 +67,7 @@ async def _wait(cond, timeout: float = 5.0) -> None:
 
 async def test_telemetry_reaches_fleet_view_and_policy_comes_back() -> None:
     plane, server, port = await _controller()
-    side = SidecarMetrics()
+    side = FakeSidecarRegistry()
     side.draft.labels("large", "http://r1").set(1000)  # the replica's counters before this sidecar started
     side.accepted.labels("large", "http://r1").set(500)
     policies: list[dict] = []
@@ -96,7 +97,7 @@ async def test_telemetry_reaches_fleet_view_and_policy_comes_back() -> None:
 
 async def test_sidecar_keeps_policy_while_away_and_catches_up() -> None:
     plane, server, port = await _controller()
-    side = SidecarMetrics()
+    side = FakeSidecarRegistry()
     policies: list[dict] = []
     client = TelemetryClient(f"127.0.0.1:{port}", side.registry, "sidecar-2", policies.append,
                              interval_s=0.05, backoff_initial_s=0.05, backoff_max_s=0.2, token=TELEMETRY_TOKEN)

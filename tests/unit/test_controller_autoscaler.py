@@ -166,8 +166,9 @@ def test_production_policies_take_their_capacity_prior_from_the_named_profile() 
          "engine": {"kind": "external", "capacity_profile": "h100-llama3-70b-fp8-tp2"}},
     ]
     policies = {p.name: p for p in tier_policies(parse_config({"tiers": tiers}))}
-    expected = engine_costs(get_profile("a100-llama3-8b-fp8"), batch=32)
-    assert policies["simulated"].target_concurrency == 32
+    expected = engine_costs(get_profile("a100-llama3-8b-fp8"), batch=128)
+    assert policies["simulated"].target_concurrency == 128  # max_num_seqs: KV and ITL allow it
+    assert policies["real"].target_concurrency == 256  # no profile: the engine's max_num_seqs
     assert policies["simulated"].decode_s_per_token == pytest.approx(expected["decode_s_per_token"])
     assert policies["real"].prefill_s_per_token == 0 and policies["real"].decode_s_per_token == 0
     tp2 = get_profile("h100-llama3-70b-fp8-tp2")

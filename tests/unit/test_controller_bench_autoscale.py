@@ -28,12 +28,47 @@ def test_autoscale_bench_bad_trace_is_one_line(tmp_path, capsys) -> None:
 
 
 def test_thrifty_policy_batch_is_what_the_replica_can_hold() -> None:
-    from thrifty.profiles import get_profile
+    """The bench builds its policy with the controller's factory from a config: the batch is
+    max_num_seqs, or what the KV cache holds at the prior's contexts, or what the ITL SLO allows."""
+    from thrifty.controller.policy import tier_policy
+    from thrifty.profiles import PRIOR_CONTEXT_TOKENS, engine_costs, get_profile
 
-    roomy = autoscale.thrifty_tier_policy("t", get_profile("a100-llama3-8b"), 90, 2, 8)
-    tight = autoscale.thrifty_tier_policy("t", get_profile("h100-llama3-70b-fp8-tp2"), 90, 2, 8)
+    def policy(profile: str, **kw):
+        config = autoscale.fleet_config([("t", get_profile(profile), 8)], startup_s=90, slo_ttft_s=2, **kw)
+        return tier_policy(config, config.tiers[0])
+
+    roomy, tight = policy("a100-llama3-8b"), policy("h100-llama3-70b-fp8-tp2")
     tight_profile = get_profile("h100-llama3-70b-fp8-tp2")
-    assert tight.target_concurrency == tight_profile.kv_tokens // autoscale.PRIOR_CONTEXT_TOKENS < tight_profile.max_num_seqs
+    assert tight.target_concurrency == tight_profile.kv_tokens // PRIOR_CONTEXT_TOKENS < tight_profile.max_num_seqs
     assert roomy.target_concurrency <= get_profile("a100-llama3-8b").max_num_seqs
+    assert roomy.startup_s == 90 and roomy.max_replicas == 8 and roomy.slo_ttft_s == 2
     # a KV-bound replica decodes fewer sequences per step, so each token costs more engine time
-    assert tight.decode_s_per_token > autoscale.engine_costs(tight_profile, batch=tight_profile.max_num_seqs)["decode_s_per_token"]
+    assert tight.decode_s_per_token > engine_costs(tight_profile, batch=tight_profile.max_num_seqs)["decode_s_per_token"]
+    assert policy("a100-llama3-8b", target_utilization=0.7).target_utilization == 0.7
+
+
+def test_itl_slo_caps_the_batch_where_a_step_would_break_it() -> None:
+    from thrifty.controller.policy import target_batch
+    from thrifty.profiles import PRIOR_CONTEXT_TOKENS, get_profile
+
+    l4 = get_profile("l4-llama3-8b-awq")
+    full = l4.kv_tokens // PRIOR_CONTEXT_TOKENS
+    capped = target_batch(l4.max_num_seqs, l4, 0.05)
+    assert 1 <= capped < full
+    assert l4.decode_step_time(capped, capped * PRIOR_CONTEXT_TOKENS) <= 0.05
+    assert l4.decode_step_time(capped + 1, (capped + 1) * PRIOR_CONTEXT_TOKENS) > 0.05
+    assert target_batch(l4.max_num_seqs, l4, 10.0) == full
+    assert target_batch(l4.max_num_seqs, l4, 1e-6) == full  # even one sequence misses: replicas cannot help
+    assert target_batch(64, None, 0.1) == 64
+
+
+def test_config_knobs_the_benches_use_are_validated_in_one_line() -> None:
+    import pytest
+
+    from thrifty.config import ConfigError, parse_config
+
+    base = {"name": "t", "model": "m", "price": {"gpu_hour": 1.0}}
+    with pytest.raises(ConfigError, match=r"^config: autoscaler.target_utilization: "):
+        parse_config({"tiers": [base], "autoscaler": {"target_utilization": 1.5}})
+    with pytest.raises(ConfigError, match=r"^config: tiers\[0\].replicas.startup_s: "):
+        parse_config({"tiers": [{**base, "replicas": {"startup_s": -1}}]})

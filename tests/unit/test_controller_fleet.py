@@ -33,3 +33,28 @@ def test_two_sidecars_sum_counters_and_share_replica_gauges() -> None:
     assert rep.waiting == 4 and inflight == 4
     view.forget_sidecar("a")
     assert view.queue_depth("large") == 3
+
+
+def test_served_rate_and_arrival_split_come_from_telemetry() -> None:
+    """The controller's observation carries what the capacity estimator needs: engine-served
+    tokens/s (replica counter deltas) and the prompt/generated arrival split."""
+    from thrifty.controller.observe import tier_observation
+    from thrifty.wire.codec import window_from_pb, window_to_pb
+
+    view = FleetView(["large"], bucket_s=10)
+    for end in (5.0, 10.0, 15.0, 20.0, 25.0, 30.0):
+        t = TierStats("large", requests=2, input_tokens=600, output_tokens=300,
+                      replicas=[ReplicaStats("http://r1", running=4, prompt_tokens=700.0, generation_tokens=300.0),
+                                ReplicaStats("http://r2", running=4, prompt_tokens=500.0, generation_tokens=500.0)])
+        view.ingest("a", window_from_pb(window_to_pb(StatsWindow(end - 5.0, end, [t]))))
+    o = tier_observation(view, "large", 31.0, target=3, rate_span_s=30.0)
+    assert o.served_token_rate == pytest.approx(2000 / 5)  # the two buckets completed by t=31: 4 windows, 20 s
+    # buckets starting in [1, 31): the windows ending at 10 ... 30
+    assert o.input_rate == pytest.approx(5 * 600 / 30) and o.output_rate == pytest.approx(5 * 300 / 30)
+    assert o.ready == 2 and o.starting == 1 and o.running == 8
+    # A sidecar whose replicas export no token counters: no served rate, not a zero one.
+    bare = FleetView(["large"], bucket_s=10)
+    for end in (5.0, 15.0, 25.0):
+        bare.ingest("a", window_from_pb(window_to_pb(StatsWindow(end - 5.0, end, [
+            TierStats("large", requests=1, replicas=[ReplicaStats("http://r1", running=1)])]))))
+    assert tier_observation(bare, "large", 31.0, target=1).served_token_rate is None

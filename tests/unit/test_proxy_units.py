@@ -72,6 +72,14 @@ def test_parse_vllm_metrics_sums_label_sets() -> None:
     assert parse_vllm_metrics(text) == {"waiting": 5.0, "kv_usage": 0.5, "running": 7.0}
 
 
+def test_parse_vllm_metrics_reads_the_engine_counters_the_controller_needs() -> None:
+    text = (b'vllm:prompt_tokens_total{engine="0"} 1200\nvllm:generation_tokens_total{engine="0"} 340\n'
+            b'vllm:spec_decode_num_draft_tokens_total{engine="0"} 90\n'
+            b'vllm:spec_decode_num_accepted_tokens_total{engine="0"} 54\nvllm:spec_decode_num_drafts_total 30\n')
+    assert parse_vllm_metrics(text) == {"prompt_tokens": 1200.0, "generation_tokens": 340.0,
+                                        "spec_draft_tokens": 90.0, "spec_accepted_tokens": 54.0}
+
+
 def test_find_usage_reads_only_the_usage_object() -> None:
     raw = b'{"choices":[{"text":"\\"usage\\": no"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}'
     assert find_usage(raw) == {"prompt_tokens": 3, "completion_tokens": 4}

@@ -30,7 +30,7 @@ CONFIG = {
     "tiers": [
         {"name": "small", "model": "s", "price": {"gpu_hour": 0.5}, "replicas": {"count": 1, "min": 1, "max": 3}},
         {"name": "large", "model": "l", "price": {"gpu_hour": 2.5}, "replicas": {"count": 2, "min": 1, "max": 6},
-         "engine": {"speculative": {"method": "ngram", "num_speculative_tokens": 4}}},
+         "engine": {"speculative": {"method": "ngram", "num_speculative_tokens": 4}, "max_num_seqs": 64}},
     ],
     "router": {"threshold": 0.5},
     "slo": {"ttft_p95_ms": 2000},

@@ -50,7 +50,8 @@ def window_to_pb(w: StatsWindow) -> pb.StatsWindow:
                     pb.ReplicaStats(url=r.url, healthy=r.healthy, waiting=r.waiting, running=r.running,
                                     kv_cache_usage=r.kv_cache_usage, inflight=r.inflight,
                                     spec_draft_tokens=r.spec_draft_tokens,
-                                    spec_accepted_tokens=r.spec_accepted_tokens)
+                                    spec_accepted_tokens=r.spec_accepted_tokens,
+                                    prompt_tokens=r.prompt_tokens, generation_tokens=r.generation_tokens)
                     for r in t.replicas
                 ],
             )
@@ -80,7 +81,9 @@ def window_from_pb(m: pb.StatsWindow) -> StatsWindow:
                 replicas=[
                     ReplicaStats(url=r.url, healthy=r.healthy, waiting=r.waiting, running=r.running,
                                  kv_cache_usage=r.kv_cache_usage, inflight=r.inflight,
-                                 spec_draft_tokens=r.spec_draft_tokens, spec_accepted_tokens=r.spec_accepted_tokens)
+                                 spec_draft_tokens=r.spec_draft_tokens, spec_accepted_tokens=r.spec_accepted_tokens,
+                                 prompt_tokens=r.prompt_tokens if r.HasField("prompt_tokens") else None,
+                                 generation_tokens=r.generation_tokens if r.HasField("generation_tokens") else None)
                     for r in t.replicas
                 ],
             )

@@ -107,6 +107,8 @@ class ReplicaStats:
     inflight: float = 0.0
     spec_draft_tokens: float = 0.0
     spec_accepted_tokens: float = 0.0
+    prompt_tokens: float | None = None  # engine-processed token deltas; None: not scraped
+    generation_tokens: float | None = None
 
 
 @dataclass(slots=True)
@@ -151,6 +153,14 @@ class TierStats:
     @property
     def spec_accepted_tokens(self) -> float:
         return sum(r.spec_accepted_tokens for r in self.replicas)
+
+    @property
+    def served_tokens(self) -> float | None:
+        """Prompt + generated tokens the engines processed; None when no replica reported them."""
+        rows = [r for r in self.replicas if r.prompt_tokens is not None or r.generation_tokens is not None]
+        if not rows:
+            return None
+        return sum((r.prompt_tokens or 0.0) + (r.generation_tokens or 0.0) for r in rows)
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ class Histogram(_message.Message):
     def __init__(self, bounds: _Optional[_Iterable[float]] = ..., counts: _Optional[_Iterable[int]] = ..., sum: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ReplicaStats(_message.Message):
-    __slots__ = ("url", "healthy", "waiting", "running", "kv_cache_usage", "inflight", "spec_draft_tokens", "spec_accepted_tokens")
+    __slots__ = ("url", "healthy", "waiting", "running", "kv_cache_usage", "inflight", "spec_draft_tokens", "spec_accepted_tokens", "prompt_tokens", "generation_tokens")
     URL_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,8 @@ class ReplicaStats(_message.Message):
     INFLIGHT_FIELD_NUMBER: _ClassVar[int]
     SPEC_DRAFT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SPEC_ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     url: str
     healthy: bool
     waiting: float
@@ -36,7 +38,9 @@ class ReplicaStats(_message.Message):
     inflight: float
     spec_draft_tokens: float
     spec_accepted_tokens: float
-    def __init__(self, url: _Optional[str] = ..., healthy: _Optional[bool] = ..., waiting: _Optional[float] = ..., running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., inflight: _Optional[float] = ..., spec_draft_tokens: _Optional[float] = ..., spec_accepted_tokens: _Optional[float] = ...) -> None: ...
+    prompt_tokens: float
+    generation_tokens: float
+    def __init__(self, url: _Optional[str] = ..., healthy: _Optional[bool] = ..., waiting: _Optional[float] = ..., running: _Optional[float] = ..., kv_cache_usage: _Optional[float] = ..., inflight: _Optional[float] = ..., spec_draft_tokens: _Optional[float] = ..., spec_accepted_tokens: _Optional[float] = ..., prompt_tokens: _Optional[float] = ..., generation_tokens: _Optional[float] = ...) -> None: ...
 
 class TierStats(_message.Message):
     __slots__ = ("tier", "requests", "errors", "input_tokens", "output_tokens", "cached_tokens", "dollars", "baseline_dollars", "ttft", "itl", "queue_depth", "cache_exact_hits", "cache_semantic_hits", "routed", "replicas")
