@@ -60,6 +60,31 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
               unit="percentunit", w=12),
         panel("Controller: cost per 1k requests", [
             (f"thrifty_controller_cost_per_1k_requests_dollars{{{NT}}}", "{{tier}}")], unit="currencyUSD"),
+        panel("Savings ledger: measured (interval) vs modelled", [
+            (f"max by (kind) (thrifty_controller_ledger_savings_ratio{{{NS}}})", "{{kind}}")], unit="percentunit",
+            description="measured: 1 - cost per treated request / cost per control request (the randomized control "
+                        "group served by the baseline path), with its two-sided interval at quality.confidence; "
+                        "modelled: the treated group's tokens priced on the baseline tier. Fleet-wide, from the "
+                        "controller (set on its control rounds once shadow verdicts arrive)"),
+        panel("Savings ledger: cost per request, control vs treated", [
+            (f"sum by (group) (rate(thrifty_ledger_dollars_total{{{NS}}}[{R}])) / "
+             f"sum by (group) (rate(thrifty_ledger_requests_total{{{NS}}}[{R}]))", "{{group}} (window)"),
+            (f"max by (group, bound) (thrifty_controller_ledger_cost_per_request_dollars{{{NS}}})", "{{group}} {{bound}} (controller)"),
+        ], unit="currencyUSD", description="requests for the baseline tier; control skips the caches and the router. "
+                                           "Shadow spend is charged to the group of the request shadowed"),
+        panel("Shadow spend ($/h)", [(rate("thrifty_shadow_cost_dollars_total") + " * 3600", "{{tier}}")],
+              unit="currencyUSD", w=8, description="shadow calls to the reference tier (and llm-judge gradings); "
+                                                   "already included in thrifty_cost_dollars_total, so savings are net of it"),
+        panel("Shadow spend share of all spend", [(
+            f"sum(rate(thrifty_shadow_cost_dollars_total{{{NT}}}[{R}])) / sum(rate(thrifty_cost_dollars_total{{{NT}}}[{R}]))",
+            "share")], kind="stat", unit="percentunit", w=4),
+        panel("Savings ledger: requests and judged requests by group", [
+            (rate("thrifty_ledger_requests_total", NS, "group"), "{{group}} requests/s"),
+            (rate("thrifty_ledger_judged_total", NS, "group"), "{{group}} judged/s"),
+            (f"sum by (group) (rate(thrifty_ledger_quality_total{{{NS}}}[{R}])) / "
+             f"sum by (group) (rate(thrifty_ledger_judged_total{{{NS}}}[{R}]))", "{{group}} quality"),
+        ], description="control share is quality.control.rate; quality = mean judged score of the group's shadowed "
+                       "requests (the reference tier's own answers score 1)"),
     ]),
     "thrifty-slo": ("Thrifty / SLOs & fleet", [
         panel("TTFT p95 (client view)", [(p95("thrifty_ttft_seconds"), "{{tier}}")], unit="s"),
@@ -82,6 +107,21 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         panel("Engine TTFT p95 (vLLM)", [(p95("vllm:time_to_first_token_seconds"), "{{tier}}")], unit="s"),
         panel("Running requests per replica", [(f"thrifty_replica_running{{{NT}}}", "{{tier}} {{replica}}")]),
         panel("Controller: TTFT p95 by tier", [(f"thrifty_controller_slo_ttft_p95_seconds{{{NT}}}", "{{tier}}")], unit="s"),
+        panel("Admission queue by service_tier lane", [
+            (f"sum by (tier, lane) (thrifty_lane_queue_depth{{{NT}}})", "{{tier}} {{lane}}")],
+            description="requests waiting in admission; priority is served first, flex and batch wait longest"),
+        panel("Requests per second by lane and outcome", [
+            (rate("thrifty_lane_requests_total", NS, "lane, outcome"), "{{lane}} {{outcome}}")], unit="reqps"),
+        panel("Shed by lane: share shed, and flex shed for room", [
+            (ratio_or_zero(rate("thrifty_lane_requests_total", NS + ',outcome="shed"', "lane"),
+                           rate("thrifty_lane_requests_total", NS, "lane")), "{{lane}} share shed"),
+            (rate("thrifty_lane_shed_for_room_total", NS, "lane"), "flex shed for {{lane}} /s"),
+        ], description="flex waiters dropped from a full admission queue to queue a request of a better lane"),
+        panel("Batch API: backlog and lines", [
+            (f"sum(thrifty_batch_backlog{{{NS}}})", "backlog (lines)"),
+            (rate("thrifty_batch_lines_total", NS, "result"), "{{result}} lines/s"),
+        ], description="lines left in active batches (only with batch.store); deferred = shed for capacity, retried later. "
+                       "Batch lines are not in the interactive SLO panels"),
     ]),
     "thrifty-caches-routing": ("Thrifty / Caches & routing", [
         panel("Cache hit rate by kind", [(ratio_or_zero(
@@ -114,6 +154,31 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             (f"sum(thrifty_shared_cache_up{{{NS}}})", "pods with the tier up"),
         ], w=8, description="Redis failures by operation (each feeds the breaker); a pod whose breaker is open "
                             "answers from its local cache and reads 0"),
+        panel("Quality retained per tier pair (fleet)", [
+            (f"max by (kind, cheap_tier, reference_tier, bound) (thrifty_controller_quality_retained{{{NS}}})",
+             "{{kind}} {{cheap_tier}}→{{reference_tier}} {{bound}}"),
+        ], unit="percentunit", description="judged quality of a cheaper tier's answers (router) or semantic hits (cache) "
+                                           "against the reference tier; lower = one-sided Wilson bound at "
+                                           "quality.confidence, which the threshold must keep above quality.target"),
+        panel("Router threshold in force and quality drops", [
+            (f"max(thrifty_controller_router_threshold{{{NS}}})", "threshold"),
+            (f"max by (cheap_tier) (thrifty_controller_quality_drop{{{NS}}})", "quality drop {{cheap_tier}}"),
+        ], description="the calibrator's threshold pushed to the sidecars (0 until the first verdicts arrive); "
+                       "quality drop 1 = the bound at that threshold is under quality.target"),
+        panel("Semantic cache: false-hit rate", [
+            (f"max by (route, bound) (thrifty_cache_false_hit_rate{{{NS}}})", "{{route}} {{bound}}")],
+            unit="percentunit", w=8, description="judged semantic hits scoring below 0.5 since the similarity floor "
+                                                 "last moved (worst pod), with its Wilson interval"),
+        panel("Semantic cache: similarity floor in force", [
+            (f"max(thrifty_cache_similarity_floor{{{NS}}})", "max pod"),
+            (f"min(thrifty_cache_similarity_floor{{{NS}}})", "min pod"),
+        ], w=8, description="cosine similarity a semantic hit needs; the cache watch raises a pod's floor by "
+                            "cache_watch.step when precision's bound falls below cache_watch.precision_target"),
+        panel("Shadow evaluation: calls, verdicts and skips per second", [
+            (rate("thrifty_shadow_calls_total", NS, "tier, result"), "calls {{tier}} {{result}}"),
+            (rate("thrifty_shadow_verdicts_total", NS, "kind, judge"), "verdicts {{kind}} {{judge}}"),
+            (rate("thrifty_shadow_skipped_total", NS, "reason"), "skipped {{reason}}"),
+        ], w=8, description="sampled answers re-asked of the reference tier after the reply was sent, and their judged pairs"),
     ]),
     "thrifty-drift-scaling": ("Thrifty / Drift & scaling", [
         panel("Active drift alerts", [(f"sum(thrifty_controller_drift_alerts{{{NS}}}) or on() vector(0)", "active")],
@@ -138,6 +203,12 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
             (f"thrifty_controller_capacity_factor{{{NT}}}", "{{tier}} capacity factor"),
         ], description="burn rate 1 = TTFT misses exactly at what slo.ttft_attainment allows; the autoscaler "
                        "plans with capacity x factor, raising it while the burn rate stays under 0.5"),
+        panel("Speculative decoding acceptance by tier (sidecar view)", [(
+            f"sum by (tier) (rate(thrifty_replica_spec_accepted_tokens{{{NT}}}[{R}])) / "
+            f"sum by (tier) (rate(thrifty_replica_spec_draft_tokens{{{NT}}}[{R}]))", "{{tier}}")],
+            unit="percentunit", description="accepted / draft tokens of the replicas' spec-decode counters as the "
+                                            "sidecar scrapes them (the same figure as the fleet API's spec_acceptance); "
+                                            "the learned per-replica capacity is only in the fleet API and the TUI"),
     ]),
 }
 

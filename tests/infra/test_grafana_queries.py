@@ -157,7 +157,23 @@ def _traffic(sidecar: str) -> None:
 # Panels of features this stack does not configure (the Redis shared cache tier, KV-event
 # indexes of real vLLM replicas) have no series here; their queries are checked by promtool
 # and the dashboard unit tests, and the shared tier's metrics by tests/infra/test_shared_cache_redis.py.
-FEATURE_ONLY_METRICS = ("thrifty_shared_cache_", "thrifty_kv_index_")
+# Series that exist only after events this stack may not produce are exempt too (the lane
+# gauges, the lane shed counter family, every thrifty_ledger_*_total counter (both groups are
+# labelled when the quality loop starts, judged counts included) and the router threshold
+# gauge are exported from the start and stay checked):
+FEATURE_ONLY_METRICS = (
+    "thrifty_shared_cache_", "thrifty_kv_index_",
+    # shadow calls, spend, verdicts, scores, skips: only once a 2% shadow draw picks one of ~80
+    # requests, and with the router off only requests for the cheaper tier are candidates
+    "thrifty_shadow_",
+    # the controller's quality gauges (quality retained, drop, ledger savings/cost/quality) are
+    # set on its control rounds only once shadow verdicts have arrived
+    "thrifty_controller_quality_", "thrifty_controller_ledger_",
+    # the semantic cache's watch: this stack runs without the semantic cache
+    "thrifty_cache_false_hit_rate", "thrifty_cache_similarity_floor",
+    # the Batch API: the backlog gauge only with batch.store, lines only when a batch runs
+    "thrifty_batch_",
+)
 
 
 def test_every_panel_query_returns_data(stack: dict[str, str]) -> None:
