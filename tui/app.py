@@ -20,7 +20,7 @@ from textual.widgets import Footer
 
 from thrifty.tui.client import ControllerClient, ControllerError, FleetSnapshot
 from thrifty.tui.modals import ConfirmScreen, HelpScreen, PinRequest, PinScreen, ThresholdScreen
-from thrifty.tui.widgets import AlertsPanel, ConnectionBanner, CostPanel, DecisionsPanel, LeversPanel, StatusLine, TiersTable
+from thrifty.tui.widgets import AlertsPanel, ConnectionBanner, CostPanel, DecisionsPanel, LeversPanel, QualityLine, StatusLine, TiersTable
 
 
 class ThriftyApp(App[None]):
@@ -52,12 +52,14 @@ class ThriftyApp(App[None]):
         # Held directly: queries go to the active screen, which is a modal during actions.
         self.status_line = StatusLine("thrifty  connecting…", id="status")
         self.banner = ConnectionBanner(id="banner")
+        self.quality = QualityLine(id="quality")
         self.cost = CostPanel(id="cost")
         self.levers = LeversPanel(id="levers")
         self.tiers = TiersTable(id="tiers")
         self.alerts = AlertsPanel(id="alerts")
         self.decisions = DecisionsPanel(id="decisions")
         yield self.status_line
+        yield self.quality
         yield self.banner
         with Horizontal(id="top"):
             yield self.cost
@@ -96,6 +98,7 @@ class ThriftyApp(App[None]):
         self.polls += 1
         self.banner.clear_error()
         self.status_line.show(snap, self.client.base_url)
+        self.quality.show(snap)
         for panel in (self.cost, self.levers, self.tiers, self.alerts, self.decisions):
             panel.show(snap)
         if was_down:

@@ -104,3 +104,66 @@ def replica_label(url: str, width: int = 18) -> str:
 def truncate(text: Any, width: int) -> str:
     s = MISSING if text is None else str(text)
     return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def tokens_rate(value: Any) -> str:
+    """A throughput in tokens/s, short: 850 -> '850', 1234 -> '1.2k', 12345 -> '12k'."""
+    v = _num(value)
+    if v is None:
+        return MISSING
+    return f"{v:.0f}" if v < 1000 else f"{v / 1000:.1f}k" if v < 10_000 else f"{v / 1000:.0f}k"
+
+
+def _quality_pair(q: dict[str, Any]) -> dict[str, Any] | None:
+    """The pair the quality line reports: the calibrator's chosen router pair, else the router
+    pair (then any pair) with the most verdicts."""
+    pairs = [p for p in q.get("pairs") or [] if isinstance(p, dict)]
+    chosen = [p for p in pairs if p.get("kind") == "router" and p.get("cheap_tier") == q.get("chosen_cheap_tier")
+              and p.get("reference_tier") == q.get("reference_tier")]
+    routers = [p for p in pairs if p.get("kind") == "router"]
+    pool = chosen or routers or pairs
+    return max(pool, key=lambda p: _num(p.get("verdicts")) or 0) if pool else None
+
+
+def quality_line(q: Any) -> Text:
+    """`quality` of GET /api/v1/fleet as one line that fits 80 columns:
+    '⚠ DROP small  quality small 96.1% lb 95.3%≥95%  saved 41% [35–47] model 44%'.
+    Quality is the calibrated operating point of the chosen tier pair (the threshold in force)
+    with its one-sided bound against `target` (red when under); saved is the ledger's measured
+    savings with its interval beside the modelled figure. A marker leads while a quality_drop
+    alert is active."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    if not isinstance(q, dict):
+        return text.append("quality loop off", style="dim")
+    drops = [a for a in q.get("alerts") or [] if isinstance(a, dict)]
+    if drops:
+        tiers = ",".join(sorted({str(a.get("tier") or "?") for a in drops}))
+        text.append(f"⚠ DROP {truncate(tiers, 12)}", style="bold white on red")
+        text.append("  ")
+    target = _num(q.get("target"))
+    text.append("quality ", style="dim")
+    pair = _quality_pair(q)
+    if pair is None:
+        text.append(f"{MISSING} no verdicts yet (target {pct(target)})")
+    else:
+        cal = pair.get("calibrated") if isinstance(pair.get("calibrated"), dict) else {}
+        mean = cal.get("quality_retained", pair.get("quality"))
+        lower = _num(cal.get("lower_bound", pair.get("lower_bound")))
+        ok = lower is not None and target is not None and lower >= target
+        text.append(f"{truncate(pair.get('cheap_tier'), 8)} ")
+        text.append(pct(mean, 1), style="bold")
+        text.append(f" lb {pct(lower, 1)}{'≥' if ok else '<'}{pct(target)}", style="green" if ok else "bold red")
+    ledger = q.get("ledger") if isinstance(q.get("ledger"), dict) else {}
+    savings = ledger.get("savings") if isinstance(ledger.get("savings"), dict) else {}
+    text.append("  saved ", style="dim")
+    measured = _num(savings.get("measured"))
+    if measured is None:
+        control = (ledger.get("control") or {}).get("requests") if isinstance(ledger.get("control"), dict) else None
+        text.append(f"{MISSING} ({count(control)} control)")
+    else:
+        lo, hi = _num(savings.get("measured_lower")), _num(savings.get("measured_upper"))
+        text.append(pct(measured), style="bold green" if lo is not None and lo > 0 else "bold")
+        if lo is not None and hi is not None:
+            text.append(f" [{lo * 100:.0f}–{hi * 100:.0f}]")
+    text.append(f" model {pct(savings.get('modelled'))}", style="dim")
+    return text

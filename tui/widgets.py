@@ -96,6 +96,17 @@ class StatusLine(Static):
         self.update(line)
 
 
+class QualityLine(Static):
+    """Second line: quality retained vs target with its bound, the ledger's measured vs modelled
+    savings, and a red marker while a quality_drop alert is active (the threshold in force is on
+    the status line above)."""
+
+    def show(self, snap: FleetSnapshot) -> None:
+        q = snap.fleet.get("quality")
+        self.set_class(bool(isinstance(q, dict) and q.get("alerts")), "-alerting")
+        self.update(fmt.quality_line(q))
+
+
 class ConnectionBanner(Static):
     """Shown only while polls fail; one line that fits the screen, the poll loop keeps retrying."""
 
@@ -182,8 +193,10 @@ class LeversPanel(Static):
         self.update(text)
 
 
-TIER_COLUMNS = [("tier / replica", "name"), ("ready", "ready"), ("min-max", "bounds"), ("share", "share"),
-                ("queue", "queue"), ("KV", "kv"), ("TTFT p95/SLO s", "ttft"), ("$/h", "cost")]
+# Routing share is on the levers panel's `route` line; its room here holds the learned capacity
+# (tokens/s per replica) and the speculative-decoding acceptance per tier.
+TIER_COLUMNS = [("tier / replica", "name"), ("ready", "ready"), ("min-max", "bounds"), ("queue", "queue"),
+                ("KV", "kv"), ("TTFT/SLO s", "ttft"), ("tok/s", "capacity"), ("spec", "spec"), ("$/h", "cost")]
 
 
 class TablePanel(Vertical):
@@ -227,7 +240,8 @@ class TierRowsTable(MeasuredDataTable):
 
 class TiersTable(TablePanel):
     """Each tier (its replicas under it once opened with Enter): readiness, queue, KV-cache use,
-    TTFT vs SLO, and what its running replicas cost per hour."""
+    TTFT vs SLO, one replica's learned capacity (tokens/s), speculative-decoding acceptance, and
+    what its running replicas cost per hour."""
 
     def __init__(self, *, id: str | None = None) -> None:
         table = TierRowsTable(id="tiers-table", cursor_type="row", zebra_stripes=False)
@@ -273,10 +287,11 @@ class TiersTable(TablePanel):
                 Text(marker + fmt.truncate(name, 14), style="bold"),
                 Text(f"{fmt.count(ready)}/{fmt.count(desired)}", style=ready_style),
                 Text(bounds + (" pin" if t.get("pinned") else ""), style="bold yellow" if t.get("pinned") else ""),
-                fmt.pct(t.get("routing_share")),
                 fmt.count(t.get("queue")),
                 fmt.pct(t.get("kv_cache_usage")),
                 fmt.latency_vs_slo(t.get("ttft_p95_ms"), t.get("slo_ttft_p95_ms")),
+                fmt.tokens_rate(t.get("capacity_tokens_s")),
+                fmt.pct(t.get("spec_acceptance")),
                 fmt.money(cost if cost is not None else t.get("dollars_per_hour")),
             )))
             if not opened:
@@ -288,10 +303,11 @@ class TiersTable(TablePanel):
                     Text(fmt.replica_label(url), style="dim"),
                     Text("up" if healthy else "DOWN", style="green" if healthy else "bold red"),
                     "",
-                    "",
                     fmt.count(r.get("waiting")),
                     fmt.pct(r.get("kv_cache_usage")),
                     fmt.latency_vs_slo(r.get("ttft_p95_ms"), t.get("slo_ttft_p95_ms")),
+                    "",
+                    "",
                     "",
                 )))
         sync_rows(self.table, rows)

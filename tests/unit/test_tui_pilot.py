@@ -64,12 +64,14 @@ class RunningController:
             ttft.observe(2.6, 5)
             small = TierStats("small", requests=70, input_tokens=7000, output_tokens=1400, dollars=0.01,
                               baseline_dollars=0.06 + 0.03 * (self.seq % 12) / 12, cache_exact_hits=8, cache_semantic_hits=4, routed=70,
-                              replicas=[ReplicaStats("http://10.0.1.7:8001", waiting=0, running=3, kv_cache_usage=0.3)])
+                              replicas=[ReplicaStats("http://10.0.1.7:8001", waiting=0, running=3, kv_cache_usage=0.3,
+                                                     prompt_tokens=7000, generation_tokens=1400)])
             large = TierStats("large", requests=30, input_tokens=30000, output_tokens=6000, dollars=0.05,
                               baseline_dollars=0.05, ttft=ttft, routed=30, queue_depth=2,
                               replicas=[ReplicaStats("http://10.0.2.11:8001", waiting=large_waiting, running=64,
                                                      kv_cache_usage=large_kv, spec_draft_tokens=self.spec_draft,
-                                                     spec_accepted_tokens=self.spec_accepted),
+                                                     spec_accepted_tokens=self.spec_accepted,
+                                                     prompt_tokens=30000, generation_tokens=6000),
                                         ReplicaStats("http://10.0.2.12:8001", healthy=False)])
             self.seq += 1
             self.plane.ingest("sidecar-a", StatsWindow(start, self.clock[0], [small, large], seq=self.seq))
@@ -170,6 +172,13 @@ async def test_every_panel_shows_the_controllers_fleet(controller: RunningContro
         ttft = app.tiers.table.get_cell("tier:large", "ttft")
         assert ttft.plain == f"{fmt.seconds(large['ttft_p95_ms'])}/{fmt.seconds(large['slo_ttft_p95_ms'])}"
         assert cell(app, "tiers-table", "tier:large", "cost") == fmt.money(2.5 * large["replicas_ready"])
+        for t in view["tiers"]:  # learned capacity (the scenario's served-token counters) and spec acceptance
+            assert cell(app, "tiers-table", f"tier:{t['name']}", "capacity") == fmt.tokens_rate(t["capacity_tokens_s"])
+            assert cell(app, "tiers-table", f"tier:{t['name']}", "spec") == fmt.pct(t["spec_acceptance"])
+        assert large["capacity_tokens_s"] is not None and fmt.pct(large["spec_acceptance"]) == "4%"
+        quality = plain(app.quality)  # no shadow verdicts in this scenario: the line says so
+        assert "no verdicts yet" in quality and f"target {fmt.pct(view['quality']['target'])}" in quality
+        assert not app.quality.has_class("-alerting")
         assert ("red" in str(ttft.style)) == (large["ttft_p95_ms"] > large["slo_ttft_p95_ms"])
         down = next(r for r in large["replicas"] if not r["healthy"])
         assert cell(app, "tiers-table", f"rep:large:{down['url']}", "ready") == "DOWN"
@@ -406,3 +415,49 @@ def test_latency_column_has_one_unit() -> None:
     assert fmt.latency_vs_slo(49_600, 2000).plain == "49.6/2.00"
     assert fmt.latency_vs_slo(23, 2000).plain == "0.02/2.00"
     assert fmt.latency_vs_slo(None, 2000).plain == f"{fmt.MISSING}/2.00"
+
+
+def test_capacity_is_short_tokens_per_second() -> None:
+    assert [fmt.tokens_rate(v) for v in (None, 840, 3600, 12_345)] == [fmt.MISSING, "840", "3.6k", "12k"]
+
+
+QUALITY = {  # `quality` of GET /api/v1/fleet (docs/contracts.md), after verdicts and control requests
+    "target": 0.95, "confidence": 0.9, "reference_tier": "large", "threshold_in_force": 0.62,
+    "chosen_cheap_tier": "small", "cluster_thresholds": {}, "verdicts": 400,
+    "pairs": [
+        {"kind": "cache", "cheap_tier": "small", "reference_tier": "large", "verdicts": 900, "quality": 0.5, "lower_bound": 0.4},
+        {"kind": "router", "cheap_tier": "small", "reference_tier": "large", "verdicts": 300, "quality": 0.9,
+         "lower_bound": 0.88, "calibrated": {"threshold": 0.62, "cheap_share": 0.6, "quality_retained": 0.961,
+                                             "lower_bound": 0.953}},
+    ],
+    "alerts": [],
+    "ledger": {"control": {"requests": 40}, "treated": {"requests": 4000},
+               "savings": {"measured": 0.41, "measured_lower": 0.35, "measured_upper": 0.47, "modelled": 0.44}},
+}
+
+
+def test_quality_line_reports_the_operating_point_and_the_ledger() -> None:
+    line = fmt.quality_line(QUALITY)
+    # the calibrated point of the chosen router pair, not the pooled mean or the cache pair
+    assert line.plain == "quality small 96.1% lb 95.3%≥95%  saved 41% [35–47] model 44%"
+    assert len(line.plain) <= 78
+    bound = next(s for s in line.spans if line.plain[s.start:s.end].startswith(" lb"))
+    assert "green" in str(bound.style)
+
+
+def test_quality_line_marks_a_quality_drop_in_red() -> None:
+    q = {**QUALITY, "alerts": [{"signal": "quality_drop", "tier": "small", "active": True}],
+         "pairs": [{**QUALITY["pairs"][1], "calibrated": {**QUALITY["pairs"][1]["calibrated"], "lower_bound": 0.91}}]}
+    line = fmt.quality_line(q)
+    assert line.plain.startswith("⚠ DROP small  quality small 96.1% lb 91.0%<95%")
+    assert len(line.plain) <= 78
+    marker = next(s for s in line.spans if line.plain[s.start:s.end].startswith("⚠"))
+    bound = next(s for s in line.spans if line.plain[s.start:s.end].startswith(" lb"))
+    assert "red" in str(marker.style) and "red" in str(bound.style)
+
+
+def test_quality_line_before_any_evidence() -> None:
+    q = {**QUALITY, "pairs": [], "chosen_cheap_tier": None,
+         "ledger": {"control": {"requests": 1}, "savings": {"measured": None, "modelled": None}}}
+    assert fmt.quality_line(q).plain == "quality — no verdicts yet (target 95%)  saved — (1 control) model —"
+    assert fmt.quality_line(None).plain == "quality loop off"
