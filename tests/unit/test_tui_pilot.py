@@ -461,3 +461,47 @@ def test_quality_line_before_any_evidence() -> None:
          "ledger": {"control": {"requests": 1}, "savings": {"measured": None, "modelled": None}}}
     assert fmt.quality_line(q).plain == "quality — no verdicts yet (target 95%)  saved — (1 control) model —"
     assert fmt.quality_line(None).plain == "quality loop off"
+
+
+async def test_quality_line_follows_the_controllers_verdicts_and_marks_a_drop() -> None:
+    """Shadow verdicts and ledger deltas reach the real controller as telemetry: the line shows its
+    calibrated operating point and measured savings, then a red DROP marker once quality falls."""
+    from thrifty.wire.quality import LedgerGroup, ShadowVerdict
+
+    def judged(n: int, lo: float, hi: float, score: float) -> list[ShadowVerdict]:
+        return [ShadowVerdict("router", "small", "large", 0, lo + (hi - lo) * i / (n - 1), score) for i in range(n)]
+
+    ctl = await start_controller(minutes=2)
+    try:
+        ledger = [LedgerGroup("control", 50, 50 * 0.01, 50 * 0.0001, 50 * 0.01),
+                  LedgerGroup("treated", 500, 500 * 0.004, 500 * 0.00002, 500 * 0.01)]
+        ctl.clock[0] += 10
+        ctl.plane.ingest("sidecar-a", StatsWindow(ctl.clock[0] - 10, ctl.clock[0], [], seq=10_000,
+                                                   verdicts=judged(200, 0.5, 1.0, 1.0) + judged(200, 0.0, 0.49, 0.0),
+                                                   ledger=ledger))
+        await ctl.plane.tick()
+        app = console(ctl, interval_s=60)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.polls >= 1)
+            q = ctl.plane.fleet_json()["quality"]
+            assert q["chosen_cheap_tier"] == "small" and q["ledger"]["savings"]["measured"] is not None
+            line = plain(app.quality)
+            assert line == fmt.quality_line(q).plain and line.startswith("quality small ")
+            assert f"saved {fmt.pct(q['ledger']['savings']['measured'])} [" in line and "DROP" not in line
+            assert not app.quality.has_class("-alerting")
+            # the cheap tier gets worse on easy prompts too: the controller raises quality_drop
+            ctl.clock[0] += 10
+            ctl.plane.ingest("sidecar-a", StatsWindow(ctl.clock[0] - 10, ctl.clock[0], [], seq=10_001,
+                                                       verdicts=judged(600, 0.5, 1.0, 0.0)))
+            await ctl.plane.tick()
+            await app.refresh_now()
+            await pilot.pause(0.05)
+            # the alert judged the threshold that was in force; the line's figures are the
+            # calibrator's new operating point (a higher threshold), pushed in the same round
+            q = ctl.plane.fleet_json()["quality"]
+            assert [a["tier"] for a in q["alerts"]] == ["small"] and q["threshold_in_force"] > 0.5
+            line = plain(app.quality)
+            assert line == fmt.quality_line(q).plain and line.startswith("⚠ DROP small  quality small")
+            assert app.quality.has_class("-alerting")
+    finally:
+        await ctl.stop_http()
