@@ -61,11 +61,15 @@ DASHBOARDS: dict[str, tuple[str, list[Panel]]] = {
         panel("Controller: cost per 1k requests", [
             (f"thrifty_controller_cost_per_1k_requests_dollars{{{NT}}}", "{{tier}}")], unit="currencyUSD"),
         panel("Savings ledger: measured (interval) vs modelled", [
-            (f"max by (kind) (thrifty_controller_ledger_savings_ratio{{{NS}}})", "{{kind}}")], unit="percentunit",
+            (f"max by (kind) (thrifty_controller_ledger_savings_ratio{{{NS}}})", "{{kind}}"),
+            (f"1 - sum(rate(thrifty_ledger_dollars_total{{{NS},group=\"treated\"}}[{R}])) / "
+             f"sum(rate(thrifty_ledger_baseline_dollars_total{{{NS},group=\"treated\"}}[{R}]))", "modelled (window)"),
+        ], unit="percentunit",
             description="measured: 1 - cost per treated request / cost per control request (the randomized control "
                         "group served by the baseline path), with its two-sided interval at quality.confidence; "
-                        "modelled: the treated group's tokens priced on the baseline tier. Fleet-wide, from the "
-                        "controller (set on its control rounds once shadow verdicts arrive)"),
+                        "modelled: the treated group's tokens priced on the baseline tier. Fleet-wide since the "
+                        "controller started (set on its control rounds once shadow verdicts arrive); "
+                        "modelled (window) is computed from the sidecars' ledger counters over the rate window"),
         panel("Savings ledger: cost per request, control vs treated", [
             (f"sum by (group) (rate(thrifty_ledger_dollars_total{{{NS}}}[{R}])) / "
              f"sum by (group) (rate(thrifty_ledger_requests_total{{{NS}}}[{R}]))", "{{group}} (window)"),
