@@ -590,7 +590,7 @@ class SimReplica:
         decode_tokens = len(step.decoders) * width
         dt = profile.step_time(prefill_tokens, decode_tokens, ctx)
         if step.decoders:
-            dt += profile.step_overhead_s * (self._spec_step_factor - 1.0)
+            dt += profile.fixed_step_s * (self._spec_step_factor - 1.0)  # drafting: a share of the fixed step cost
         step.end = self._clock + dt
         return step
 
