@@ -128,3 +128,30 @@ def fit_step_model(points: list[StepPoint], *, with_weight_read: bool = True) ->
     fit = StepFit(o, w, tc, s, k, 0.0, 0.0)
     errors = [fit.predict(p) / p.seconds - 1 for p in points]
     return StepFit(o, w, tc, s, k, math.sqrt(sum(e * e for e in errors) / len(errors)), max(abs(e) for e in errors))
+
+
+def load_step_time_json(path: str) -> list[StepPoint]:
+    """The measured steps in a ../shared/tools/gpu/step_time.py result: lone prefills, decode, mixed.
+
+    CUDA-graph times (what a serving engine replays); decode context is B sequences x L tokens.
+    Raises ValueError with one line naming the file when it is unreadable or not of that shape.
+    """
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        points = [StepPoint(f"prefill P={r['tokens']}", r["tokens"], 0, 0, r["graph_ms"] / 1e3) for r in data["prefill"]]
+        points += [StepPoint(f"decode B={r['B']} L={r['L']}", 0, r["B"], r["B"] * r["L"], r["graph_ms"] / 1e3)
+                   for r in data["decode"]]
+        points += [StepPoint(f"mixed P={r['P']} B={r['B']} L={r['L']}", r["P"], r["B"], r["B"] * r["L"], r["graph_ms"] / 1e3)
+                   for r in data.get("mixed", [])]
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a step_time.py result (missing or malformed {exc})") from None
+    if not points or any(not isinstance(p.seconds, float) or p.seconds <= 0 for p in points):
+        raise ValueError(f"{path}: no measured steps with positive times")
+    return points
