@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 
-from thrifty.profiles import CPU_PROFILE, get_profile
+from thrifty.profiles import CPU_PROFILE, PROFILES, get_profile
 from thrifty.sim.server import running_sim_server
 from thrifty.sim.step_fit import fit_step_model, load_step_time_json
 
@@ -117,33 +115,9 @@ def start_real_engine(log_dir: Path) -> tuple[subprocess.Popen, str]:
     venv = cpu_engine_venv()
     if venv is None or not (venv / "models" / MODEL).is_dir():
         raise RuntimeError("no real engine installed: run `thrifty engine setup-cpu` or pass --engine-url")
-    import socket
+    from thrifty.engine.cpu_profile import start_cpu_engine
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [
-        str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(venv / "models" / MODEL),
-        "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-        "--max-model-len", "2048", "--max-num-seqs", "8", "--enable-prefix-caching",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "VLLM_NO_USAGE_STATS": "1"}
-    log = open(log_dir / "vllm.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 400
-    print(f"starting the real engine on {url} (about a minute) ...", file=sys.stderr, flush=True)
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log_dir / 'vllm.log'}")
-        try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError("vLLM did not become ready in 400 s")
+    return start_cpu_engine(venv, log_dir / "vllm.log")
 
 
 def print_table(real: list[LevelResult], sim: list[LevelResult]) -> tuple[list[float], list[float]]:
@@ -197,6 +171,14 @@ def print_gpu(result: dict[str, object]) -> None:
     refit = result["refit"]
     print(f"worst {result['worst_point']}: {result['max_rel_error']:.1%}; RMS {result['rms_rel_error']:.1%} "
           f"(a fresh least-squares refit on this file: RMS {refit['rms_rel_error']:.1%}, worst {refit['max_rel_error']:.1%})")  # type: ignore[index]
+
+
+def profile_source(name: str) -> str:
+    """Where the simulator's profile comes from: the file measured on this machine, or 'shipped'."""
+    from thrifty.profile_cache import profile_path
+
+    path = profile_path(name)
+    return str(path) if get_profile(name) is not PROFILES[name] else "shipped"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -261,11 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             return await measure(sim_url, args.model, prompts, levels, args.per_level, args.max_tokens)
 
     sim = asyncio.run(simulate())
-    print(f"simulator profile {args.profile} vs real vLLM CPU ({url}); {args.max_tokens} output tokens per request")
+    print(f"simulator profile {args.profile} ({profile_source(args.profile)}) vs real vLLM CPU ({url}); "
+          f"{args.max_tokens} output tokens per request")
     ttft_ratio, tps_ratio = print_table(real, sim)
     within = all(0.5 <= r <= 2.0 for r in ttft_ratio + tps_ratio)
     print(json.dumps({
-        "bench": "sim-calibration", "profile": args.profile, "concurrency": levels,
+        "bench": "sim-calibration", "profile": args.profile, "profile_source": profile_source(args.profile),
+        "concurrency": levels,
         "ttft_ratio": ttft_ratio, "tps_ratio": tps_ratio, "within_2x": within,
         "real": {"ttft_ms": [round(r.ttft_s * 1000, 1) for r in real], "tokens_per_s": [round(r.tokens_per_s, 1) for r in real]},
         "sim": {"ttft_ms": [round(s.ttft_s * 1000, 1) for s in sim], "tokens_per_s": [round(s.tokens_per_s, 1) for s in sim]},

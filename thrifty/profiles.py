@@ -25,7 +25,7 @@ CPU profile is measured on the machine that runs it (`thrifty engine setup-cpu`;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 BLOCK_TOKENS = 16  # vLLM's default KV-cache block size on GPUs (its CPU backend uses 128)
 PRIOR_CONTEXT_TOKENS = 2048  # context per sequence the autoscaler's capacity prior assumes
@@ -272,8 +272,17 @@ def engine_costs(profile: GpuProfile, batch: int = 64, context: int = PRIOR_CONT
 
 
 def get_profile(name: str) -> GpuProfile:
-    """The named profile; a clear error listing the known ones otherwise."""
+    """The named profile; a clear error listing the known ones otherwise.
+
+    The CPU profile is the one measured on this machine when `thrifty engine setup-cpu` stored
+    one (thrifty/profile_cache.py), else the shipped fallback (with a warning saying so).
+    """
     try:
-        return PROFILES[name]
+        shipped = PROFILES[name]
     except KeyError:
         raise ValueError(f"unknown simulator profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+    if name == CPU_PROFILE:
+        from thrifty.profile_cache import local_profile
+
+        return local_profile(shipped)
+    return shipped
