@@ -144,7 +144,7 @@ def replay_gpu(path: Path, profile_name: str) -> dict[str, object]:
     profile = get_profile(profile_name)
     rows = []
     for p in points:
-        sim = profile.step_time(p.prefill_tokens, p.decode_tokens, p.context_tokens)
+        sim = profile.step_time(p.prefill_tokens, p.decode_tokens, p.context_tokens, p.prefill_pairs)
         rows.append({"point": p.label, "measured_ms": round(p.seconds * 1e3, 3), "sim_ms": round(sim * 1e3, 3),
                      "ratio": round(sim / p.seconds, 4), "rel_error": sim / p.seconds - 1})
     worst = max(rows, key=lambda r: abs(r["rel_error"]))
@@ -158,7 +158,8 @@ def replay_gpu(path: Path, profile_name: str) -> dict[str, object]:
         "rms_rel_error": round(rms, 4), "within_15pct": abs(worst["rel_error"]) <= GPU_GOAL, "points": rows,
         "refit": {"step_overhead_s": refit.step_overhead_s, "weight_read_s": refit.weight_read_s,
                   "prefill_token_s": refit.prefill_token_s, "decode_token_s": refit.decode_token_s,
-                  "context_token_s": refit.context_token_s, "rms_rel_error": round(refit.rms_rel_error, 4),
+                  "context_token_s": refit.context_token_s, "prefill_pair_s": refit.prefill_pair_s,
+                  "rms_rel_error": round(refit.rms_rel_error, 4),
                   "max_rel_error": round(refit.max_rel_error, 4)},
     }
 

@@ -135,7 +135,7 @@ async def measure_points(url: str, seed: int = 0) -> list[StepPoint]:
                 started = time.perf_counter()
                 await _complete(session, url, prompts.make(n), 1)
                 times.append(time.perf_counter() - started)
-            points.append(StepPoint(f"prefill P={n}", n, 0, 0, min(times)))
+            points.append(StepPoint(f"prefill P={n}", n, 0, 0, min(times), n * n / 2))
         for batch, prompt in DECODE_POINTS:
             streams = await asyncio.gather(*(_complete(session, url, prompts.make(prompt), DECODE_TOKENS)
                                              for _ in range(batch)))
@@ -155,7 +155,7 @@ def profile_from_fit(fit: StepFit, cache: dict[str, int], shipped: GpuProfile) -
         shipped,
         hardware=f"{cpus} CPU cores ({platform.processor() or platform.machine()}), measured here",
         step_overhead_s=fit.step_overhead_s, weight_read_s=fit.weight_read_s, prefill_token_s=fit.prefill_token_s,
-        decode_token_s=fit.decode_token_s, context_token_s=fit.context_token_s,
+        decode_token_s=fit.decode_token_s, context_token_s=fit.context_token_s, prefill_pair_s=fit.prefill_pair_s,
         kv_blocks=cache.get("num_gpu_blocks", shipped.kv_blocks), block_tokens=cache.get("block_size", shipped.block_tokens),
     )
 
@@ -176,7 +176,7 @@ def measure_cpu_profile(venv: Path, log_dir: Path) -> tuple[GpuProfile, dict[str
         "host": platform.node(), "cpus": os.cpu_count(), "engine": str(venv),
         "rms_rel_error": round(fit.rms_rel_error, 4), "max_rel_error": round(fit.max_rel_error, 4),
         "points": [{"point": p.label, "prefill_tokens": p.prefill_tokens, "decode_tokens": p.decode_tokens,
-                    "context_tokens": p.context_tokens, "measured_s": round(p.seconds, 5),
+                    "context_tokens": p.context_tokens, "prefill_pairs": p.prefill_pairs, "measured_s": round(p.seconds, 5),
                     "fit_s": round(fit.predict(p), 5)} for p in points],
     }
     return profile, record

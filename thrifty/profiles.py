@@ -9,10 +9,12 @@ unified step; its time follows a roofline, measured on an H200 (docs/design/simu
                (prefill_tokens + decode_tokens) * prefill_token_s)  # ... overlapped with the GEMMs (compute bound)
          + decode_tokens  * decode_token_s                   # per decoding sequence, outside the GEMMs
          + context_tokens * context_token_s                  # KV read by decode attention
+         + prefill_pairs  * prefill_pair_s                   # prefill attention: prompt token x token attended
 
 A small decode batch costs one weight read (batching is almost free), a prefill of a few
 hundred tokens or more is compute bound (cost per token; the weight read hides under it,
-it is not paid twice), and long contexts slow decode through the attention term.
+it is not paid twice), long contexts slow decode through the KV-read term, and long prompts grow quadratically
+through prefill attention (a chunk of n tokens after c computed ones attends n * (c + n/2) pairs).
 
 GPU profiles are derived from the H200 measurement (`h200-llama3-8b`, fitted by
 `thrifty bench sim-calibration --gpu ../shared/data/gpu/h200_step_time.json`): memory-bound
@@ -56,10 +58,11 @@ class GpuProfile:
     spec_overhead_frac: float = 0.15  # extra cost of a speculative verify step, as a fraction of the fixed step cost
     quality_recovery: float = 1.0  # answer quality kept vs the unquantized model (published eval average ratio)
     weight_read_s: float = 0.0  # streaming the weights once per step (memory bound); overlaps the GEMMs' compute
+    prefill_pair_s: float = 0.0  # prefill attention (compute bound): per (prompt token, token it attends to) pair
 
     def __post_init__(self) -> None:
         for field in ("step_overhead_s", "prefill_token_s", "decode_token_s", "context_token_s", "gpu_hour_usd",
-                      "weight_read_s"):
+                      "weight_read_s", "prefill_pair_s"):
             value = getattr(self, field)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"GpuProfile {self.name}: {field} must be a finite number >= 0")
@@ -83,13 +86,15 @@ class GpuProfile:
         """The least a step costs: fixed overhead plus one weight read (a small decode batch)."""
         return self.step_overhead_s + self.weight_read_s
 
-    def step_time(self, prefill_tokens: float, decode_tokens: float, context_tokens: float) -> float:
+    def step_time(self, prefill_tokens: float, decode_tokens: float, context_tokens: float,
+                  prefill_pairs: float = 0.0) -> float:
         """Seconds one engine step takes (the roofline in the module docstring)."""
         return (
             self.step_overhead_s
             + max(self.weight_read_s, (prefill_tokens + decode_tokens) * self.prefill_token_s)
             + decode_tokens * self.decode_token_s
             + context_tokens * self.context_token_s
+            + prefill_pairs * self.prefill_pair_s
         )
 
     def decode_step_time(self, batch: int, context_tokens: float) -> float:
@@ -98,9 +103,12 @@ class GpuProfile:
 
     def prefill_time(self, prompt_tokens: int) -> float:
         """Time to first token of a lone request (prefill chunks back to back)."""
-        full, rest = divmod(prompt_tokens, self.max_num_batched_tokens)
-        chunk = self.step_time(self.max_num_batched_tokens, 0, 0)
-        return full * chunk + (self.step_time(rest, 0, 0) if rest else 0.0)
+        total, done, chunk = 0.0, 0, self.max_num_batched_tokens
+        while done < prompt_tokens:
+            n = min(chunk, prompt_tokens - done)
+            total += self.step_time(n, 0, 0, n * (done + n / 2))
+            done += n
+        return total
 
 
 # ---------------------------------------------------------------- derivation from the H200 measurement
@@ -155,11 +163,14 @@ LLAMA3_70B = _Shape(layers=80, hidden=8192, kv_heads=8, head_dim=128, ffn=28672)
 
 # The H200 fit (Llama-3-8B shape, BF16, CUDA graphs; ../shared/data/gpu/h200_step_time.json from
 # ../shared/tools/gpu/step_time.py): least-squares on relative error over all 24 measured steps
-# (7 lone prefills 128-8192 tokens, 12 decode steps B 1-256 x L 512/2048, 5 mixed), RMS 3.8%,
-# worst 9.4% (the 128-token prefill). It implies 15.0 GB / 4.62 ms = 3.25 TB/s (68% of the spec
-# bandwidth) and 13.96 GFLOP / 27.4 us = 509 TFLOP/s (51% of dense BF16).
-H200_8B = {"step_overhead_s": 1.36e-3, "weight_read_s": 4.62e-3, "prefill_token_s": 2.74e-5,
-           "decode_token_s": 7.13e-6, "context_token_s": 3.33e-8}
+# (7 lone prefills 128-8192 tokens, 12 decode steps B 1-256 x L 512/2048, 5 mixed), RMS 3.2%,
+# worst 9.3% (the 128-token prefill). The constants are physically plausible: 15.0 GB streamed
+# in 3.92 ms = 3.83 TB/s (80% of the spec bandwidth; the run's copy test got 4.27 TB/s), 13.96
+# GFLOP per token in 25.5 us = 548 TFLOP/s (55% of dense BF16), 128 KiB of KV per context token
+# in 33.3 ns = 3.9 TB/s, and prefill attention's 4 x 32 heads x 128 x 32 layers = 0.52 MFLOP per
+# pair in 1.05 ns = 500 TFLOP/s.
+H200_8B = {"step_overhead_s": 2.06e-3, "weight_read_s": 3.92e-3, "prefill_token_s": 2.55e-5,
+           "decode_token_s": 7.26e-6, "context_token_s": 3.33e-8, "prefill_pair_s": 1.05e-9}
 # Tensor-parallel all-reduces (two per layer) are latency bound at decode batch sizes. Not
 # measured (the H200 run used one GPU): an estimate of NCCL's small-message latency over NVLink.
 _ALLREDUCE_S = 10e-6
@@ -171,7 +182,8 @@ def _derive(hw: _Hardware, shape: _Shape, *, bytes_per_param: float = 2.0, tp: i
 
     Weight read: weight bytes per GPU over bandwidth. KV read per context token: KV bytes per
     GPU over bandwidth. Per-token compute: matmul FLOPs per GPU over dense FLOP/s (FP8 tensor
-    cores for W8A8 checkpoints; weight-only FP8/INT4 still computes in 16 bits). Per-token
+    cores for W8A8 checkpoints; weight-only FP8/INT4 still computes in 16 bits). Prefill
+    attention per pair: query heads x head_dim x layers per GPU over BF16 FLOP/s. Per-token
     non-GEMM work (activations, hidden x layers) scales by bandwidth; the fixed overhead by
     the number of layers (kernels per step), plus the TP all-reduces.
     """
@@ -185,6 +197,8 @@ def _derive(hw: _Hardware, shape: _Shape, *, bytes_per_param: float = 2.0, tp: i
         "prefill_token_s": H200_8B["prefill_token_s"] * shape.matmul_params / tp / ref.matmul_params * H200.bf16_flops / flops,
         "decode_token_s": H200_8B["decode_token_s"] * shape.layers * shape.hidden / tp / (ref.layers * ref.hidden) * bw,
         "context_token_s": H200_8B["context_token_s"] * shape.kv_bytes_per_token / tp / ref.kv_bytes_per_token * bw,
+        "prefill_pair_s": H200_8B["prefill_pair_s"] * shape.layers * shape.hidden / tp / (ref.layers * ref.hidden)
+        * H200.bf16_flops / hw.bf16_flops,
     }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from tests.realparts import data_file
 from thrifty.bench import sim_calibration
 from thrifty.profiles import A100, H100, H200, L4, PROFILES, GpuProfile
+from thrifty.sim.model import SimReplica, SimRequest
 from thrifty.sim.step_fit import StepPoint, fit_step_model, load_step_time_json
 
 H200_8B = PROFILES["h200-llama3-8b"]
@@ -64,15 +67,16 @@ def test_derived_profiles_scale_by_bandwidth_and_flops() -> None:
 
 def test_the_fit_recovers_known_constants() -> None:
     truth = GpuProfile(name="t", model="m", hardware="h", step_overhead_s=0.002, weight_read_s=0.005,
-                       prefill_token_s=3e-5, decode_token_s=8e-6, context_token_s=4e-8, kv_blocks=10)
+                       prefill_token_s=3e-5, decode_token_s=8e-6, context_token_s=4e-8, prefill_pair_s=1e-9, kv_blocks=10)
     shapes = [(n, 0, 0) for n in (64, 256, 1024, 4096)] + [(0, b, b * c) for b in (1, 16, 64, 256) for c in (512, 2048)]
     shapes += [(512, 64, 64 * 2048), (2048, 32, 32 * 512)]
-    points = [StepPoint(str(s), *s, truth.step_time(*s)) for s in shapes]
+    points = [StepPoint(str(s), *s, truth.step_time(*s, s[0] ** 2 / 2), s[0] ** 2 / 2) for s in shapes]
     fit = fit_step_model(points)
     assert fit.max_rel_error < 0.01
     assert fit.weight_read_s == pytest.approx(0.005, rel=0.05)
     assert fit.prefill_token_s == pytest.approx(3e-5, rel=0.05)
     assert fit.context_token_s == pytest.approx(4e-8, rel=0.05)
+    assert fit.prefill_pair_s == pytest.approx(1e-9, rel=0.1)
 
 
 def test_the_shipped_h200_profile_replays_every_measured_step_within_15_percent(capsys) -> None:
@@ -101,3 +105,16 @@ def test_a_bad_measurement_file_is_one_line_naming_it(tmp_path: Path, capsys, co
     assert sim_calibration.main(["--gpu", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("sim-calibration: ") and str(bad) in err and "\n" not in err
+
+
+def test_prefill_attention_makes_long_prompts_superlinear_and_later_chunks_dearer() -> None:
+    p = dataclasses.replace(H200_8B, max_num_batched_tokens=2048)
+    assert p.prefill_time(8192) > 2 * p.prefill_time(4096)  # each token attends to all before it
+    first, last = p.step_time(2048, 0, 0, 2048 * 1024), p.step_time(2048, 0, 0, 2048 * (6144 + 1024))
+    assert p.prefill_time(8192) == pytest.approx(first + last + p.step_time(2048, 0, 0, 2048 * 3072)
+                                                 + p.step_time(2048, 0, 0, 2048 * 5120))
+    # the replica charges a chunk for what it attends to: a prompt prefilled in 4 chunks takes prefill_time
+    replica = SimReplica(p)
+    replica.submit(SimRequest(1, 0.0, 8192, 2), 0.0)
+    [done] = replica.advance(math.inf)
+    assert done.first_token_time == pytest.approx(p.prefill_time(8192))
