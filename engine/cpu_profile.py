@@ -7,8 +7,10 @@ the machine it runs on instead of the one it was first measured on.
 What it measures, through the OpenAI API as clients see it (so HTTP and tokenizer costs
 land in the fixed step cost, as they do in `thrifty bench sim-calibration`):
 - lone prefills of a few prompt lengths: the time of a 1-token completion;
-- decode steps at batch 1-8 and two context lengths: the median interval between streamed
-  tokens while B requests decode together.
+- decode steps at batch 1-8 and two context lengths: the interval between streamed tokens
+  while B requests decode together.
+Each point is measured REPEATS times, rounds interleaved so a burst of other work on a shared
+machine hits one round of every point rather than every round of one, and the median kept.
 Prompts are random token ids, different per request, so the prefix cache never helps.
 Then `fit_step_model` (sim/step_fit.py) fits the same roofline as the GPU profiles.
 """
@@ -39,7 +41,8 @@ from thrifty.sim.step_fit import StepFit, StepPoint, fit_step_model
 MODEL = "SmolLM2-135M-Instruct"
 MAX_MODEL_LEN = 2048
 MAX_NUM_SEQS = 8
-PREFILL_TOKENS = (64, 512, 1536)
+PREFILL_TOKENS = (32, 128, 384, 1024)
+REPEATS = 3  # each point measured this many times (interleaved), the median kept: the machine may be shared
 # (batch, prompt tokens); each streams DECODE_TOKENS tokens
 DECODE_POINTS = ((1, 64), (2, 64), (4, 64), (8, 64), (1, 1024), (4, 768))
 DECODE_TOKENS = 24
@@ -129,23 +132,25 @@ async def measure_points(url: str, seed: int = 0) -> list[StepPoint]:
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await _complete(session, url, prompts.make(16), 4)  # warm up
-        for n in PREFILL_TOKENS:
-            times = []
-            for _ in range(2):
+        prefill: dict[int, list[float]] = {n: [] for n in PREFILL_TOKENS}
+        decode: dict[tuple[int, int], list[float]] = {p: [] for p in DECODE_POINTS}
+        for _ in range(REPEATS):
+            for n in PREFILL_TOKENS:
                 started = time.perf_counter()
                 await _complete(session, url, prompts.make(n), 1)
-                times.append(time.perf_counter() - started)
-            points.append(StepPoint(f"prefill P={n}", n, 0, 0, min(times), n * n / 2))
-        for batch, prompt in DECODE_POINTS:
-            streams = await asyncio.gather(*(_complete(session, url, prompts.make(prompt), DECODE_TOKENS)
-                                             for _ in range(batch)))
-            # intervals while all `batch` decode together: after the last first token, before the first last one
-            start, end = max(s[0] for s in streams), min(s[-1] for s in streams)
-            gaps = [b - a for s in streams for a, b in zip(s, s[1:], strict=False) if a >= start and b <= end]
-            if not gaps:
-                raise RuntimeError(f"decode batch {batch}: the streams never decoded together")
-            itl = statistics.median(gaps)
-            points.append(StepPoint(f"decode B={batch} L={prompt}", 0, batch, batch * (prompt + DECODE_TOKENS / 2), itl))
+                prefill[n].append(time.perf_counter() - started)
+            for batch, prompt in DECODE_POINTS:
+                streams = await asyncio.gather(*(_complete(session, url, prompts.make(prompt), DECODE_TOKENS)
+                                                 for _ in range(batch)))
+                # intervals while all `batch` decode together: after the last first token, before the first last one
+                start, end = max(s[0] for s in streams), min(s[-1] for s in streams)
+                gaps = [b - a for s in streams for a, b in zip(s, s[1:], strict=False) if a >= start and b <= end]
+                if not gaps:
+                    raise RuntimeError(f"decode batch {batch}: the streams never decoded together")
+                decode[(batch, prompt)].append(statistics.median(gaps))
+    points = [StepPoint(f"prefill P={n}", n, 0, 0, statistics.median(t), n * n / 2) for n, t in prefill.items()]
+    points += [StepPoint(f"decode B={b} L={p}", 0, b, b * (p + DECODE_TOKENS / 2), statistics.median(t))
+               for (b, p), t in decode.items()]
     return points
 
 
