@@ -1,6 +1,11 @@
-"""`thrifty bench sim-calibration`: the simulator's CPU profile against the real vLLM CPU engine.
+"""`thrifty bench sim-calibration`: the simulator's step model against real engines.
 
-Both get the same ShareGPT first prompts at concurrency 1, 2 and 4 (closed loop: each
+With `--gpu FILE` (a ../shared/tools/gpu/step_time.py result, e.g.
+../shared/data/gpu/h200_step_time.json) it replays every measured step (lone prefill, decode
+batch at a context, mixed prefill+decode) through the profile's step-time function and
+prints sim / measured per point; goal: every point within 15%. Nothing runs; seconds.
+
+Without it, the CPU profile against the real vLLM CPU engine on this machine: both get the same ShareGPT first prompts at concurrency 1, 2 and 4 (closed loop: each
 worker sends its next prompt when the previous answer ends), streamed through the chat
 API with a fixed answer length (`ignore_eos`), so TTFT and output tokens/s compare like
 for like. The real engine is measured first, then the simulator, never both at once (the
@@ -13,19 +18,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 
+from thrifty.profiles import CPU_PROFILE, PROFILES, get_profile
 from thrifty.sim.server import running_sim_server
+from thrifty.sim.step_fit import fit_step_model, load_step_time_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PROMPTS = REPO.parent / "shared" / "data" / "prompts" / "sharegpt_500.json"
@@ -110,33 +115,9 @@ def start_real_engine(log_dir: Path) -> tuple[subprocess.Popen, str]:
     venv = cpu_engine_venv()
     if venv is None or not (venv / "models" / MODEL).is_dir():
         raise RuntimeError("no real engine installed: run `thrifty engine setup-cpu` or pass --engine-url")
-    import socket
+    from thrifty.engine.cpu_profile import start_cpu_engine
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [
-        str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(venv / "models" / MODEL),
-        "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-        "--max-model-len", "2048", "--max-num-seqs", "8", "--enable-prefix-caching",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "VLLM_NO_USAGE_STATS": "1"}
-    log = open(log_dir / "vllm.log", "wb")
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 400
-    print(f"starting the real engine on {url} (about a minute) ...", file=sys.stderr, flush=True)
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log_dir / 'vllm.log'}")
-        try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(1)
-    proc.kill()
-    raise RuntimeError("vLLM did not become ready in 400 s")
+    return start_cpu_engine(venv, log_dir / "vllm.log")
 
 
 def print_table(real: list[LevelResult], sim: list[LevelResult]) -> tuple[list[float], list[float]]:
@@ -153,6 +134,54 @@ def print_table(real: list[LevelResult], sim: list[LevelResult]) -> tuple[list[f
     return ttft_ratio, tps_ratio
 
 
+GPU_PROFILE = "h200-llama3-8b"
+GPU_GOAL = 0.15  # every measured step within 15%
+
+
+def replay_gpu(path: Path, profile_name: str) -> dict[str, object]:
+    """Every measured step through the profile's step_time: per point sim/measured, worst, RMS, and a refit."""
+    points = load_step_time_json(str(path))
+    profile = get_profile(profile_name)
+    rows = []
+    for p in points:
+        sim = profile.step_time(p.prefill_tokens, p.decode_tokens, p.context_tokens, p.prefill_pairs)
+        rows.append({"point": p.label, "measured_ms": round(p.seconds * 1e3, 3), "sim_ms": round(sim * 1e3, 3),
+                     "ratio": round(sim / p.seconds, 4), "rel_error": sim / p.seconds - 1})
+    worst = max(rows, key=lambda r: abs(r["rel_error"]))
+    rms = (sum(r["rel_error"] ** 2 for r in rows) / len(rows)) ** 0.5
+    refit = fit_step_model(points)
+    for r in rows:
+        r["rel_error"] = round(r["rel_error"], 4)
+    return {
+        "bench": "sim-calibration", "mode": "gpu", "file": str(path), "profile": profile_name,
+        "max_rel_error": round(abs(worst["rel_error"]), 4), "worst_point": worst["point"],
+        "rms_rel_error": round(rms, 4), "within_15pct": abs(worst["rel_error"]) <= GPU_GOAL, "points": rows,
+        "refit": {"step_overhead_s": refit.step_overhead_s, "weight_read_s": refit.weight_read_s,
+                  "prefill_token_s": refit.prefill_token_s, "decode_token_s": refit.decode_token_s,
+                  "context_token_s": refit.context_token_s, "prefill_pair_s": refit.prefill_pair_s,
+                  "rms_rel_error": round(refit.rms_rel_error, 4),
+                  "max_rel_error": round(refit.max_rel_error, 4)},
+    }
+
+
+def print_gpu(result: dict[str, object]) -> None:
+    print(f"simulator profile {result['profile']} vs the steps measured in {result['file']}")
+    print(f"{'step':<26} {'measured ms':>11} {'sim ms':>9} {'sim/meas':>8}")
+    for r in result["points"]:  # type: ignore[union-attr]
+        print(f"{r['point']:<26} {r['measured_ms']:>11.2f} {r['sim_ms']:>9.2f} {r['ratio']:>8.3f}")
+    refit = result["refit"]
+    print(f"worst {result['worst_point']}: {result['max_rel_error']:.1%}; RMS {result['rms_rel_error']:.1%} "
+          f"(a fresh least-squares refit on this file: RMS {refit['rms_rel_error']:.1%}, worst {refit['max_rel_error']:.1%})")  # type: ignore[index]
+
+
+def profile_source(name: str) -> str:
+    """Where the simulator's profile comes from: the file measured on this machine, or 'shipped'."""
+    from thrifty.profile_cache import profile_path
+
+    path = profile_path(name)
+    return str(path) if get_profile(name) is not PROFILES[name] else "shipped"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="thrifty bench sim-calibration", description=__doc__.splitlines()[0])
     p.add_argument("--engine-url", default=None, help="a running real vLLM CPU engine serving SmolLM2 (default: start one)")
@@ -162,12 +191,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--per-level", type=int, default=2, help="requests per worker at each level (default 2)")
     p.add_argument("--max-tokens", type=int, default=16, help="answer length, forced with ignore_eos (default 16)")
     p.add_argument("--max-prompt-chars", type=int, default=600, help="trim prompts to this many characters (default 600; the CPU engine prefills ~40 tokens/s)")
-    p.add_argument("--profile", default="cpu-smollm2-135m", help="simulator profile (default cpu-smollm2-135m)")
+    p.add_argument("--profile", default=None,
+                   help=f"simulator profile (default {CPU_PROFILE}; with --gpu, {GPU_PROFILE})")
+    p.add_argument("--gpu", type=Path, default=None, metavar="FILE",
+                   help="replay the steps measured in a step_time.py JSON (../shared/data/gpu/h200_step_time.json) instead")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
+    if args.gpu is not None:
+        try:
+            result = replay_gpu(args.gpu, args.profile or GPU_PROFILE)
+        except ValueError as exc:
+            print(f"sim-calibration: {exc}", file=sys.stderr)
+            return 2
+        print_gpu(result)
+        print(json.dumps(result))
+        return 0 if result["within_15pct"] else 1
+    args.profile = args.profile or CPU_PROFILE
     try:
         levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
         if not levels or min(levels) < 1 or args.per_level < 1 or args.max_tokens < 2:
@@ -202,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             return await measure(sim_url, args.model, prompts, levels, args.per_level, args.max_tokens)
 
     sim = asyncio.run(simulate())
-    print(f"simulator profile {args.profile} vs real vLLM CPU ({url}); {args.max_tokens} output tokens per request")
+    print(f"simulator profile {args.profile} ({profile_source(args.profile)}) vs real vLLM CPU ({url}); "
+          f"{args.max_tokens} output tokens per request")
     ttft_ratio, tps_ratio = print_table(real, sim)
     within = all(0.5 <= r <= 2.0 for r in ttft_ratio + tps_ratio)
     print(json.dumps({
-        "bench": "sim-calibration", "profile": args.profile, "concurrency": levels,
+        "bench": "sim-calibration", "profile": args.profile, "profile_source": profile_source(args.profile),
+        "concurrency": levels,
         "ttft_ratio": ttft_ratio, "tps_ratio": tps_ratio, "within_2x": within,
         "real": {"ttft_ms": [round(r.ttft_s * 1000, 1) for r in real], "tokens_per_s": [round(r.tokens_per_s, 1) for r in real]},
         "sim": {"ttft_ms": [round(s.ttft_s * 1000, 1) for s in sim], "tokens_per_s": [round(s.tokens_per_s, 1) for s in sim]},

@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     args_p.add_argument("--port", type=int, default=None, help="port (default: the tier's base_port)")
     args_p.add_argument("--no-validate", action="store_true", help="skip vLLM's parser")
 
-    sub.add_parser("setup-cpu", help="install vLLM's CPU build + SmolLM2 (cached) and print the venv path")
+    setup = sub.add_parser("setup-cpu", help="install vLLM's CPU build + SmolLM2 (cached), measure its speed here once "
+                                             "(the simulator's CPU profile), and print the venv path")
+    setup.add_argument("--remeasure", action="store_true", help="measure the engine again even if a profile is stored")
+    setup.add_argument("--no-measure", action="store_true", help="install only; keep the simulator's CPU profile as it is")
     sub.add_parser("profiles", help="list the performance profiles (sim_profile / capacity_profile values)")
 
     sim = sub.add_parser("sim", help="serve a simulated replica: OpenAI API + vLLM metrics, driven by a performance model")
@@ -49,7 +52,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<26}{prof.hardware:<40}{prof.model}")
         return 0
     if args.engine_command == "setup-cpu":
-        print(launcher.ensure_cpu_engine())
+        venv = launcher.ensure_cpu_engine()
+        if not args.no_measure:
+            measure_here(venv, again=args.remeasure)
+        print(venv)
         return 0
 
     config = load_config(args.config)
@@ -85,3 +91,31 @@ def run(args: argparse.Namespace) -> int:
     ready = "\n".join(f"engine {s.tier}[{s.index}] ready at {s.url}" for s in specs)
     asyncio.run(run_until_signal(supervisor, ready))
     return 0
+
+
+def measure_here(venv: Path, *, again: bool) -> None:
+    """Store this machine's CPU profile (thrifty/profile_cache.py) unless one is there; progress on stderr."""
+    import sys
+    import tempfile
+
+    from thrifty.engine.cpu_profile import measure_cpu_profile
+    from thrifty.profile_cache import profile_path, save_profile
+    from thrifty.profiles import CPU_PROFILE
+
+    path = profile_path(CPU_PROFILE)
+    if path.exists() and not again:
+        print(f"simulator CPU profile already measured here: {path} (--remeasure to redo)", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory(prefix="thrifty-measure-") as tmp:
+        try:
+            profile, record = measure_cpu_profile(venv, Path(tmp))
+        except (RuntimeError, OSError, ValueError) as exc:
+            print(f"engine setup-cpu: measuring the engine failed: {exc}; the simulator keeps the shipped CPU profile",
+                  file=sys.stderr)
+            return
+    save_profile(profile, record, path)
+    print(f"simulator CPU profile measured here: overhead {profile.step_overhead_s * 1e3:.1f} ms/step, "
+          f"weight read {profile.weight_read_s * 1e3:.1f} ms, {profile.prefill_token_s * 1e3:.2f} ms/token, "
+          f"{profile.decode_token_s * 1e3:.2f} ms/decoding sequence, {profile.context_token_s * 1e6:.2f} us/context token "
+          f"(fit RMS {record['rms_rel_error']:.0%}, worst {record['max_rel_error']:.0%}); stored in {path}",
+          file=sys.stderr)

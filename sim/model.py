@@ -523,6 +523,7 @@ class SimReplica:
         inv_bt = 1.0 / profile.block_tokens
         step = _Step(self._clock, self._clock)
         prefill_tokens = 0
+        pairs = 0.0  # prefill attention: (prompt token, token it attends to) pairs
         ctx = 0.0
         preempted = False
         running = self._running
@@ -558,6 +559,7 @@ class SimReplica:
             else:
                 step.chunks.append((seq, n))
                 prefill_tokens += n
+                pairs += n * (seq.computed + n / 2)
             i += 1
 
         waiting = self._waiting
@@ -585,12 +587,13 @@ class SimReplica:
             running.append(seq)
             step.chunks.append((seq, n))
             prefill_tokens += n
+            pairs += n * (seq.computed + n / 2)
             budget -= n
 
         decode_tokens = len(step.decoders) * width
-        dt = profile.step_time(prefill_tokens, decode_tokens, ctx)
+        dt = profile.step_time(prefill_tokens, decode_tokens, ctx, pairs)
         if step.decoders:
-            dt += profile.step_overhead_s * (self._spec_step_factor - 1.0)
+            dt += profile.fixed_step_s * (self._spec_step_factor - 1.0)  # drafting: a share of the fixed step cost
         step.end = self._clock + dt
         return step
 
