@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
-from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
+from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, replay
+from thrifty.sim.traces import VARIANTS, load_trace, make_variant
 from thrifty.profiles import PRIOR_CONTEXT_TOKENS, GpuProfile, engine_costs, get_profile
 from thrifty.sim.model import SimReplica, SimRequest
 
@@ -301,7 +302,9 @@ def overlay(trace: list[TraceRequest], copies: int, seed: int = 0) -> list[Trace
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="thrifty bench autoscale", description=__doc__.split("\n")[0])
-    p.add_argument("--trace", required=True, help="Azure-format CSV: TIMESTAMP,ContextTokens,GeneratedTokens")
+    p.add_argument("--trace", required=True, help="Azure CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or Mooncake JSON lines")
+    p.add_argument("--variant", choices=VARIANTS, help="reshape the trace after loading (thrifty.sim.traces.make_variant)")
+    p.add_argument("--variant-seed", type=int, default=0, help="seed of --variant (default 0)")
     p.add_argument("--profile", default="a100-llama3-8b", help="simulator profile of the tier's replicas")
     p.add_argument("--copies", type=int, default=2, help="overlay K copies of the trace (default 2)")
     p.add_argument("--startup-s", type=float, default=90.0, help="replica start-up delay (default 90 s)")
@@ -311,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", metavar="FILE.png", help="also write load, replicas and SLO attainment over time per policy (replays each once more) (matplotlib, headless)")
     args = p.parse_args(argv)
     try:
-        trace = load_azure_trace(args.trace, args.limit)
+        trace = load_trace(args.trace, args.limit)
+        if args.variant:
+            trace = make_variant(trace, args.variant, args.variant_seed)
         profile = get_profile(args.profile)
     except (TraceError, ValueError) as exc:
         print(f"thrifty bench autoscale: {exc}", file=sys.stderr)
