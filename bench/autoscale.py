@@ -105,7 +105,7 @@ class TierProbe:
         while self.ttfts and self.ttfts[0][0] < now - self.ttft_window_s:
             self.ttfts.popleft()
         ttft = sorted(v for _, v, _ in self.ttfts)
-        mean_prompt = sum(p for _, _, p in self.ttfts) / len(self.ttfts) if self.ttfts else None
+        mean_prompt = sum(p for _, _, p in self.ttfts) / len(self.ttfts) if len(self.ttfts) >= 20 else None
         p95 = ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))] if len(ttft) >= 20 else None
         ready, starting = self.tier.counts(now)
         pods = [p for p in self.tier.active() if p.ready_at <= now]
