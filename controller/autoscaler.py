@@ -62,7 +62,7 @@ class TierPolicy:
     # Predicted TTFT misses (prefill queueing model, `_ttft_floor`) the replica count may allow,
     # as a share of requests; None = the SLO budget itself (1 - slo_target).
     predicted_miss_share: float | None = None
-    prompt_scv: float = 1.0  # squared coefficient of variation of prompt lengths the model assumes
+    prompt_scv: float = 0.5  # squared coefficient of variation of prompt lengths the model assumes
     slo_target: float = 0.99  # share of requests within the TTFT SLO; the rest is the budget spent
     # The SLO budget may raise the planned capacity only while arrivals are at least this share
     # of what the ready replicas were planned to carry (slo_budget.SloBudget.observe: loaded).
