@@ -41,7 +41,8 @@ import aiohttp
 
 from thrifty.config import parse_config
 from thrifty.profiles import get_profile
-from thrifty.sim.fleet import TraceError, TraceRequest, load_azure_trace
+from thrifty.sim.fleet import TraceError, TraceRequest
+from thrifty.sim.traces import load_trace
 from thrifty.sim.server import running_sim_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ class RunResult:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="thrifty bench batch", description=__doc__.splitlines()[0])
-    p.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="Azure-format CSV (TIMESTAMP,ContextTokens,GeneratedTokens)")
+    p.add_argument("--trace", type=Path, default=DEFAULT_TRACE, help="trace: Azure CSV or Mooncake JSONL (thrifty.sim.traces)")
     p.add_argument("--offset-min", type=float, default=0.0, help="start of the window in the trace (minutes)")
     p.add_argument("--minutes", type=float, default=10.0, help="length of the interactive window (simulated minutes)")
     p.add_argument("--profile", default="a100-llama3-8b", help="simulator profile of the replicas")
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # replicas logging clients the restart cut off
     try:
-        trace = window(load_azure_trace(args.trace), args.offset_min * 60, args.minutes * 60)
+        trace = window(load_trace(args.trace), args.offset_min * 60, args.minutes * 60)
     except TraceError as exc:
         print(f"thrifty bench batch: {exc}", file=sys.stderr)
         return 2

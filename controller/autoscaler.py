@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from thrifty.controller.autoscale_estimators import CapacityEstimator, HoltForecast
-from thrifty.controller.slo_budget import SloBudget
+from thrifty.controller.slo_budget import SloBudget, ttft_slo_s
 
 
 @dataclass(slots=True)
@@ -32,6 +32,9 @@ class TierPolicy:
     target_concurrency: float = 32.0  # sequences one replica holds within the ITL SLO
     target_kv: float = 0.75  # KV-cache fill one replica should stay under
     slo_ttft_s: float = 2.0
+    # Length-aware SLO (slo.ttft_ms_per_1k_prompt_tokens / 1000): seconds added to slo_ttft_s
+    # per 1000 prompt tokens. 0 = flat.
+    slo_ttft_per_1k_prompt_s: float = 0.0
     down_stabilization_s: float = 300.0
     # A scale-down removes at most this share of the replicas (at least one) per
     # down_step_s: the capacity factor is evidence at the current count only.
@@ -49,8 +52,21 @@ class TierPolicy:
     capacity_prior_tokens_s: float = 0.0
     capacity_sample_s: float = 30.0  # served throughput is averaged this long before it counts
     burst_window_s: float = 600.0  # the arrival rate to provision for is this quantile of the
-    burst_quantile: float = 0.9  # last window's rates: a replica takes startup_s to help
+    burst_quantile: float = 0.5  # last window's rates: a replica takes startup_s to help
+    # Standing headroom from the traffic's own burstiness: this quantile, over the last
+    # burstiness_window_s, of the short-window arrival rate over its mean across the last
+    # start-up delay. Replicas asked for now arrive a start-up later, so what is in place must
+    # carry the bursts this traffic makes within one start-up; measured, not assumed.
+    burstiness_window_s: float = 3600.0
+    burstiness_quantile: float = 0.9
+    # Predicted TTFT misses (prefill queueing model, `_ttft_floor`) the replica count may allow,
+    # as a share of requests; None = the SLO budget itself (1 - slo_target).
+    predicted_miss_share: float | None = None
+    prompt_scv: float = 0.5  # squared coefficient of variation of prompt lengths the model assumes
     slo_target: float = 0.99  # share of requests within the TTFT SLO; the rest is the budget spent
+    # The SLO budget may raise the planned capacity only while arrivals are at least this share
+    # of what the ready replicas were planned to carry (slo_budget.SloBudget.observe: loaded).
+    loaded_share: float = 0.8
 
 
 @dataclass(slots=True)
@@ -76,6 +92,9 @@ class TierObservation:
     # how many of them missed the TTFT SLO: the error budget's spend.
     ttft_finished: int = 0
     ttft_missed: int = 0
+    # Mean prompt tokens of the requests behind ttft_p95_s: where the SLO grows with prompt
+    # length, p95 is held to the SLO at this length. None = not reported (flat SLO used).
+    mean_prompt_tokens: float | None = None
 
 
 @dataclass(slots=True)
@@ -100,6 +119,7 @@ class _TierState:
     budget: SloBudget = field(default_factory=SloBudget)
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, recommendation)
     rates: deque[tuple[float, float]] = field(default_factory=deque)  # (time, token arrival rate) for the burst level
+    ratios: deque[tuple[float, float]] = field(default_factory=deque)  # (time, short-window rate / start-up mean)
     last_arrival: float = 0.0
     last_down: float = -math.inf
     pin: tuple[int, int] | None = None
@@ -222,8 +242,14 @@ class Autoscaler:
     def _recommend(self, now: float, state: _TierState, o: TierObservation,
                    share: float | None, fleet_rate: float) -> tuple[int, str]:
         p = state.policy
-        state.capacity.observe(now, o, p.slo_ttft_s)
-        state.budget.observe(now, o.ttft_finished, o.ttft_missed)
+        # The TTFT objective the window's p95 is held to: flat, or at the window's mean prompt length.
+        slo_s = ttft_slo_s(p.slo_ttft_s, p.slo_ttft_per_1k_prompt_s, o.mean_prompt_tokens or 0.0)
+        state.capacity.observe(now, o, slo_s)
+        capacity = self._capacity(state, o)
+        # The budget's factor is earned only while the replicas carry what they were planned for.
+        loaded = (capacity is not None and o.ready > 0
+                  and o.token_rate >= p.loaded_share * o.ready * capacity * p.target_utilization)
+        state.budget.observe(now, o.ttft_finished, o.ttft_missed, loaded=loaded)
         if o.token_rate > 0 or o.queue_depth > 0 or o.running + o.waiting > 0:
             state.last_arrival = now
         if o.ready + o.starting == 0:
@@ -248,21 +274,27 @@ class Autoscaler:
         reason = f"concurrency {conc_load:.2f}, kv {kv_load:.2f} replicas, growth x{growth:.2f}"
         # Compute side: forecast token arrivals over the learned per-replica capacity.
         state.rates.append((now, o.token_rate))
-        while state.rates and state.rates[0][0] < now - p.burst_window_s:
+        while state.rates and state.rates[0][0] < now - max(p.burst_window_s, p.startup_s):
             state.rates.popleft()
-        burst = float(np.quantile([r for _, r in state.rates], p.burst_quantile)) if len(state.rates) >= 10 else 0.0
-        demand = max(o.token_rate, tier_future, burst)
-        capacity = self._capacity(state, o)
+        level = [r for t, r in state.rates if t >= now - p.burst_window_s]
+        burst = float(np.quantile(level, p.burst_quantile)) if len(level) >= 10 else 0.0
+        shaped, headroom = self._burst_headroom(now, state, o, growth)
+        demand = max(o.token_rate, tier_future, burst, shaped)
         u = p.target_utilization * state.budget.factor
         if capacity is not None and demand > 0:
             token_want = math.ceil(demand / (capacity * u) - 1e-9)
-            reason = (f"demand {demand:.0f} tok/s (now {o.token_rate:.0f}, forecast {tier_future:.0f}) over "
+            reason = (f"demand {demand:.0f} tok/s (now {o.token_rate:.0f}, forecast {tier_future:.0f}, "
+                      f"burst headroom x{headroom:.2f}) over "
                       f"{capacity:.0f} tok/s/replica x {u:.2f} = {token_want}; " + reason)
             want = max(want, token_want)
+        ttft_want = self._ttft_floor(state, o, demand / o.token_rate if o.token_rate > 0 else 1.0, slo_s)
+        if ttft_want is not None and ttft_want[0] > want:
+            want = ttft_want[0]
+            reason = f"predicted TTFT misses {ttft_want[1]:.2%} at {want} replicas; " + reason
         # SLO headroom: a queue building up or TTFT near the SLO means act now, sized on the
         # backlog; replicas already starting count, so a slow start-up does not escalate.
         backlog = o.waiting + o.queue_depth
-        near_slo = o.ttft_p95_s is not None and o.ttft_p95_s > 0.8 * p.slo_ttft_s
+        near_slo = o.ttft_p95_s is not None and o.ttft_p95_s > 0.8 * slo_s
         if near_slo and state.budget.overspent(now) is False:
             # TTFT near the SLO while misses stay within the budget is service time (long
             # prompts), not queueing: more replicas would not bring it down.
@@ -274,9 +306,63 @@ class Autoscaler:
                 reason = f"SLO headroom: ttft p95 {o.ttft_p95_s or 0:.2f}s, backlog {backlog:.0f}; " + reason
         # Scale down only with SLO headroom: at TTFT p95 over half the SLO the replicas are
         # already queueing, and one fewer would turn the next burst into misses.
-        if want < state.target and o.ttft_p95_s is not None and o.ttft_p95_s > 0.5 * p.slo_ttft_s:
+        # With misses inside the budget a high p95 is service time (long prompts), not queueing.
+        if want < state.target and o.ttft_p95_s is not None and o.ttft_p95_s > 0.5 * slo_s \
+                and state.budget.overspent(now) is not False:
             want, reason = state.target, f"hold: ttft p95 {o.ttft_p95_s:.2f}s is over half the SLO; " + reason
         return max(want, 1), reason
+
+    @staticmethod
+    def _ttft_floor(state: _TierState, o: TierObservation, scale: float, slo_s: float) -> tuple[int, float] | None:
+        """(fewest replicas whose predicted TTFT misses stay within the allowance, that prediction).
+
+        Prefill and decode work are accounted separately: decode steps take a share rho_d of each
+        engine's time, prompts queue for the rest, each taking S = prompt x prefill cost / (1 - rho_d),
+        so a replica's prefill load is rho = prefill work / (1 - rho_d). The sidecar sends each
+        request to the less busy of two replicas (power of two choices), so a request waits behind
+        one prefill with probability ~rho^2 and behind two ~rho^6 (the JSQ(2) queue-length tail);
+        the prefill in progress has a residual ~ exponential with mean r = (1 + scv) S / 2. A mean
+        request misses when its wait exceeds SLO - S: rho^2 e^(-slack/r) + rho^6 e^(-slack/(r+S)).
+        Rates are those the replicas must carry (`scale` x the observed: forecast, bursts). None when
+        the engine costs or the prompt length are not known.
+        """
+        p = state.policy
+        if p.prefill_s_per_token <= 0 or not o.mean_prompt_tokens or o.input_rate <= 0:
+            return None
+        allow = p.predicted_miss_share if p.predicted_miss_share is not None else 1.0 - p.slo_target
+        work_p = o.input_rate * scale * p.prefill_s_per_token  # engine-seconds of prefill per second
+        work_d = o.output_rate * scale * p.decode_s_per_token
+        lo = max(1, math.ceil(work_p + work_d + 1e-9))
+        miss = 1.0
+        for n in range(lo, p.max_replicas + 1):
+            rho_d = work_d / n
+            rho = (work_p / n) / (1.0 - rho_d)
+            if rho >= 1.0:
+                continue
+            service = o.mean_prompt_tokens * p.prefill_s_per_token / (1.0 - rho_d)
+            slack = slo_s - service
+            r = (1.0 + p.prompt_scv) * service / 2.0
+            miss = 1.0 if slack <= 0 else rho ** 2 * math.exp(-slack / r) + rho ** 6 * math.exp(-slack / (r + service))
+            if miss <= allow:
+                return n, miss
+        return p.max_replicas, miss
+
+    @staticmethod
+    def _burst_headroom(now: float, state: _TierState, o: TierObservation, growth: float) -> tuple[float, float]:
+        """(rate to provision for, headroom): the mean rate of the last start-up delay, grown
+        as forecast, times the burstiness this tier's traffic has shown (quantile of short-window
+        rate over start-up mean, last burstiness_window_s), at least 1."""
+        p = state.policy
+        recent = [r for t, r in state.rates if t >= now - p.startup_s]
+        mean = sum(recent) / len(recent) if recent else 0.0
+        if mean > 0:
+            state.ratios.append((now, o.token_rate / mean))
+        while state.ratios and state.ratios[0][0] < now - p.burstiness_window_s:
+            state.ratios.popleft()
+        if len(state.ratios) < 20:
+            return 0.0, 1.0
+        h = min(max(float(np.quantile([r for _, r in state.ratios], p.burstiness_quantile)), 1.0), 3.0)
+        return mean * max(1.0, growth if h <= 1.0 else 1.0) * h, h
 
     def _capacity(self, state: _TierState, o: TierObservation) -> float | None:
         """Per-replica tokens/s: learned online, over a prior from the profile at the observed mix."""

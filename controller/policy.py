@@ -43,7 +43,8 @@ def tier_policy(config: Config, tier: Tier) -> TierPolicy:
         name=tier.name, min_replicas=tier.replicas.min, max_replicas=tier.replicas.max,
         scale_to_zero=tier.replicas.scale_to_zero, startup_s=tier.replicas.startup_s,
         target_concurrency=float(batch), slo_ttft_s=config.slo.ttft_p95_ms / 1000,
-        slo_target=config.slo.ttft_attainment, target_utilization=config.autoscaler.target_utilization, **costs,
+        slo_target=config.slo.ttft_attainment, target_utilization=config.autoscaler.target_utilization,
+        slo_ttft_per_1k_prompt_s=config.slo.ttft_ms_per_1k_prompt_tokens / 1000, **costs,
     )
 
 

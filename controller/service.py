@@ -28,6 +28,7 @@ from thrifty.controller.metrics import ControllerMetrics
 from thrifty.controller.quality_loop import QualityControl
 from thrifty.controller.observe import tier_observation
 from thrifty.controller.policy import tier_policies
+from thrifty.controller.slo_budget import ttft_slo_s
 from thrifty.wire.stats import StatsWindow
 
 log = logging.getLogger(__name__)
@@ -147,15 +148,18 @@ class ControlPlane:
     # -- the control round ------------------------------------------------------
     def _ttft_outcomes(self, now: float) -> dict[str, tuple[int, int]]:
         """Per tier, (requests finished, of them over the TTFT SLO or failed) in the fleet
-        view's buckets completed since the last round: the SLO budget's spend, each request once."""
-        slo_s = self.config.slo.ttft_p95_ms / 1000
+        view's buckets completed since the last round: the SLO budget's spend, each request once.
+        With a length-aware SLO each bucket is held to it at the bucket's mean prompt length (the
+        sidecars report TTFT histograms, not per-request pairs)."""
+        base_s, per_1k_s = self.config.slo.ttft_p95_ms / 1000, self.config.slo.ttft_ms_per_1k_prompt_tokens / 1000
         start = now - VIEW_SPAN_S if self._budget_until is None else self._budget_until
         buckets = self.fleet.buckets_between(start, now)
         out = {}
         for t in self.config.tiers:
             parts = [b.tiers[t.name] for b in buckets if t.name in b.tiers]
             finished = sum(p.ttft.count + p.errors for p in parts)
-            missed = sum(p.ttft.count_above(slo_s) + p.errors for p in parts)
+            missed = sum(p.ttft.count_above(ttft_slo_s(base_s, per_1k_s, p.input_tokens / max(1, p.requests)))
+                         + p.errors for p in parts)
             out[t.name] = (finished, round(missed))
         if buckets:
             self._budget_until = max(b.end for b in buckets)

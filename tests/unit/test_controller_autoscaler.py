@@ -133,7 +133,8 @@ def test_token_demand_over_capacity_sets_the_target() -> None:
 def test_demand_is_the_recent_burst_level_not_the_last_reading() -> None:
     p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
                    target_concurrency=1000, down_stabilization_s=30, burst_window_s=600, burst_quantile=0.9,
-                   down_step_fraction=1.0, down_step_s=0.0)  # demand estimation only: scale down in one step
+                   down_step_fraction=1.0, down_step_s=0.0,  # demand estimation only: scale down in one step
+                   burstiness_window_s=0)  # the burst level alone; the burstiness headroom has its own test
     a = Autoscaler([p], initial={"t": 1})
     t = 0.0
     for i in range(120):  # 10 minutes at 8k tok/s with a 16k tok/s burst every minute (10 s of it)
@@ -178,3 +179,36 @@ def test_production_policies_take_their_capacity_prior_from_the_named_profile() 
     obs = TierObservation(time=0.0, ready=1, token_rate=20000.0, input_rate=18000.0, output_rate=2000.0)
     scaler.decide(0.0, {"named": obs})
     assert scaler.target("named") > 1
+
+
+def _run_rates(p: TierPolicy, rates: list[float], **kw) -> Autoscaler:
+    a = Autoscaler([p], initial={p.name: 2})
+    for i, rate in enumerate(rates):
+        t = i * 5.0
+        a.decide(t, {p.name: _obs(t, a.target(p.name), 10, rate, input_rate=rate / 2, output_rate=rate / 2, **kw)})
+    return a
+
+
+def test_burstiness_measured_online_sets_standing_headroom() -> None:
+    """Same mean rate, steady vs 30 s bursts at 3x: the bursty tier keeps more replicas standing,
+    because bursts shorter than a start-up delay can only be provisioned for."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
+                   target_concurrency=1000, burst_quantile=0.5)
+    steady = _run_rates(p, [8000.0] * 600)
+    bursty = _run_rates(p, [16000.0 if (i // 6) % 4 == 0 else 16000.0 / 3 for i in range(600)])
+    assert steady.target("t") == 2
+    assert bursty.target("t") >= 4
+
+
+def test_long_prompts_get_replicas_for_the_ttft_slo_the_token_rate_would_not_ask_for() -> None:
+    """Prefill queueing, not throughput, decides TTFT for 7k-token prompts: at the same token rate
+    the tier with long prompts is given more replicas than the tier with short ones."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=20000, target_utilization=1.0,
+                   target_concurrency=1000, prefill_s_per_token=0.00009, decode_s_per_token=0.0003,
+                   burstiness_window_s=0)
+    short = _run_rates(p, [20000.0] * 100, mean_prompt_tokens=500.0)
+    long = _run_rates(p, [20000.0] * 100, mean_prompt_tokens=7000.0)
+    assert short.target("t") < long.target("t")
+    d = long.decide(500.0, {"t": _obs(500.0, 2, 10, 20000.0, input_rate=10000.0, output_rate=10000.0,
+                                      mean_prompt_tokens=7000.0)})
+    assert not d or "predicted TTFT misses" in d[0].reason

@@ -102,3 +102,22 @@ def test_ttft_near_the_slo_adds_replicas_only_when_requests_miss_it(missed: int 
         o.ttft_p95_s = 1.7
         a.decide(t, {"t": o})
     assert (a.target("t") > 3) is scales_up
+
+
+def test_length_aware_ttft_slo_grows_with_the_prompt() -> None:
+    from thrifty.controller.slo_budget import ttft_slo_s
+
+    assert ttft_slo_s(2.0, 0.0, 7000) == 2.0  # off: flat
+    assert ttft_slo_s(2.0, 0.25, 7000) == pytest.approx(3.75)
+    assert ttft_slo_s(2.0, 0.25, 50) < ttft_slo_s(2.0, 0.25, 7000)
+
+
+def test_the_budget_is_earned_only_while_the_replicas_are_loaded() -> None:
+    """No misses on half-idle replicas say nothing about running harder: the factor stays."""
+    idle = SloBudget(target=0.99)
+    for i in range(120):
+        idle.observe(i * 5.0, 100, 0, loaded=False)
+    busy = SloBudget(target=0.99)
+    for i in range(120):
+        busy.observe(i * 5.0, 100, 0, loaded=True)
+    assert idle.factor == 1.0 < busy.factor
