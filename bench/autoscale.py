@@ -1,10 +1,13 @@
 """`thrifty bench autoscale --trace FILE`: GPU-hours vs SLO of three scaling policies.
 
-Replays an Azure-format trace (absolute arrival times kept) through one simulated tier
-of vLLM replicas on a virtual clock (`thrifty.sim.fleet`, replicas from
-`thrifty.sim.model`), in the same run under:
+Replays a trace (Azure CSV or Mooncake JSONL, `thrifty.sim.traces`; `--variant` reshapes
+it; absolute arrival times kept) through one simulated tier of vLLM replicas on a virtual
+clock (`thrifty.sim.fleet`, replicas from `thrifty.sim.model`), in the same run under:
 - `static_peak`: a fixed replica count, the smallest that meets the SLO over the
-  whole trace (found by search in this run), all the time;
+  whole trace, searched up to the autoscalers' peak, all the time;
+- `static_slo`: the smallest fixed count that reaches the SLO target (99%, none dropped)
+  however many that takes (the same as static_peak when that meets it): the baseline
+  the goals are stated against (thrifty <= 0.8x its GPU-hours);
 - `keda_threshold`: common practice, KEDA + HPA on `vllm:num_requests_waiting` with a
   target of 5 per replica (AverageValue), 15 s sync, HPA's 10% tolerance, scale-up
   limited to max(4 pods, 100%) per period, 300 s scale-down stabilisation;
@@ -13,7 +16,10 @@ Replicas take `--startup-s` to start; scale-down drains. Both autoscalers start 
 replica count the trace's first 10 minutes need (found like static_peak), as a running
 service would; static_peak's search is a bisection whose failing runs stop at 1% misses. `--copies K` overlays K copies
 of the trace (each request repeated with a sub-second jitter) so the tier needs several
-replicas, as the sampled public trace stands for a larger service.
+replicas, as the sampled public trace stands for a larger service. Prompts of max_model_len
+tokens or more are rejected by the simulated engines as vLLM rejects them (400) and reported
+as `rejected_too_long`, not as misses or drops. The oracle bound (per-minute replicas at
+100% use, no start-up, perfect foresight) is printed with thrifty's GPU-hours over it.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from thrifty.controller.autoscaler import Autoscaler, TierObservation, TierPolicy
-from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
+from thrifty.controller.slo_budget import ttft_slo_s
+from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, replay
+from thrifty.sim.traces import VARIANTS, load_trace, make_variant
 from thrifty.profiles import PRIOR_CONTEXT_TOKENS, GpuProfile, engine_costs, get_profile
 from thrifty.sim.model import SimReplica, SimRequest
 
@@ -43,21 +51,31 @@ class RunResult:
     dropped: int
     max_replicas: int
     ttft_p95_s: float
+    slo_attainment_length_aware: float = float("nan")  # with the prompt-length allowance; = flat when 0
+    rejected_too_long: int = 0  # prompts over the profile's context: a 400, neither served nor a miss
 
     def to_json(self) -> dict:
         return {"gpu_hours": round(self.gpu_hours, 3), "slo_attainment": round(self.slo_attainment, 5),
-                "scale_actions": self.scale_actions, "dropped": self.dropped}
+                "slo_attainment_length_aware": round(self.slo_attainment_length_aware, 5),
+                "scale_actions": self.scale_actions, "dropped": self.dropped,
+                "rejected_too_long": self.rejected_too_long}
+
+    def meets(self, target: float, length_aware: bool) -> bool:
+        """The SLO the run is judged on (length-aware when the allowance is set) reached, none dropped."""
+        att = self.slo_attainment_length_aware if length_aware else self.slo_attainment
+        return att >= target and not self.dropped
 
 
 class TierProbe:
     """What the sidecar + Deployment status report about a simulated tier."""
 
     def __init__(self, tier: SimTier, rate_window_s: float = 30.0, ttft_window_s: float = 60.0,
-                 slo_ttft_s: float = 2.0) -> None:
+                 slo_ttft_s: float = 2.0, slo_per_1k_s: float = 0.0) -> None:
         self.tier = tier
         self.rate_window_s, self.ttft_window_s, self.slo_ttft_s = rate_window_s, ttft_window_s, slo_ttft_s
+        self.slo_per_1k_s = slo_per_1k_s
         self.arrivals: deque[tuple[float, int, int]] = deque()
-        self.ttfts: deque[tuple[float, float]] = deque()
+        self.ttfts: deque[tuple[float, float, int]] = deque()  # (finish, ttft, prompt tokens)
         self._seen = 0
         self._served_at: tuple[float, dict[int, float]] | None = None  # engine token counters last time
         self._started: float | None = None
@@ -80,12 +98,14 @@ class TierProbe:
         served = self.tier.served
         fresh = served[self._seen:]
         for s in fresh:
-            self.ttfts.append((s.finish, s.ttft if s.ttft is not None else 1e9))
+            self.ttfts.append((s.finish, s.ttft if s.ttft is not None else 1e9, s.prompt_tokens))
         self._seen = len(served)
-        missed = sum(1 for s in fresh if s.ttft is None or s.ttft > self.slo_ttft_s)
+        missed = sum(1 for s in fresh if s.ttft is None
+                     or s.ttft > ttft_slo_s(self.slo_ttft_s, self.slo_per_1k_s, s.prompt_tokens))
         while self.ttfts and self.ttfts[0][0] < now - self.ttft_window_s:
             self.ttfts.popleft()
-        ttft = sorted(v for _, v in self.ttfts)
+        ttft = sorted(v for _, v, _ in self.ttfts)
+        mean_prompt = sum(p for _, _, p in self.ttfts) / len(self.ttfts) if self.ttfts else None
         p95 = ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))] if len(ttft) >= 20 else None
         ready, starting = self.tier.counts(now)
         pods = [p for p in self.tier.active() if p.ready_at <= now]
@@ -101,6 +121,7 @@ class TierProbe:
             input_rate=sum(a for _, a, _ in self.arrivals) / span,
             output_rate=sum(b for _, _, b in self.arrivals) / span, ttft_p95_s=p95,
             served_token_rate=self._served_rate(now, pods), ttft_finished=len(fresh), ttft_missed=missed,
+            mean_prompt_tokens=mean_prompt,
         )
 
 
@@ -146,11 +167,12 @@ class KedaHpa:
 
 def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[[float, TierObservation, int], int],
                initial: int, *, startup_s: float, slo_ttft_s: float, tick_s: float, max_wait_s: float,
-               give_up_misses: int | None = None) -> RunResult | None:
-    """One replay under `decide`; None when more than `give_up_misses` requests already missed the SLO."""
+               slo_per_1k_s: float = 0.0, give_up_misses: int | None = None) -> RunResult | None:
+    """One replay under `decide`; None when more than `give_up_misses` requests already missed the SLO
+    (judged length-aware when `slo_per_1k_s` > 0)."""
     tier = SimTier(TIER, profile, startup_s=startup_s, max_wait_s=max_wait_s)
     tier.start(initial, 0.0, ready=True)
-    probe = TierProbe(tier, slo_ttft_s=slo_ttft_s)
+    probe = TierProbe(tier, slo_ttft_s=slo_ttft_s, slo_per_1k_s=slo_per_1k_s)
     peak = initial
     seen = misses = 0
 
@@ -162,19 +184,23 @@ def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[
             tier.scale_to(want, now)
         peak = max(peak, len(tier.active()))
         served = tier.served
-        misses += sum(1 for s in served[seen:] if s.ttft is None or s.ttft > slo_ttft_s)
+        misses += sum(1 for s in served[seen:]
+                      if s.ttft is None or s.ttft > ttft_slo_s(slo_ttft_s, slo_per_1k_s, s.prompt_tokens))
         seen = len(served)
         return give_up_misses is not None and misses > give_up_misses
 
     arrivals = []
     for i, r in enumerate(trace):
         arrivals.append((r.arrival, TIER, r.prompt_tokens, r.output_tokens, i, ()))
-    # Arrivals are noted for the rate estimate as they are submitted.
+    # Arrivals are noted for the rate estimate as they are submitted; a prompt the engine
+    # rejects (over its context) is no work for the tier.
     original_submit = tier.submit
 
     def submit(arrival: float, prompt: int, output: int, now: float, tag: int = 0, hashes: tuple = ()) -> None:
-        probe.note_arrival(now, prompt, output)
+        rejected = tier.rejected_too_long
         original_submit(arrival, prompt, output, now, tag, hashes)
+        if tier.rejected_too_long == rejected:
+            probe.note_arrival(now, prompt, min(output, profile.max_model_len - prompt))
 
     tier.submit = submit  # type: ignore[method-assign]
     end = replay({TIER: tier}, arrivals, tick_s, on_tick)
@@ -183,38 +209,82 @@ def run_policy(trace: list[TraceRequest], profile: GpuProfile, decide: Callable[
     ok = [s for s in tier.served if s.ttft is not None]
     dropped = len(tier.served) - len(ok)
     within = sum(1 for s in ok if s.ttft <= slo_ttft_s)
+    within_la = sum(1 for s in ok if s.ttft <= ttft_slo_s(slo_ttft_s, slo_per_1k_s, s.prompt_tokens))
     ttfts = sorted(s.ttft for s in ok)
     return RunResult(
         gpu_hours=tier.gpu_seconds(end) / 3600, slo_attainment=within / max(1, len(tier.served)),
         scale_actions=tier.scale_actions, dropped=dropped, max_replicas=peak,
         ttft_p95_s=ttfts[int(0.95 * (len(ttfts) - 1))] if ttfts else float("nan"),
+        slo_attainment_length_aware=within_la / max(1, len(tier.served)), rejected_too_long=tier.rejected_too_long,
     )
+
+
+SLO_TARGET = 0.99  # share of requests within the TTFT SLO (config slo.ttft_attainment's default)
 
 
 def smallest_static(trace: list[TraceRequest], profile: GpuProfile, hi: int, common: dict) -> tuple[int, RunResult]:
     """The smallest fixed count meeting the SLO (>= 99% within the TTFT SLO, none dropped).
 
     Bisection up to `hi` (assumed enough; if it is not, it is reported as is); a run is cut
-    short as soon as it has missed more than 1% of the requests.
+    short as soon as it has missed more than 1% of the requests. The SLO is length-aware
+    when `common` sets `slo_per_1k_s`.
     """
     budget = len(trace) // 100
+    aware = common.get("slo_per_1k_s", 0.0) > 0
     top = run_policy(trace, profile, lambda now, o, cur, n=hi: n, hi, **common)
     assert top is not None
     best = (hi, top)
-    if top.slo_attainment < 0.99 or top.dropped:
+    if not top.meets(SLO_TARGET, aware):
         return best
     lo = 0  # known to miss
     while hi - lo > 1:
         mid = (lo + hi) // 2
         r = run_policy(trace, profile, lambda now, o, cur, n=mid: n, mid, give_up_misses=budget, **common)
-        if r is not None and r.slo_attainment >= 0.99 and not r.dropped:
+        if r is not None and r.meets(SLO_TARGET, aware):
             hi, best = mid, (mid, r)
         else:
             lo = mid
     return best
 
 
-def thrifty_tier_policy(name: str, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int) -> TierPolicy:
+def static_slo(trace: list[TraceRequest], profile: GpuProfile, start: tuple[int, RunResult], common: dict,
+               cap: int = 512) -> tuple[int, RunResult]:
+    """The smallest fixed count that reaches the SLO target on the trace, however many that is.
+
+    `start` is static_peak's answer (bisected up to the autoscalers' peak): when it meets the
+    SLO it is this too; otherwise the count doubles until one does (up to `cap`, reported as
+    is if even that misses) and `smallest_static` bisects below it. The baseline the issue's
+    goals are stated against: a fixed fleet sized to keep the SLO, not to the autoscalers' peak.
+    """
+    n, r = start
+    aware = common.get("slo_per_1k_s", 0.0) > 0
+    if r.meets(SLO_TARGET, aware):
+        return start
+    lo = n
+    while n < cap:
+        n = min(cap, n * 2)
+        r = run_policy(trace, profile, lambda now, o, cur, k=n: k, n, **common)
+        assert r is not None
+        if r.meets(SLO_TARGET, aware):
+            break
+        lo = n
+    if not r.meets(SLO_TARGET, aware):
+        return n, r
+    # Bisect in (lo, n]: lo is known to miss.
+    best = (n, r)
+    budget = len(trace) // 100
+    while n - lo > 1:
+        mid = (lo + n) // 2
+        m = run_policy(trace, profile, lambda now, o, cur, k=mid: k, mid, give_up_misses=budget, **common)
+        if m is not None and m.meets(SLO_TARGET, aware):
+            n, best = mid, (mid, m)
+        else:
+            lo = mid
+    return best
+
+
+def thrifty_tier_policy(name: str, profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int,
+                        slo_per_1k_s: float = 0.0) -> TierPolicy:
     """The Thrifty policy for a simulated tier; `bench cost` builds its tiers with it too.
 
     One consistent engine model: the capacity prior assumes full batches, so the
@@ -229,13 +299,14 @@ def thrifty_tier_policy(name: str, profile: GpuProfile, startup_s: float, slo_tt
     batch = max(1, min(profile.max_num_seqs, profile.kv_tokens // PRIOR_CONTEXT_TOKENS))
     return TierPolicy(
         name, min_replicas=1, max_replicas=max_r, startup_s=startup_s,
-        target_concurrency=float(batch), slo_ttft_s=slo_ttft_s, target_utilization=1.0,
+        target_concurrency=float(batch), slo_ttft_s=slo_ttft_s, slo_ttft_per_1k_prompt_s=slo_per_1k_s,
+        target_utilization=1.0,
         **engine_costs(profile, batch=batch, context=PRIOR_CONTEXT_TOKENS),
     )
 
 
-def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int):
-    policy = thrifty_tier_policy(TIER, profile, startup_s, slo_ttft_s, max_r)
+def thrifty_policy(profile: GpuProfile, startup_s: float, slo_ttft_s: float, max_r: int, slo_per_1k_s: float = 0.0):
+    policy = thrifty_tier_policy(TIER, profile, startup_s, slo_ttft_s, max_r, slo_per_1k_s)
     scaler = Autoscaler([policy])
     started = [False]
 
@@ -269,6 +340,9 @@ def trace_shape(trace: list[TraceRequest], profile: GpuProfile, sample: int = 30
     minutes = int(trace[-1].arrival // 60) or 1
     reqs = [0] * minutes
     toks = [0] * minutes
+    # Only what the fleet serves: a prompt over the context is rejected, an output stops at it.
+    trace = [TraceRequest(r.arrival, r.prompt_tokens, min(r.output_tokens, profile.max_model_len - r.prompt_tokens))
+             for r in trace if r.prompt_tokens < profile.max_model_len] or trace[:1]
     for r in trace:
         m = int(r.arrival // 60)
         if m < minutes:
@@ -301,17 +375,24 @@ def overlay(trace: list[TraceRequest], copies: int, seed: int = 0) -> list[Trace
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="thrifty bench autoscale", description=__doc__.split("\n")[0])
-    p.add_argument("--trace", required=True, help="Azure-format CSV: TIMESTAMP,ContextTokens,GeneratedTokens")
+    p.add_argument("--trace", required=True, help="Azure CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or Mooncake JSON lines")
+    p.add_argument("--variant", choices=VARIANTS, help="reshape the trace after loading (thrifty.sim.traces.make_variant)")
+    p.add_argument("--variant-seed", type=int, default=0, help="seed of --variant (default 0)")
     p.add_argument("--profile", default="a100-llama3-8b", help="simulator profile of the tier's replicas")
     p.add_argument("--copies", type=int, default=2, help="overlay K copies of the trace (default 2)")
     p.add_argument("--startup-s", type=float, default=90.0, help="replica start-up delay (default 90 s)")
     p.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO (default 2 s)")
+    p.add_argument("--slo-ttft-ms-per-1k-prompt-tokens", type=float, default=0.0, metavar="MS",
+                   help="length-aware TTFT SLO: add MS per 1000 prompt tokens (config slo.ttft_ms_per_1k_prompt_tokens; "
+                        "default 0 = flat); the autoscaler and static baselines are held to it, both attainments reported")
     p.add_argument("--max-replicas", type=int, default=12, help="max replicas for both autoscalers (default 12)")
     p.add_argument("--limit", type=int, help="use only the first N requests of the trace")
     p.add_argument("--plot", metavar="FILE.png", help="also write load, replicas and SLO attainment over time per policy (replays each once more) (matplotlib, headless)")
     args = p.parse_args(argv)
     try:
-        trace = load_azure_trace(args.trace, args.limit)
+        trace = load_trace(args.trace, args.limit)
+        if args.variant:
+            trace = make_variant(trace, args.variant, args.variant_seed)
         profile = get_profile(args.profile)
     except (TraceError, ValueError) as exc:
         print(f"thrifty bench autoscale: {exc}", file=sys.stderr)
@@ -319,8 +400,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.copies < 1:
         print("thrifty bench autoscale: --copies must be >= 1", file=sys.stderr)
         return 2
+    if not 0 <= args.slo_ttft_ms_per_1k_prompt_tokens <= 60000:
+        print("thrifty bench autoscale: --slo-ttft-ms-per-1k-prompt-tokens must be in [0, 60000]", file=sys.stderr)
+        return 2
     trace = overlay(trace, args.copies)
-    common = dict(startup_s=args.startup_s, slo_ttft_s=args.slo_ttft_s, tick_s=5.0, max_wait_s=30.0)
+    per_1k_s = args.slo_ttft_ms_per_1k_prompt_tokens / 1000.0
+    common = dict(startup_s=args.startup_s, slo_ttft_s=args.slo_ttft_s, tick_s=5.0, max_wait_s=30.0,
+                  slo_per_1k_s=per_1k_s)
 
     # A fair start for both autoscalers: the replicas the first minutes need (what a running
     # service would already have), found like static_peak on the trace's first 10 minutes.
@@ -331,30 +417,54 @@ def main(argv: list[str] | None = None) -> int:
     results["keda_threshold"] = run_policy(trace, profile, lambda now, o, cur: keda.decide(now, o, cur), initial,
                                            **common)
     results["thrifty"] = run_policy(trace, profile, thrifty_policy(profile, args.startup_s, args.slo_ttft_s,
-                                                                   args.max_replicas), initial, **common)
+                                                                   args.max_replicas, per_1k_s), initial, **common)
     static_n, results["static_peak"] = smallest_static(
         trace, profile, max(r.max_replicas for r in results.values()), common)
+    slo_n, results["static_slo"] = static_slo(trace, profile, (static_n, results["static_peak"]), common)
 
-    print(f"autoscale bench: {len(trace)} requests over {trace[-1].arrival:.0f} s, profile {profile.name}, "
-          f"startup {args.startup_s:.0f} s, TTFT SLO {args.slo_ttft_s:.1f} s, static peak = {static_n} replicas, "
-          f"autoscalers start at {initial}")
-    print(f"{'policy':<16}{'gpu_hours':>10}{'slo_attain':>12}{'actions':>9}{'dropped':>9}{'max_repl':>9}{'ttft_p95':>10}")
-    for name in ("static_peak", "keda_threshold", "thrifty"):
+    rejected = results["thrifty"].rejected_too_long
+    slo_text = f"{args.slo_ttft_s:.1f} s" + (f" + {args.slo_ttft_ms_per_1k_prompt_tokens:g} ms/1k prompt tokens"
+                                              if per_1k_s else "")
+    print(f"autoscale bench: {len(trace)} requests over {trace[-1].arrival:.0f} s"
+          f"{f' ({args.variant} variant, seed {args.variant_seed})' if args.variant else ''}, profile {profile.name}, "
+          f"startup {args.startup_s:.0f} s, TTFT SLO {slo_text}, static peak = {static_n} replicas, "
+          f"static_slo = {slo_n}, autoscalers start at {initial}")
+    if rejected:
+        print(f"rejected_too_long: {rejected} requests ({rejected / len(trace):.1%}) have prompts of >= "
+              f"{profile.max_model_len} tokens ({profile.name}'s max_model_len): rejected as vLLM does (400), "
+              "counted neither as served nor as SLO misses or drops")
+    print(f"{'policy':<16}{'gpu_hours':>10}{'slo_attain':>12}{'slo_len_aw':>12}{'actions':>9}{'dropped':>9}"
+          f"{'max_repl':>9}{'ttft_p95':>10}")
+    names = ("static_peak", "static_slo", "keda_threshold", "thrifty")
+    for name in names:
         r = results[name]
-        print(f"{name:<16}{r.gpu_hours:>10.2f}{r.slo_attainment:>12.4f}{r.scale_actions:>9}{r.dropped:>9}"
-              f"{r.max_replicas:>9}{r.ttft_p95_s:>10.2f}")
-    t, k, s = results["thrifty"], results["keda_threshold"], results["static_peak"]
-    print(f"thrifty/keda gpu_hours {t.gpu_hours / k.gpu_hours:.2f}, thrifty/static {t.gpu_hours / s.gpu_hours:.2f}, "
-          f"actions thrifty/keda {t.scale_actions / max(1, k.scale_actions):.2f}")
+        print(f"{name:<16}{r.gpu_hours:>10.2f}{r.slo_attainment:>12.4f}{r.slo_attainment_length_aware:>12.4f}"
+              f"{r.scale_actions:>9}{r.dropped:>9}{r.max_replicas:>9}{r.ttft_p95_s:>10.2f}")
+    t, k, s, ss = results["thrifty"], results["keda_threshold"], results["static_peak"], results["static_slo"]
     shape = trace_shape(trace, profile)
-    best = shape.oracle_gpu_hours / s.gpu_hours
+    ratios = {
+        "gpu_hours_vs_static_slo": round(t.gpu_hours / ss.gpu_hours, 3),
+        "gpu_hours_vs_static_peak": round(t.gpu_hours / s.gpu_hours, 3),
+        "gpu_hours_vs_oracle": round(t.gpu_hours / shape.oracle_gpu_hours, 3),
+        "oracle_vs_static_slo": round(shape.oracle_gpu_hours / ss.gpu_hours, 3),
+        "actions_vs_keda": round(t.scale_actions / max(1, k.scale_actions), 3),
+        "gpu_hours_vs_keda": round(t.gpu_hours / k.gpu_hours, 3),
+    }
+    print(f"thrifty: gpu_hours / static_slo {ratios['gpu_hours_vs_static_slo']:.2f} (goal <= 0.80), "
+          f"actions / keda {ratios['actions_vs_keda']:.2f} (goal <= 0.67), gpu_hours / oracle "
+          f"{ratios['gpu_hours_vs_oracle']:.2f}, gpu_hours / keda {ratios['gpu_hours_vs_keda']:.2f}")
+    best = shape.oracle_gpu_hours / ss.gpu_hours
     print(f"trace shape (per minute): requests peak/mean {shape.request_peak_to_mean:.2f}, tokens peak/mean "
           f"{shape.token_peak_to_mean:.2f}; one replica flat out serves {shape.saturated_tokens_s:.0f} tok/s on this "
           f"mix; oracle (per-minute replicas at 100% use, no start-up, perfect foresight) "
-          f"{shape.oracle_gpu_hours:.2f} gpu_hours = {best:.2f}x static_peak")
-    if best > 0.6:
-        print(f"note: the trace is too flat for thrifty <= 0.6x static_peak: even the oracle needs {best:.2f}x")
-    out = {name: results[name].to_json() for name in ("static_peak", "keda_threshold", "thrifty")}
+          f"{shape.oracle_gpu_hours:.2f} gpu_hours = {best:.2f}x static_slo")
+    if best > 0.8:
+        print(f"note: the trace is too flat for thrifty <= 0.8x static_slo: even the oracle needs {best:.2f}x")
+    out: dict = {name: results[name].to_json() for name in names}
+    out["oracle"] = {"gpu_hours": round(shape.oracle_gpu_hours, 3)}
+    out["ratios"] = ratios
+    out["trace"] = {"requests": len(trace), "rejected_too_long": rejected, "variant": args.variant,
+                    "static_peak_replicas": static_n, "static_slo_replicas": slo_n, "initial_replicas": initial}
     if args.plot:
         from thrifty.bench import plots
         plots.autoscale_from_bench(args.plot, args, trace, profile, initial, static_n, common)

@@ -50,12 +50,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thrifty.sim.traces import VARIANTS
+
 SMALL, LARGE = "small", "large"
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="thrifty bench cost", description=__doc__.splitlines()[0])
-    p.add_argument("--trace", required=True, help="Azure-format CSV: TIMESTAMP,ContextTokens,GeneratedTokens")
+    p.add_argument("--trace", required=True, help="Azure CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or Mooncake JSON lines")
+    p.add_argument("--variant", choices=VARIANTS, help="reshape the trace after loading (thrifty.sim.traces.make_variant)")
+    p.add_argument("--variant-seed", type=int, default=0, help="seed of --variant (default 0)")
     p.add_argument("--routing", required=True, help="RouteLLM or RouterBench format CSV (prompts + per-model labels)")
     p.add_argument("--cache-pairs", help="QQP-format JSON lines {text_a, text_b, label}: source of paraphrases")
     p.add_argument("--repeat-share", type=float, default=0.2,
@@ -206,7 +210,7 @@ def _run(args: argparse.Namespace) -> int:
     from thrifty.bench._cost_fleet import FleetRun, FleetSettings, TierSpec, run_autoscaled, run_static_fleet
     from thrifty.bench._cost_workload import build_questions, load_pairs, order_rows
     from thrifty.bench.autoscale import overlay
-    from thrifty.sim.fleet import load_azure_trace
+    from thrifty.sim.traces import load_trace, make_variant
     from thrifty.profiles import get_profile
     from thrifty.sim.model import SpeculativeSim
     from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
@@ -221,7 +225,10 @@ def _run(args: argparse.Namespace) -> int:
     not_ready: list[str] = []
 
     # -- inputs ---------------------------------------------------------------
-    trace = overlay(load_azure_trace(args.trace, args.limit), args.copies, seed=args.seed)
+    trace = load_trace(args.trace, args.limit)
+    if args.variant:
+        trace = make_variant(trace, args.variant, args.variant_seed)
+    trace = overlay(trace, args.copies, seed=args.seed)
     data = load_labelled(args.routing)
     router_path = args.router_artifact or ARTIFACT
     router: RouterModel | None = None

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 
 from thrifty.controller.drift import METHODS, Alert, DriftMonitor, bucket_signals
 from thrifty.controller.fleet import FleetView
-from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, load_azure_trace, replay
+from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, replay
+from thrifty.sim.traces import VARIANTS, load_trace, make_variant
 from thrifty.wire.stats import StatsWindow, TierStats
 from thrifty.config import Slo
 from thrifty.profiles import get_profile
@@ -265,7 +266,9 @@ def ramp(at: float, span: float, size: float) -> Callable[[float], float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="thrifty bench drift", description=__doc__.split("\n")[0])
-    p.add_argument("--trace", required=True, help="Azure-format CSV: TIMESTAMP,ContextTokens,GeneratedTokens")
+    p.add_argument("--trace", required=True, help="Azure CSV (TIMESTAMP,ContextTokens,GeneratedTokens) or Mooncake JSON lines")
+    p.add_argument("--variant", choices=VARIANTS, help="reshape the trace after loading (thrifty.sim.traces.make_variant)")
+    p.add_argument("--variant-seed", type=int, default=0, help="seed of --variant (default 0)")
     p.add_argument("--hours", type=int, default=24, help="simulated hours of clean replay for false alarms (default 24)")
     p.add_argument("--repeats", type=int, default=3, help="replays (seeds) per injected drift (default 3)")
     p.add_argument("--method", choices=METHODS, default="cusum", help="the method the headline JSON reports")
@@ -279,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         print("thrifty bench drift: --hours and --repeats must be >= 1, --seed >= 0", file=sys.stderr)
         return 2
     try:
-        trace = load_azure_trace(args.trace, args.limit)
+        trace = load_trace(args.trace, args.limit)
+        if args.variant:
+            trace = make_variant(trace, args.variant, args.variant_seed)
     except TraceError as exc:
         print(f"thrifty bench drift: {exc}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from thrifty.controller.autoscale_estimators import CapacityEstimator, HoltForecast
-from thrifty.controller.slo_budget import SloBudget
+from thrifty.controller.slo_budget import SloBudget, ttft_slo_s
 
 
 @dataclass(slots=True)
@@ -32,6 +32,9 @@ class TierPolicy:
     target_concurrency: float = 32.0  # sequences one replica holds within the ITL SLO
     target_kv: float = 0.75  # KV-cache fill one replica should stay under
     slo_ttft_s: float = 2.0
+    # Length-aware SLO (slo.ttft_ms_per_1k_prompt_tokens / 1000): seconds added to slo_ttft_s
+    # per 1000 prompt tokens. 0 = flat.
+    slo_ttft_per_1k_prompt_s: float = 0.0
     down_stabilization_s: float = 300.0
     # A scale-down removes at most this share of the replicas (at least one) per
     # down_step_s: the capacity factor is evidence at the current count only.
@@ -76,6 +79,9 @@ class TierObservation:
     # how many of them missed the TTFT SLO: the error budget's spend.
     ttft_finished: int = 0
     ttft_missed: int = 0
+    # Mean prompt tokens of the requests behind ttft_p95_s: where the SLO grows with prompt
+    # length, p95 is held to the SLO at this length. None = not reported (flat SLO used).
+    mean_prompt_tokens: float | None = None
 
 
 @dataclass(slots=True)
@@ -214,7 +220,9 @@ class Autoscaler:
     def _recommend(self, now: float, state: _TierState, o: TierObservation,
                    share: float | None, fleet_rate: float) -> tuple[int, str]:
         p = state.policy
-        state.capacity.observe(now, o, p.slo_ttft_s)
+        # The TTFT objective the window's p95 is held to: flat, or at the window's mean prompt length.
+        slo_s = ttft_slo_s(p.slo_ttft_s, p.slo_ttft_per_1k_prompt_s, o.mean_prompt_tokens or 0.0)
+        state.capacity.observe(now, o, slo_s)
         state.budget.observe(now, o.ttft_finished, o.ttft_missed)
         if o.token_rate > 0 or o.queue_depth > 0 or o.running + o.waiting > 0:
             state.last_arrival = now
@@ -254,7 +262,7 @@ class Autoscaler:
         # SLO headroom: a queue building up or TTFT near the SLO means act now, sized on the
         # backlog; replicas already starting count, so a slow start-up does not escalate.
         backlog = o.waiting + o.queue_depth
-        near_slo = o.ttft_p95_s is not None and o.ttft_p95_s > 0.8 * p.slo_ttft_s
+        near_slo = o.ttft_p95_s is not None and o.ttft_p95_s > 0.8 * slo_s
         if near_slo and state.budget.overspent(now) is False:
             # TTFT near the SLO while misses stay within the budget is service time (long
             # prompts), not queueing: more replicas would not bring it down.
@@ -266,7 +274,7 @@ class Autoscaler:
                 reason = f"SLO headroom: ttft p95 {o.ttft_p95_s or 0:.2f}s, backlog {backlog:.0f}; " + reason
         # Scale down only with SLO headroom: at TTFT p95 over half the SLO the replicas are
         # already queueing, and one fewer would turn the next burst into misses.
-        if want < state.target and o.ttft_p95_s is not None and o.ttft_p95_s > 0.5 * p.slo_ttft_s:
+        if want < state.target and o.ttft_p95_s is not None and o.ttft_p95_s > 0.5 * slo_s:
             want, reason = state.target, f"hold: ttft p95 {o.ttft_p95_s:.2f}s is over half the SLO; " + reason
         return max(want, 1), reason
 

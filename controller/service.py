@@ -25,6 +25,7 @@ from thrifty.controller.fleet import FleetView
 from thrifty.controller.intake import Rejected, check_window
 from thrifty.controller.k8s import KubeActuator
 from thrifty.controller.metrics import ControllerMetrics
+from thrifty.controller.slo_budget import ttft_slo_s
 from thrifty.wire.stats import StatsWindow
 from thrifty.profiles import engine_costs, get_profile
 
@@ -46,7 +47,8 @@ def tier_policies(config: Config) -> list[TierPolicy]:
         policies.append(TierPolicy(
             name=t.name, min_replicas=t.replicas.min, max_replicas=t.replicas.max,
             scale_to_zero=t.replicas.scale_to_zero, target_concurrency=concurrency,
-            slo_ttft_s=config.slo.ttft_p95_ms / 1000, slo_target=config.slo.ttft_attainment, **costs,
+            slo_ttft_s=config.slo.ttft_p95_ms / 1000, slo_target=config.slo.ttft_attainment,
+            slo_ttft_per_1k_prompt_s=config.slo.ttft_ms_per_1k_prompt_tokens / 1000, **costs,
         ))
     return policies
 
@@ -158,15 +160,18 @@ class ControlPlane:
     # -- the control round ------------------------------------------------------
     def _ttft_outcomes(self, now: float) -> dict[str, tuple[int, int]]:
         """Per tier, (requests finished, of them over the TTFT SLO or failed) in the fleet
-        view's buckets completed since the last round: the SLO budget's spend, each request once."""
-        slo_s = self.config.slo.ttft_p95_ms / 1000
+        view's buckets completed since the last round: the SLO budget's spend, each request once.
+        With a length-aware SLO each bucket is held to it at the bucket's mean prompt length (the
+        sidecars report TTFT histograms, not per-request pairs)."""
+        base_s, per_1k_s = self.config.slo.ttft_p95_ms / 1000, self.config.slo.ttft_ms_per_1k_prompt_tokens / 1000
         start = now - VIEW_SPAN_S if self._budget_until is None else self._budget_until
         buckets = self.fleet.buckets_between(start, now)
         out = {}
         for t in self.config.tiers:
             parts = [b.tiers[t.name] for b in buckets if t.name in b.tiers]
             finished = sum(p.ttft.count + p.errors for p in parts)
-            missed = sum(p.ttft.count_above(slo_s) + p.errors for p in parts)
+            missed = sum(p.ttft.count_above(ttft_slo_s(base_s, per_1k_s, p.input_tokens / max(1, p.requests)))
+                         + p.errors for p in parts)
             out[t.name] = (finished, round(missed))
         if buckets:
             self._budget_until = max(b.end for b in buckets)
@@ -186,6 +191,7 @@ class ControlPlane:
                 kv_usage=sum(r.kv_cache_usage for r in healthy), queue_depth=self.fleet.queue_depth(t.name),
                 token_rate=s.tokens_per_s, ttft_p95_s=s.ttft_p95,
                 ttft_finished=outcomes[t.name][0], ttft_missed=outcomes[t.name][1],
+                mean_prompt_tokens=s.input_tokens / s.requests if s.requests else None,
             )
         return out
 

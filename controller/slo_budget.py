@@ -19,6 +19,14 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
+def ttft_slo_s(base_s: float, per_1k_prompt_s: float, prompt_tokens: float) -> float:
+    """A request's TTFT objective: the flat SLO plus the length allowance (slo.ttft_ms_per_1k_prompt_tokens).
+
+    Prefill time grows with the prompt, so a flat objective either excuses short prompts or
+    condemns long ones; with the allowance at 0 this is the flat SLO."""
+    return base_s + per_1k_prompt_s * max(0.0, prompt_tokens) / 1000.0
+
+
 @dataclass(slots=True)
 class SloBudget:
     """Burn-rate control of a capacity factor; feed it `observe`, read `factor`."""

@@ -5,7 +5,10 @@ here): replicas take `startup_s` to become ready after a scale-up (pod schedulin
 image, weights, CUDA graphs), a scale-down drains (the replica takes no new requests
 and is released only when its last request has finished, so none is lost), and
 requests that arrive while no replica is ready wait in the sidecar's admission queue,
-shed after `max_wait_s`. Each replica is `thrifty.sim.model.SimReplica`.
+shed after `max_wait_s`. A prompt that does not fit the profile's context (max_model_len)
+is rejected at submit, as vLLM answers it with a 400 before it queues: counted in
+`rejected_too_long`, never served, shed or billed; an output that would run past the
+context stops there (vLLM's finish_reason "length"). Each replica is `thrifty.sim.model.SimReplica`.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class SimTier:
     pods: list[SimPod] = field(default_factory=list)
     served: list[Served] = field(default_factory=list)
     scale_actions: int = 0
+    rejected_too_long: int = 0  # prompts >= max_model_len: a 400 from the engine, not an SLO miss
     _ids: itertools.count = field(default_factory=itertools.count)
     _queue: deque = field(default_factory=deque)  # (TraceRequest-like, tag)
     _req_ids: itertools.count = field(default_factory=itertools.count)
@@ -146,7 +150,11 @@ class SimTier:
     # -- traffic ---------------------------------------------------------------
     def submit(self, arrival: float, prompt: int, output: int, now: float, tag: int = 0,
                hashes: tuple[int, ...] = ()) -> None:
-        self._queue.append((arrival, prompt, output, tag, hashes))
+        room = self.profile.max_model_len - prompt
+        if room < 1:
+            self.rejected_too_long += 1
+            return
+        self._queue.append((arrival, prompt, min(output, room), tag, hashes))
         self._dispatch(now)
 
     def _dispatch(self, now: float) -> None:

@@ -159,6 +159,10 @@ class Slo(_Strict):
     # Share of requests the autoscaler keeps within ttft_p95_ms; the rest is the error
     # budget it may spend by running replicas closer to their capacity.
     ttft_attainment: Annotated[float, Field(gt=0.5, lt=1)] = 0.99
+    # Optional length-aware TTFT SLO: a request's TTFT objective is ttft_p95_ms plus this
+    # many ms per 1000 prompt tokens (prefill time grows with the prompt; a 7k-token prompt
+    # cannot start as fast as a 50-token one). 0 = the flat ttft_p95_ms for every request.
+    ttft_ms_per_1k_prompt_tokens: Annotated[float, Field(ge=0, le=60000)] = 0
 
 
 class ExactCacheSettings(_Strict):

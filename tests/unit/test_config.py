@@ -63,6 +63,8 @@ def test_good_config_defaults() -> None:
         (lambda d: d.update(baseline_tier="huge"), "(top level)", "not a tier"),
         (lambda d: d["tiers"][1].update(aliases=["gpt-4o-mini"]), "(top level)", "served by tiers"),
         (lambda d: d.update(slo={"ttft_p95_ms": 0}), "slo.ttft_p95_ms", "greater than 0"),
+        (lambda d: d.update(slo={"ttft_ms_per_1k_prompt_tokens": -1}), "slo.ttft_ms_per_1k_prompt_tokens", "greater than or equal to 0"),
+        (lambda d: d.update(slo={"ttft_ms_per_1k_prompt_tokens": "fast"}), "slo.ttft_ms_per_1k_prompt_tokens", "valid number"),
         (lambda d: d["tiers"][0].update(price={}), "tiers[0].price", "gpu_hour"),
         (lambda d: d["tiers"][0].update(engine={"sim_profile": "tpu-x"}), "tiers[0].engine.sim_profile", "known: a100-llama3-8b"),
         (lambda d: d["tiers"][1].update(engine={"capacity_profile": "h200"}), "tiers[1].engine.capacity_profile", "unknown performance profile"),

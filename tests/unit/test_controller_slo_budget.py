@@ -102,3 +102,11 @@ def test_ttft_near_the_slo_adds_replicas_only_when_requests_miss_it(missed: int 
         o.ttft_p95_s = 1.7
         a.decide(t, {"t": o})
     assert (a.target("t") > 3) is scales_up
+
+
+def test_length_aware_ttft_slo_grows_with_the_prompt() -> None:
+    from thrifty.controller.slo_budget import ttft_slo_s
+
+    assert ttft_slo_s(2.0, 0.0, 7000) == 2.0  # off: flat
+    assert ttft_slo_s(2.0, 0.25, 7000) == pytest.approx(3.75)
+    assert ttft_slo_s(2.0, 0.25, 50) < ttft_slo_s(2.0, 0.25, 7000)
