@@ -196,6 +196,7 @@ class RollingBaseline:
         self.pending: deque[tuple[float, float | None, tuple[float, ...], float]] = deque()
         self.lag, self.min_residuals, self.lags = lag, min_residuals, lags
         self._slope: tuple[float, ...] | None = None
+        self._kept_slope: tuple[float, ...] = ()  # the last fit, kept across a re-baseline
         self._gamma = 0.0
         self._n_ref = 1.0
 
@@ -219,6 +220,7 @@ class RollingBaseline:
         self.feats.clear()
         self.history.clear()
         self.pending.clear()
+        self._kept_slope = self._fit()  # the response to load is the system's, not the level's: keep it
         self._slope = None
 
     def __len__(self) -> int:
@@ -226,7 +228,8 @@ class RollingBaseline:
 
     def _fit(self) -> tuple[float, ...]:
         if self._slope is None:
-            self._slope = _ols_slope([(x, f) for x, f, _ in self.history]) if len(self.history) >= self.min_residuals else ()
+            self._slope = (_ols_slope([(x, f) for x, f, _ in self.history])
+                           if len(self.history) >= self.min_residuals else self._kept_slope)
             self._n_ref = statistics.median(self.res_counts) if self.res_counts else 1.0
             self._gamma = (_count_exponent(self.residuals, self.res_counts, self._n_ref)
                            if len(self.residuals) >= self.min_residuals and self._n_ref > 0 else 0.0)
@@ -267,13 +270,14 @@ def _dot(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def _ols_slope(rows: list[tuple[float, tuple[float, ...]]]) -> tuple[float, ...]:
-    """Least-squares slopes of x on the features (intercept free), x winsorised at 4 MADs; () if singular."""
+    """Least-squares slopes of x on the features (intercept free); () if singular.
+
+    x is not winsorised: clipping the high-load buckets' values (not their load) would bias
+    the slope low and leave the bursts it should explain.
+    """
     if not rows or not rows[0][1] or any(len(f) != len(rows[0][1]) for _, f in rows):
         return ()
     xs = [x for x, _ in rows]
-    med = statistics.median(xs)
-    mad = statistics.median(abs(x - med) for x in xs) * 1.4826 or 1e-12
-    xs = [min(max(x, med - 4 * mad), med + 4 * mad) for x in xs]
     d = len(rows[0][1])
     fm = [statistics.fmean(f[j] for _, f in rows) for j in range(d)]
     xm = statistics.fmean(xs)
