@@ -1,8 +1,10 @@
 """`thrifty bench drift --trace FILE`: does the controller's drift detector catch real drifts fast, without crying wolf?
 
-Replays an Azure-format trace through a simulated two-tier fleet on a virtual clock
-(`thrifty.sim.fleet`: "small" = Llama-3-8B on an A100, "large" = Llama-3-70B
-on 4x H100, replicas from `thrifty.sim.model`) behind a simulated sidecar that
+Replays a trace (Azure CSV or Mooncake JSON lines, optionally reshaped by `--variant`)
+through a simulated two-tier fleet on a virtual clock (`thrifty.sim.fleet`: "small" =
+Llama-3-8B on an A100, "large" = Llama-3-70B on 4x H100, replicas from
+`thrifty.sim.model`; each tier gets at least 3 / 2 replicas, more where the trace needs
+them to keep its queueing within the SLO: `size_fleet`) behind a simulated sidecar that
 answers exact/semantic cache hits itself and routes the rest (a seeded draw per
 request). Every 10 s the sidecar's window (`StatsWindow`: requests, tokens, dollars,
 baseline dollars, TTFT/ITL histograms, cache hits, router decisions) goes into the REAL
@@ -26,9 +28,10 @@ the trace's own load swings and hour-boundary jumps; every alert there is a fals
 Cost and TTFT drifts are injected on the telemetry (the engines' work is unchanged);
 cache and routing drifts change what the engines receive, so they are simulated.
 
-JSON (last line): `injected`, `detected`, `median_delay_s`, `false_alarms_per_day` for
-the controller's configured method (`--method`, default CUSUM), plus `methods` with the
-same figures for all three.
+JSON (last line): `injected`, `detected`, `median_delay_s`, `false_alarms_per_day` and
+`false_alarms_by_signal` (per day, tiers summed) for the controller's configured method
+(`--method`, default CUSUM), plus `methods` with the same figures for all three. The
+detectors are `DriftMonitor`'s defaults, as `thrifty controller` runs them.
 """
 
 from __future__ import annotations
