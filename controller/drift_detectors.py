@@ -262,10 +262,6 @@ class RollingBaseline:
             mad *= math.sqrt(autocorrelation_inflation(res, mad, lags=self.lags))
         else:
             mad = statistics.median(abs(v - med) for v in self.values) * 1.4826
-        # The level is itself an estimate: the median of n correlated values has variance
-        # ~ (pi/2) sigma_lr^2 / n, an error every later bucket shares (large right after a
-        # re-baseline, when n is the warm-up's 10), so it is added in quadrature.
-        mad *= math.sqrt(1 + math.pi / 2 / max(1, len(self.values)))
         return max(mad, spec.rel_floor * abs(med), spec.abs_floor)
 
 
