@@ -44,7 +44,7 @@ SIGNALS: dict[str, SignalSpec] = {
         SignalSpec("cost_index", 0.02, 1e-6, 0.08),
         SignalSpec("ttft_p95", 0.08, 0.005, 0.15),
         SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.15),
-        SignalSpec("itl_p50", 0.08, 0.001, 0.15),
+        SignalSpec("itl_mean", 0.08, 0.001, 0.15),
         SignalSpec("error_rate", 0.0, 0.01, 0.02, relative=False),
         SignalSpec("cache_hit_rate_exact", 0.0, 0.03, 0.05, relative=False),
         SignalSpec("cache_hit_rate_semantic", 0.0, 0.03, 0.05, relative=False),
@@ -268,7 +268,11 @@ def bucket_signals(fleet: FleetView, end: float, span_s: float,
                     ("output_tokens", name): s.output_tokens})
         out[("ttft_per_1k_prompt", name)] = (
             1000.0 * s.ttft.sum / s.input_tokens if enough and s.input_tokens > 0 and s.ttft.count else None)
-        out[("itl_p50", name)] = s.itl.quantile(0.5) if enough else None
+        # The mean, not the median: the median is interpolated inside 25 ms-wide histogram
+        # buckets, so it bends wherever the load moves it across an edge and no load slope
+        # explains it; the mean is exact, and the prefill interference that makes its tail
+        # follow prompt tokens is what the baseline's load regression takes out.
+        out[("itl_mean", name)] = s.itl.sum / s.itl.count if enough and s.itl.count else None
         out[("spec_acceptance", name)] = s.spec_acceptance if s.spec_draft_tokens >= 200 else None
         if multi and whole.requests >= 20:
             out[("routing_share", name)] = shares.get(name)
