@@ -29,6 +29,13 @@ from thrifty.controller.drift_detectors import (
 )
 from thrifty.controller.fleet import FleetView, TierSummary
 
+# Per-bucket context, not tested: the load (tokens) and size (requests) of each tier and of
+# the fleet (tier None), which the baselines regress on and weight by (`RollingBaseline`).
+CONTEXT = ("requests", "input_tokens", "output_tokens")
+# Signals read against the whole fleet's load although they are per tier: a tier's share
+# moves its own load, so regressing the share on it would explain the shift away.
+FLEET_SCOPED = {"routing_share"}
+
 SIGNALS: dict[str, SignalSpec] = {
     s.name: s
     for s in (
@@ -37,7 +44,7 @@ SIGNALS: dict[str, SignalSpec] = {
         SignalSpec("cost_index", 0.02, 1e-6, 0.08),
         SignalSpec("ttft_p95", 0.08, 0.005, 0.15),
         SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.15),
-        SignalSpec("itl_p50", 0.08, 0.001, 0.15),
+        SignalSpec("itl_mean", 0.08, 0.001, 0.15),
         SignalSpec("error_rate", 0.0, 0.01, 0.02, relative=False),
         SignalSpec("cache_hit_rate_exact", 0.0, 0.03, 0.05, relative=False),
         SignalSpec("cache_hit_rate_semantic", 0.0, 0.03, 0.05, relative=False),
@@ -85,6 +92,10 @@ class DriftMonitor:
     def __init__(self, method: Method = "cusum", *, warmup: int = 10, baseline_size: int = 30, lag: int = 6,
                  bucket_s: float = 60.0, false_alarms_per_day: float = 0.1, series: int = 12) -> None:
         self.cusum_h = threshold_for(false_alarms_per_day, series, bucket_s)
+        # The noise's autocorrelation is summed over the buckets an alarm's evidence spans:
+        # at most Z_CLIP - k per bucket, so a false alarm needs >= h / (Z_CLIP - k) buckets and
+        # typically ~h (increments ~1): the long-run variance over ceil(h) lags.
+        self.lrv_lags = math.ceil(self.cusum_h)
         make_test(method)  # validate early
         self.method = method
         self.warmup, self.baseline_size, self.lag = warmup, baseline_size, lag
@@ -97,35 +108,44 @@ class DriftMonitor:
         key = (signal, tier)
         if key not in self._series:
             self._series[key] = _Series(SIGNALS[signal], tier, make_test(self.method, self.cusum_h),
-                                        RollingBaseline(self.baseline_size, self.lag), self.warmup)
+                                        RollingBaseline(self.baseline_size, self.lag, lags=self.lrv_lags),
+                                        self.warmup)
         return self._series[key]
 
     def observe(self, t: float, values: dict[tuple[str, str | None], float | None]) -> list[Alert]:
         """Feed one bucket's values (missing = None); returns the alerts raised now."""
         raised = []
+        ctx = {k: v for k, v in values.items() if k[0] in CONTEXT}
         for (signal, tier), x in values.items():
-            if x is None or math.isnan(x):
+            if x is None or signal in CONTEXT or math.isnan(x):
                 continue
-            alert = self._observe_one(self._get(signal, tier), t, x)
+            scope = None if signal in FLEET_SCOPED else tier
+            n = ctx.get(("requests", scope))
+            load = tuple(ctx.get((k, scope)) for k in ("input_tokens", "output_tokens"))
+            features = tuple(float(v) / 1000.0 for v in load) if all(v is not None for v in load) else ()
+            alert = self._observe_one(self._get(signal, tier), t, x, features,  # type: ignore[arg-type]
+                                      float(n) if n is not None and n > 0 else 1.0)
             if alert is not None:
                 raised.append(alert)
         return raised
 
-    def _observe_one(self, s: _Series, t: float, x: float) -> Alert | None:
+    def _observe_one(self, s: _Series, t: float, x: float, features: tuple[float, ...] = (),
+                     count: float = 1.0) -> Alert | None:
         if s.alert is not None and s.alert.active:
             shift = abs(s.alert.evidence["current"] - s.old_center)  # type: ignore[operator]
             s.back_in_band = s.back_in_band + 1 if abs(x - s.old_center) < shift / 2 else 0
             if s.back_in_band >= 3:
                 s.alert.active = False
         if len(s.baseline) < s.warmup:
-            s.baseline.push(x)
+            s.baseline.push(x, None, features, count)
             return None
-        center, scale = s.baseline.center(), s.baseline.scale(s.spec)
+        center, scale = s.baseline.center(features), s.baseline.scale(s.spec)
         s.since_alarm.append((t, x))
-        z = min(max((x - center) / scale, -Z_CLIP), Z_CLIP)  # one wild bucket cannot alarm alone
+        z = (x - center) * s.baseline.weight(count) / scale
+        z = min(max(z, -Z_CLIP), Z_CLIP)  # one wild bucket cannot alarm alone
         hit = s.test.update(z, t)
         if hit is None:
-            s.baseline.push(x, x - center)
+            s.baseline.push(x, x - center, features, count)
             del s.since_alarm[: max(0, len(s.since_alarm) - 60)]
             return None
         direction, start = hit
@@ -137,7 +157,7 @@ class DriftMonitor:
         s.test.reset()
         s.since_alarm.clear()
         if abs(size) < s.spec.min_effect:  # statistically real but too small to matter
-            s.baseline.push(x, x - center)
+            s.baseline.push(x, x - center, features, count)
             return None
         alert = Alert(
             id=next(self._ids), signal=s.spec.name, tier=s.tier, direction=direction, size=size,
@@ -236,15 +256,23 @@ def bucket_signals(fleet: FleetView, end: float, span_s: float,
         ("cache_hit_rate_exact", None): whole.exact_hit_rate if whole.requests >= 20 else None,
         ("cache_hit_rate_semantic", None): whole.semantic_hit_rate if whole.requests >= 20 else None,
     }
+    out.update({("requests", None): whole.requests, ("input_tokens", None): whole.input_tokens,
+                ("output_tokens", None): whole.output_tokens})
     shares = fleet.routing_share(end, span_s)
     multi = len(fleet.tier_names) > 1
     out[("cost_index", None)] = cost_index(fleet, end, span_s, weight_span_s)
     for name in fleet.tier_names:
         s = fleet.summary(name, end, span_s)
         enough = s.requests >= 20
+        out.update({("requests", name): s.requests, ("input_tokens", name): s.input_tokens,
+                    ("output_tokens", name): s.output_tokens})
         out[("ttft_per_1k_prompt", name)] = (
             1000.0 * s.ttft.sum / s.input_tokens if enough and s.input_tokens > 0 and s.ttft.count else None)
-        out[("itl_p50", name)] = s.itl.quantile(0.5) if enough else None
+        # The mean, not the median: the median is interpolated inside 25 ms-wide histogram
+        # buckets, so it bends wherever the load moves it across an edge and no load slope
+        # explains it; the mean is exact, and the prefill interference that makes its tail
+        # follow prompt tokens is what the baseline's load regression takes out.
+        out[("itl_mean", name)] = s.itl.sum / s.itl.count if enough and s.itl.count else None
         out[("spec_acceptance", name)] = s.spec_acceptance if s.spec_draft_tokens >= 200 else None
         if multi and whole.requests >= 20:
             out[("routing_share", name)] = shares.get(name)

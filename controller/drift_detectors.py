@@ -175,51 +175,153 @@ class RollingBaseline:
     `lag` buckets late, so a change under way is not learned as normal before it is caught.
     The noise level changes more slowly than the level, so the scale is the MAD of the last
     `scale_size` residuals from the rolling median (why 180: docs/design/drift.md).
+
+    Two corrections learned from the same lagged history (docs/design/drift.md, "Calibrated
+    on the fleet's own history"):
+    - load: with `features` (the bucket's load, e.g. its tokens), the level is
+      median(x - b.f) + b.f_now with b the least-squares slope of x on f over the history,
+      so latency that follows the traffic's bursts or daily swing is not read as drift;
+    - bucket size: residuals are weighted by (n / n_median)^gamma (n = the bucket's
+      requests) with gamma fitted on the history (-> 0.5 for sampling noise, 0 for none), so
+      a quiet bucket's wider noise does not read as a shift.
     """
 
-    def __init__(self, size: int = 30, lag: int = 6, scale_size: int = 180, min_residuals: int = 30) -> None:
+    def __init__(self, size: int = 30, lag: int = 6, scale_size: int = 180, min_residuals: int = 30,
+                 lags: int = 1) -> None:
         self.values: deque[float] = deque(maxlen=size)
+        self.feats: deque[tuple[float, ...]] = deque(maxlen=size)
+        self.history: deque[tuple[float, tuple[float, ...], float]] = deque(maxlen=scale_size)
         self.residuals: deque[float] = deque(maxlen=scale_size)
-        self.pending: deque[tuple[float, float | None]] = deque()
-        self.lag, self.min_residuals = lag, min_residuals
+        self.res_counts: deque[float] = deque(maxlen=scale_size)
+        self.pending: deque[tuple[float, float | None, tuple[float, ...], float]] = deque()
+        self.lag, self.min_residuals, self.lags = lag, min_residuals, lags
+        self._slope: tuple[float, ...] | None = None
+        self._kept_slope: tuple[float, ...] = ()  # the last fit, kept across a re-baseline
+        self._gamma = 0.0
+        self._n_ref = 1.0
 
-    def push(self, x: float, residual: float | None = None) -> None:
-        self.pending.append((x, residual))
+    def push(self, x: float, residual: float | None = None, features: tuple[float, ...] = (),
+             count: float = 1.0) -> None:
+        """Accept one bucket (value, raw residual, load features, request count), `lag` buckets late."""
+        self.pending.append((x, residual, features, count))
         while len(self.pending) > self.lag:
-            value, res = self.pending.popleft()
+            value, res, f, n = self.pending.popleft()
             self.values.append(value)
+            self.feats.append(f)
+            self.history.append((value, f, n))
             if res is not None:
                 self.residuals.append(res)
+                self.res_counts.append(n)
+            self._slope = None  # refit lazily
 
     def clear(self) -> None:
         """Forget the level (it has moved); the residuals, i.e. the noise level, are kept."""
         self.values.clear()
+        self.feats.clear()
+        self.history.clear()
         self.pending.clear()
+        self._kept_slope = self._fit()  # the response to load is the system's, not the level's: keep it
+        self._slope = None
 
     def __len__(self) -> int:
         return len(self.values)
 
-    def center(self) -> float:
-        return statistics.median(self.values)
+    def _fit(self) -> tuple[float, ...]:
+        if self._slope is None:
+            self._slope = (_ols_slope([(x, f) for x, f, _ in self.history])
+                           if len(self.history) >= self.min_residuals else self._kept_slope)
+            self._n_ref = statistics.median(self.res_counts) if self.res_counts else 1.0
+            self._gamma = (_count_exponent(self.residuals, self.res_counts, self._n_ref)
+                           if len(self.residuals) >= self.min_residuals and self._n_ref > 0 else 0.0)
+        return self._slope
+
+    def center(self, features: tuple[float, ...] = ()) -> float:
+        b = self._fit()
+        if not b or len(features) != len(b) or any(len(f) != len(b) for f in self.feats):
+            return statistics.median(self.values)
+        adj = statistics.median(v - _dot(b, f) for v, f in zip(self.values, self.feats))
+        return adj + _dot(b, features)
+
+    def weight(self, count: float) -> float:
+        """Multiplier turning this bucket's residual into the reference bucket size's."""
+        self._fit()
+        if self._gamma <= 0 or count <= 0 or self._n_ref <= 0:
+            return 1.0
+        return (count / self._n_ref) ** self._gamma
 
     def scale(self, spec: SignalSpec) -> float:
         """Noise scale for the sequential test: robust sigma times the autocorrelation inflation."""
-        med = self.center()
+        med = statistics.median(self.values)
         if len(self.residuals) >= self.min_residuals:
-            mad = statistics.median(abs(r) for r in self.residuals) * 1.4826
-            mad *= math.sqrt(autocorrelation_inflation(self.residuals, mad))
+            self._fit()
+            if self._gamma > 0:
+                res = deque(r * self.weight(n) for r, n in zip(self.residuals, self.res_counts))
+            else:
+                res = self.residuals
+            mad = statistics.median(abs(r) for r in res) * 1.4826
+            mad *= math.sqrt(autocorrelation_inflation(res, mad, lags=self.lags))
         else:
             mad = statistics.median(abs(v - med) for v in self.values) * 1.4826
         return max(mad, spec.rel_floor * abs(med), spec.abs_floor)
 
 
-def autocorrelation_inflation(residuals: deque[float], sigma: float, max_rho: float = 0.8) -> float:
-    """Long-run variance over the one-bucket variance, (1 + rho) / (1 - rho) for AR(1) noise.
+def _dot(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _ols_slope(rows: list[tuple[float, tuple[float, ...]]]) -> tuple[float, ...]:
+    """Least-squares slopes of x on the features (intercept free); () if singular.
+
+    x is not winsorised: clipping the high-load buckets' values (not their load) would bias
+    the slope low and leave the bursts it should explain.
+    """
+    if not rows or not rows[0][1] or any(len(f) != len(rows[0][1]) for _, f in rows):
+        return ()
+    xs = [x for x, _ in rows]
+    d = len(rows[0][1])
+    fm = [statistics.fmean(f[j] for _, f in rows) for j in range(d)]
+    xm = statistics.fmean(xs)
+    # normal equations on centred data (d is 1-2: Gauss-Jordan by hand)
+    a = [[sum((f[i] - fm[i]) * (f[j] - fm[j]) for _, f in rows) for j in range(d)] for i in range(d)]
+    y = [sum((f[i] - fm[i]) * (x - xm) for (_, f), x in zip(rows, xs)) for i in range(d)]
+    for i in range(d):
+        piv = a[i][i]
+        if abs(piv) <= 1e-12 * max(1.0, max(abs(v) for row in a for v in row)):
+            return ()
+        for j in range(d):
+            if j != i:
+                r = a[j][i] / piv
+                a[j] = [aj - r * ai for aj, ai in zip(a[j], a[i])]
+                y[j] -= r * y[i]
+    return tuple(y[i] / a[i][i] for i in range(d))
+
+
+def _count_exponent(residuals: deque[float], counts: deque[float], n_ref: float) -> float:
+    """gamma in |residual| ~ (n / n_ref)^-gamma, least squares on logs, clamped to [0, 0.5].
+
+    0.5 is the sampling-noise law (a mean over n requests); 0 is noise that does not shrink
+    with n. Clamped so that neither a fit's noise nor a busy bucket's z can grow past those.
+    """
+    pairs = [(math.log(n / n_ref), math.log(abs(r))) for r, n in zip(residuals, counts) if n > 0 and r != 0]
+    if len(pairs) < 10:
+        return 0.0
+    lm = statistics.fmean(p for p, _ in pairs)
+    rm = statistics.fmean(q for _, q in pairs)
+    var = sum((p - lm) ** 2 for p, _ in pairs)
+    if var <= 1e-9:
+        return 0.0
+    slope = sum((p - lm) * (q - rm) for p, q in pairs) / var
+    return min(max(-slope, 0.0), 0.5)
+
+
+def autocorrelation_inflation(residuals: deque[float], sigma: float, max_rho: float = 0.8, lags: int = 1) -> float:
+    """Long-run variance over the one-bucket variance: 1 + 2 sum_k (1 - k/(m+1)) rho_k, k = 1..m.
 
     A cumulative test sums buckets; with positively correlated neighbours the sum of n
-    buckets varies by n (1 + rho) / (1 - rho) sigma^2, not n sigma^2, so the threshold's run
-    length would not hold. rho is the lag-1 autocorrelation of the residuals, winsorised at
-    3 sigma so one wild bucket does not drive it; negative rho is treated as 0.
+    buckets varies more than n sigma^2, so the threshold's run length would not hold. The
+    autocorrelations are summed up to lag m = `lags` (the buckets an alarm's evidence spans)
+    with Bartlett weights, on residuals winsorised at 3 sigma so one wild bucket does not
+    drive them; with m = 1 it is the AR(1) factor (1 + rho) / (1 - rho). Never below 1.
     """
     if sigma <= 0 or len(residuals) < 3:
         return 1.0
@@ -228,6 +330,12 @@ def autocorrelation_inflation(residuals: deque[float], sigma: float, max_rho: fl
     var = sum((x - mean) ** 2 for x in r)
     if var <= 0:
         return 1.0
-    rho = sum((r[i] - mean) * (r[i + 1] - mean) for i in range(len(r) - 1)) / var
-    rho = min(max(rho, 0.0), max_rho)
-    return (1 + rho) / (1 - rho)
+    rho1 = sum((r[i] - mean) * (r[i + 1] - mean) for i in range(len(r) - 1)) / var
+    if lags <= 1:
+        rho = min(max(rho1, 0.0), max_rho)
+        return (1 + rho) / (1 - rho)
+    total = 0.0
+    for k in range(1, min(lags, len(r) - 2) + 1):
+        rho_k = sum((r[i] - mean) * (r[i + k] - mean) for i in range(len(r) - k)) / var
+        total += (1 - k / (lags + 1)) * rho_k
+    return min(max(1.0 + 2.0 * total, 1.0), (1 + max_rho) / (1 - max_rho))
