@@ -232,14 +232,21 @@ def smallest_static(trace: list[TraceRequest], profile: GpuProfile, hi: int, com
     short as soon as it has missed more than 1% of the requests. The SLO is length-aware
     when `common` sets `slo_per_1k_s`.
     """
-    budget = len(trace) // 100
     aware = common.get("slo_per_1k_s", 0.0) > 0
     top = run_policy(trace, profile, lambda now, o, cur, n=hi: n, hi, **common)
     assert top is not None
-    best = (hi, top)
     if not top.meets(SLO_TARGET, aware):
-        return best
-    lo = 0  # known to miss
+        return hi, top
+    return _bisect_static(trace, profile, 0, (hi, top), common)
+
+
+def _bisect_static(trace: list[TraceRequest], profile: GpuProfile, lo: int, best: tuple[int, RunResult],
+                   common: dict) -> tuple[int, RunResult]:
+    """The smallest count in (lo, best's] meeting the SLO: `lo` is known to miss, `best` meets.
+    A run is cut short once it has missed more than 1% of the requests."""
+    budget = len(trace) // 100
+    aware = common.get("slo_per_1k_s", 0.0) > 0
+    hi = best[0]
     while hi - lo > 1:
         mid = (lo + hi) // 2
         r = run_policy(trace, profile, lambda now, o, cur, n=mid: n, mid, give_up_misses=budget, **common)
@@ -273,17 +280,7 @@ def static_slo(trace: list[TraceRequest], profile: GpuProfile, start: tuple[int,
         lo = n
     if not r.meets(SLO_TARGET, aware):
         return n, r
-    # Bisect in (lo, n]: lo is known to miss.
-    best = (n, r)
-    budget = len(trace) // 100
-    while n - lo > 1:
-        mid = (lo + n) // 2
-        m = run_policy(trace, profile, lambda now, o, cur, k=mid: k, mid, give_up_misses=budget, **common)
-        if m is not None and m.meets(SLO_TARGET, aware):
-            n, best = mid, (mid, m)
-        else:
-            lo = mid
-    return best
+    return _bisect_static(trace, profile, lo, (n, r), common)
 
 
 def fleet_config(tiers: list[tuple[str, GpuProfile, int]], *, startup_s: float, slo_ttft_s: float,
