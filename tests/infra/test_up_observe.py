@@ -30,7 +30,12 @@ EVENT_ONLY = {"thrifty_escalations_total", "thrifty_controller_scale_actions_tot
               "thrifty_controller_telemetry_rejected_total", "thrifty_batch_lines_total"}
 # Exported only where their feature is configured, which `thrifty up --engine sim` does not:
 # KV-event indexes (replicas that publish vLLM KV-cache events) and the Redis shared cache tier.
-FEATURE_ONLY_PREFIXES = ("thrifty_kv_index_", "thrifty_shared_cache_")
+FEATURE_ONLY_PREFIXES = ("thrifty_kv_index_", "thrifty_shared_cache_",
+                         # the quality loop's: they need shadow verdicts or feedback (2% of the requests a
+                         # cheaper tier answers), which this stack's few requests may not draw; the loop's
+                         # metrics are checked in tests/unit/test_quality_*.py and tests/engine/test_quality_loop_vllm.py
+                         "thrifty_shadow_", "thrifty_quality_retained", "thrifty_feedback_total", "thrifty_cache_false_hit_rate",
+                         "thrifty_controller_quality_", "thrifty_controller_ledger_")
 
 
 def documented_metrics(sections: tuple[str, ...] = ("Sidecar", "Controller")) -> list[str]:
