@@ -7,9 +7,11 @@ one real sidecar (the real request path, admission lanes and Batch API runner):
   lengths); the baseline;
 - `mixed`: the same requests plus one batch job of `--batch-size` lines (prompt and output
   lengths drawn from the same trace), submitted at the start through `/v1/files` and
-  `/v1/batches`; at `--restart-at` of the window the sidecar is stopped and a new one
-  starts on the same batch store and port (interactive clients retry the connection,
-  and the retry counts in their TTFT).
+  `/v1/batches`; at `--restart-at` of the window the sidecar is restarted as Kubernetes
+  rolls a pod: the old one stops its batch runner (lines in flight are cut off and run
+  again by its successor) and its listening socket, a new one starts on the same batch
+  store and port, and the old one drains the interactive requests it has in flight
+  (`listen.drain_s`); a client refused in between retries, and the wait counts in its TTFT.
 Reported per run: interactive SLO attainment (TTFT <= `--slo-ttft-s`, in simulated
 seconds), replica utilisation over the window (share of samples with a request running,
 and mean running sequences / max_num_seqs), and for the batch: lines completed, lost
@@ -216,7 +218,9 @@ async def run(args: argparse.Namespace, trace: list[TraceRequest], *, with_batch
         })
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        listener = await serve(Sidecar(config, scrape_interval_s=0.05), "127.0.0.1", port)
+        sidecar = Sidecar(config, scrape_interval_s=0.05)
+        listener = await serve(sidecar, "127.0.0.1", port)
+        drains: list[asyncio.Task[None]] = []
         http = await stack.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=3600)))
         stop = asyncio.Event()
@@ -233,8 +237,17 @@ async def run(args: argparse.Namespace, trace: list[TraceRequest], *, with_batch
             now = time.monotonic() - started
             if restart_wall is not None and at >= restart_wall:
                 await asyncio.sleep(max(0.0, restart_wall - now))
-                await listener.cleanup()  # the sidecar goes away mid-batch
-                listener = await serve(Sidecar(config, scrape_interval_s=0.05), "127.0.0.1", port)
+                # A rolling restart mid-batch, as Kubernetes does it (SIGTERM): the old sidecar stops its
+                # batch runner (lines in flight are cut off: they stay `running` and the successor runs
+                # them again) and its listening socket, its successor starts on the same port and store,
+                # and the old one drains its interactive requests in flight (listen.drain_s).
+                assert sidecar.batch_runner is not None
+                await sidecar.batch_runner.stop()
+                listener.stop_listening()
+                old = listener
+                sidecar = Sidecar(config, scrape_interval_s=0.05)
+                listener = await serve(sidecar, "127.0.0.1", port)
+                drains.append(asyncio.create_task(old.cleanup(grace_s=config.listen.drain_s)))
                 restart_wall = None
                 now = time.monotonic() - started
             if at > now:
@@ -243,7 +256,7 @@ async def run(args: argparse.Namespace, trace: list[TraceRequest], *, with_batch
         await asyncio.sleep(max(0.0, window_wall - (time.monotonic() - started)))
         stop.set()
         await sampler
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, *drains)
         if batch_id is not None:
             deadline = time.monotonic() + 20 * window_wall + 60
             while True:

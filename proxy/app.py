@@ -275,8 +275,15 @@ class Listener:
     def port(self) -> int:
         return self.front.port
 
-    async def cleanup(self) -> None:
-        await self.front.close()
+    def stop_listening(self) -> None:
+        self.front.stop_listening()
+
+    async def cleanup(self, grace_s: float = 0.0) -> None:
+        """Stop serving; `grace_s`: let requests in flight finish first (SIGTERM, `listen.drain_s`)."""
+        sidecar = self.runner.app[SIDECAR_KEY] if self.runner.app is not None else None
+        if grace_s > 0 and sidecar is not None and sidecar.batch_runner is not None:
+            await sidecar.batch_runner.stop()  # its lines in flight go back to pending for the next sidecar
+        await self.front.close(grace_s)
         await self.runner.cleanup()
 
 

@@ -99,5 +99,5 @@ async def run_sidecar(config: Config, args: argparse.Namespace, replicas: dict[s
     finally:
         if telemetry is not None:
             await telemetry.stop()
-        await runner.cleanup()
+        await runner.cleanup(grace_s=config.listen.drain_s)
     return 0

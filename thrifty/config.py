@@ -288,6 +288,9 @@ class QualitySettings(_Strict):
 class ListenSettings(_Strict):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    # On SIGTERM, requests in flight get this long to finish before connections are cut
+    # (below Kubernetes' default 30 s terminationGracePeriodSeconds).
+    drain_s: Annotated[float, Field(ge=0, le=3600)] = 25.0
 
 
 class TelemetryTls(_Strict):

@@ -95,11 +95,26 @@ class FrontServer:
                 conn.close()
         self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
-    async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+    def stop_listening(self) -> None:
+        """Take no new connections (the port is free for a successor at once)."""
         if self.server is not None:
             self.server.close()
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Stop; with `grace_s`, requests in flight get that long to finish first (a rolling
+        restart then cuts no answer short): idle keep-alive connections are closed as they
+        go idle, so clients reconnect to a successor. Whatever is left is aborted."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.stop_listening()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while grace_s > 0:
+            for conn in [c for c in self.connections if not c.busy]:
+                conn.close()
+            if not self.connections or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.05)
         tasks = [c.abort() for c in list(self.connections)]
         pending = [t for t in tasks if t is not None]
         if pending:

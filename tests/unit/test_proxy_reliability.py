@@ -11,7 +11,9 @@ import time
 
 import aiohttp
 
-from tests.unit.proxy_harness import stack
+import pytest
+
+from tests.unit.proxy_harness import config_for, stack
 from thrifty.sim.stub_backend import StubBehaviour
 
 
@@ -152,3 +154,30 @@ async def test_thousand_concurrent_streams() -> None:
         assert sum(b.stats.requests for b in s.backends) == 1000
         assert all(r.inflight == 0 for r in s.sidecar.pool.all())
         print(f"1000 streams in {time.monotonic() - start:.1f}s")
+
+
+async def test_graceful_stop_lets_streams_in_flight_finish_and_refuses_new_connections() -> None:
+    """SIGTERM (`listen.drain_s`): the listening socket closes at once, answers in flight complete."""
+    from thrifty.proxy.app import Sidecar, bound_port, serve
+    from thrifty.sim.stub_backend import StubBackend
+
+    backend = StubBackend(StubBehaviour(chunk_delay_s=0.1, chunks=6))
+    url = await backend.start()
+    sidecar = Sidecar(config_for({"small": [url]}), scrape_interval_s=10)
+    listener = await serve(sidecar, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{bound_port(listener)}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(base + "/v1/chat/completions", json=_chat(1, stream=True)) as resp:
+                first = await resp.content.readany()
+                assert first
+                stopping = asyncio.create_task(listener.cleanup(grace_s=5))
+                await asyncio.sleep(0.05)
+                rest = await resp.read()
+            assert (first + rest).rstrip().endswith(b"data: [DONE]")  # the answer in flight was not cut
+            await stopping
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with http.post(base + "/v1/chat/completions", json=_chat(2)) as again:
+                    await again.read()
+    finally:
+        await backend.stop()
