@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -70,22 +71,36 @@ def _measure(hit_texts: list[str | None], queries: list[str], positives: set[tup
     }
 
 
-def _run(args: argparse.Namespace) -> int:
-    from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
-    from thrifty.proxy.levers.semantic_cache import HnswIndex, SemanticCache
-    from thrifty.proxy.levers.verifier import ARTIFACT, Verifier, pair_hash
+class UnseenPairs(NamedTuple):
+    pairs: list[tuple[str, str]]
+    labels: np.ndarray
+    rng: np.random.Generator  # after the draw: the caller's later draws continue its sequence
+    excluded: int  # pairs left out because the verifier saw them
 
-    verifier = Verifier.load(args.verifier or ARTIFACT)
+
+def unseen_pairs(args: argparse.Namespace, verifier: Any) -> UnseenPairs:
+    """The pairs of `args.data` the verifier never saw (neither fit nor calibration), at most
+    `args.max_pairs` of them drawn with `args.seed`, with their labels."""
+    from thrifty.proxy.levers.verifier import pair_hash
+
     pairs, labels = load_pairs(args.data)
-    unseen = np.array([pair_hash(a, b) not in verifier.trained_pairs for a, b in pairs])
-    rows = np.where(unseen)[0]
+    rows = np.array([i for i, (a, b) in enumerate(pairs) if pair_hash(a, b) not in verifier.trained_pairs], dtype=int)
     if len(rows) == 0:
         raise ValueError(f"{args.data}: every pair was used to fit or calibrate the verifier; nothing left to score")
+    excluded = len(pairs) - len(rows)
     rng = np.random.default_rng(args.seed)
     if args.max_pairs and len(rows) > args.max_pairs:
         rows = np.sort(rng.choice(rows, args.max_pairs, replace=False))
-    pairs = [pairs[i] for i in rows]
-    labels = labels[rows]
+    return UnseenPairs([pairs[i] for i in rows], labels[rows], rng, excluded)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
+    from thrifty.proxy.levers.semantic_cache import HnswIndex, SemanticCache
+    from thrifty.proxy.levers.verifier import ARTIFACT, Verifier
+
+    verifier = Verifier.load(args.verifier or ARTIFACT)
+    pairs, labels, rng, excluded = unseen_pairs(args, verifier)
     positives = {(a, b) for (a, b), y in zip(pairs, labels, strict=True) if y == 1}
     n_positive = int(labels.sum())
 
@@ -139,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
         "bench": "cache",
         "data": args.data,
         "pairs_scored": len(pairs),
-        "pairs_excluded_seen_in_training": int((~unseen).sum()),
+        "pairs_excluded_seen_in_training": excluded,
         "positives": n_positive,
         "threshold": {"cosine_floor": verifier.similarity_floor, "verifier": round(verifier.threshold, 4)},
         "verifier_stages": "embedding MLP + trees" if verifier.stage1 is not None else "trees on text features",

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from thrifty.training.qqp_pairs import pairs_and_labels as load_pairs
 
 PARTITION = "bench-fleet"  # one tenant and context: the crowded, hardest case
 
@@ -77,18 +76,12 @@ class _Score:
 def _run(args: argparse.Namespace) -> int:
     from thrifty.proxy.levers.embedder import MODEL_NAME, encode_with_disk_cache, encoder_for
     from thrifty.proxy.levers.semantic_cache import SemanticCache
-    from thrifty.proxy.levers.verifier import ARTIFACT, Verifier, pair_hash
+    from thrifty.bench.cache import unseen_pairs
+    from thrifty.proxy.levers.verifier import ARTIFACT, Verifier
 
     verifier = Verifier.load(args.verifier or ARTIFACT)
-    pairs, labels = load_pairs(args.data)
-    rows = np.array([i for i, (a, b) in enumerate(pairs) if pair_hash(a, b) not in verifier.trained_pairs])
-    if len(rows) == 0:
-        raise ValueError(f"{args.data}: every pair was used to fit or calibrate the verifier; nothing left to score")
-    rng = np.random.default_rng(args.seed)
-    if args.max_pairs and len(rows) > args.max_pairs:
-        rows = np.sort(rng.choice(rows, args.max_pairs, replace=False))
-    pairs = [pairs[i] for i in rows]
-    positives = {(a, b) for (a, b), y in zip(pairs, labels[rows], strict=True) if y == 1}
+    pairs, labels, rng, _ = unseen_pairs(args, verifier)
+    positives = {(a, b) for (a, b), y in zip(pairs, labels, strict=True) if y == 1}
     encoder = encoder_for(args.encoder or MODEL_NAME, threads=1)
     verifier = verifier.for_encoder(encoder.name)
     texts = list(dict.fromkeys(t for pair in pairs for t in pair))
