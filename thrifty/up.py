@@ -346,23 +346,24 @@ async def _up(args: argparse.Namespace) -> int:
             redis = LocalRedis(log_dir / "redis")
             await step(f"[3/4] starting redis-server on 127.0.0.1:{redis.port} (--shared-cache)", 1, asyncio.to_thread(redis.start))
             sidecar_cfg["cache"] = {**(sidecar_cfg.get("cache") or {}), "shared": {"url": redis.url}}
-        cfg_path = log_dir / "sidecar.yaml"
-        cfg_path.write_text(yaml.safe_dump(sidecar_cfg))
-        proxy = await _start_child([sys.executable, "-m", "thrifty.cli", "proxy", "--config", str(cfg_path)],
-                                   log_dir / "sidecar.log", sidecar_env)
-        children.append(proxy)
-        base = f"http://{listen.host}:{listen.port}"
-        await step(f"[3/4] starting the sidecar on {base}", 8, _wait_http(base + "/healthz", 60, proxy))
+        async def start_sidecar(name: str, cfg: dict, what: str) -> str:
+            """One `thrifty proxy` child on `cfg` (written to NAME.yaml, logging to NAME.log); its base URL."""
+            cfg_path = log_dir / f"{name}.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg))
+            proxy = await _start_child([sys.executable, "-m", "thrifty.cli", "proxy", "--config", str(cfg_path)],
+                                       log_dir / f"{name}.log", sidecar_env)
+            children.append(proxy)
+            url = f"http://{listen.host}:{cfg['listen']['port']}"
+            await step(f"[3/4] starting {what} on {url}", 8, _wait_http(url + "/healthz", 60, proxy))
+            return url
+
+        sidecar_cfg["listen"] = {**(sidecar_cfg.get("listen") or {}), "host": listen.host, "port": listen.port}
+        base = await start_sidecar("sidecar", sidecar_cfg, "the sidecar")
         second = None
         if redis is not None:
-            cfg_path = log_dir / "sidecar-2.yaml"
-            cfg_path.write_text(yaml.safe_dump({**sidecar_cfg, "listen": {**(sidecar_cfg.get("listen") or {}), "port": listen.port + 1},
-                                                "batch": {**sidecar_cfg["batch"], "store": str(log_dir / "batch-2.sqlite")}}))
-            proxy2 = await _start_child([sys.executable, "-m", "thrifty.cli", "proxy", "--config", str(cfg_path)],
-                                        log_dir / "sidecar-2.log", sidecar_env)
-            children.append(proxy2)
-            second = f"http://{listen.host}:{listen.port + 1}"
-            await step(f"[3/4] starting the second sidecar on {second} (shares the cache)", 8, _wait_http(second + "/healthz", 60, proxy2))
+            second = await start_sidecar("sidecar-2", {
+                **sidecar_cfg, "listen": {**sidecar_cfg["listen"], "port": listen.port + 1},
+                "batch": {**sidecar_cfg["batch"], "store": str(log_dir / "batch-2.sqlite")}}, "the second sidecar (shares the cache)")
 
         prom_url = None
         if prometheus is not None:
