@@ -20,6 +20,7 @@ from thrifty.profiles import GpuProfile
 from thrifty.sim.metrics import SimMetrics
 from thrifty.sim.model import SimCompletion, SimReplica, SimRequest, SimStats, SpeculativeSim
 from thrifty.sim.openai_api import Generation, filler_text
+from thrifty.tasks import cancel_and_wait
 
 
 @dataclass(slots=True)
@@ -74,12 +75,7 @@ class SimEngine:
         self._task = asyncio.create_task(self._drive(), name="sim-engine")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def submit(self, sub: Subscriber, output_tokens: int, block_hashes: tuple[int, ...]) -> int:
         now = self.virtual_now()

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from thrifty.proxy.balance.kv_index import ROOT_KEY, ReplicaKvIndex
+from thrifty.tasks import cancel_and_wait
 
 log = logging.getLogger("thrifty.kv_events")
 
@@ -217,12 +218,7 @@ class KvEventSubscriber:
         self._task = asyncio.create_task(self._run(), name=f"thrifty-kv-events {self.endpoint}")
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._ctx is not None:
             self._ctx.destroy(linger=0)
 

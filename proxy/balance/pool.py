@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from thrifty.config import Config, TimeoutSettings
 from thrifty.proxy.http.upstream import UpstreamPool, UpstreamUnavailable
+from thrifty.tasks import cancel_and_wait
 
 SCRAPE_INTERVAL_S = 0.25
 SCRAPE_TIMEOUT_S = 0.5
@@ -147,12 +148,7 @@ class ReplicaPool:
         self._task = asyncio.create_task(self._loop(), name="thrifty-replica-scrape")
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._http:
             self._http.close()
 

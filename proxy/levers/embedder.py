@@ -30,6 +30,8 @@ from typing import Protocol
 
 import numpy as np
 
+from thrifty.tasks import cancel_and_wait
+
 MODEL_NAME = "all-MiniLM-L6-v2"
 DIM = 384
 
@@ -256,12 +258,7 @@ class Embedder:
                     future.set_result(vector)
 
     async def aclose(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            try:
-                await self._worker
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._worker)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

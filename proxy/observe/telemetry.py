@@ -45,6 +45,7 @@ from thrifty.wire import telemetry_pb2_grpc as pb_grpc
 from thrifty.wire.codec import policy_from_pb, window_to_pb
 from thrifty.wire.quality import GROUPS, LedgerGroup, ShadowVerdict
 from thrifty.wire.stats import Histogram, ReplicaStats, SharedCacheStats, StatsWindow, TierStats
+from thrifty.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 ERROR_OUTCOMES = frozenset({"upstream_error", "internal_error", "timeout", "shed"})
@@ -286,13 +287,8 @@ class TelemetryClient:
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def _set_connected(self, up: bool) -> None:
         if up != self.connected:
