@@ -103,11 +103,12 @@ class Sidecar:
             self.quality.watch.semantic = getattr(self.pipeline.levers, "semantic", None)
             self.pipeline.quality = self.quality
         store = BatchStore(config.batch.store) if config.batch.store else None
-        self.batch_api = BatchApi(store, config.cache.tenancy, max_file_bytes=config.batch.max_file_bytes)
         self.batch_runner = None if store is None else BatchRunner(
             store, self.pipeline.handle, queued=lambda: sum(self.admission.depths().values()),
             concurrency=config.batch.concurrency, pressure=self.pipeline.interactive,
             on_line=self.metrics.batch_lines_done)
+        self.batch_api = BatchApi(store, config.cache.tenancy, max_file_bytes=config.batch.max_file_bytes,
+                                  on_change=self.batch_runner.wake if self.batch_runner else lambda: None)
         if self.batch_runner is not None:
             self.metrics.attach_batch(lambda: self.batch_runner.backlog if self.batch_runner else 0)
 

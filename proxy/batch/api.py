@@ -10,6 +10,7 @@ header): one tenant never sees another's files or batches. Errors are OpenAI-sha
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,10 +27,12 @@ PURPOSES = {"batch", "batch_output", "fine-tune", "assistants", "vision", "user_
 
 
 class BatchApi:
-    def __init__(self, store: BatchStore | None, tenancy: TenancySettings, *, max_file_bytes: int) -> None:
+    def __init__(self, store: BatchStore | None, tenancy: TenancySettings, *, max_file_bytes: int,
+                 on_change: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.tenancy = tenancy
         self.max_file_bytes = max_file_bytes
+        self.on_change = on_change  # a batch was created or cancelled (wakes the runner)
 
     def routes(self, app: web.Application) -> None:
         r = app.router
@@ -135,8 +138,9 @@ class BatchApi:
         if meta["purpose"] != "batch":
             raise ApiError(400, f"file {file_id} has purpose {meta['purpose']!r}, not 'batch'", param="input_file_id")
         lines = parse_batch_file(content, endpoint)
-        return web.json_response(await self.store.create_batch(tenant, endpoint, file_id, WINDOWS_S[window], window,
-                                                               metadata, lines))
+        created = await self.store.create_batch(tenant, endpoint, file_id, WINDOWS_S[window], window, metadata, lines)
+        self.on_change()
+        return web.json_response(created)
 
     async def get_batch(self, request: web.Request, tenant: str) -> web.Response:
         assert self.store is not None
@@ -156,6 +160,7 @@ class BatchApi:
         found = await self.store.cancel(tenant, request.match_info["id"])
         if found is None:
             raise _no_such("batch", request.match_info["id"])
+        self.on_change()
         return web.json_response(found)
 
 

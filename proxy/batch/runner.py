@@ -24,7 +24,8 @@ from thrifty.proxy.http.messages import FrontRequest, Handler, Reply
 
 log = logging.getLogger(__name__)
 ENDPOINT_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"}
-_IDLE_POLL_S = 0.05
+_ACTIVE_POLL_S = 0.05  # between rounds while a batch has lines left or in flight
+_IDLE_POLL_S = 1.0  # with nothing to run: a new or cancelled batch wakes the runner at once (`wake`)
 _BUSY_PAUSE_S = 0.5  # after a line was shed for capacity
 
 
@@ -57,6 +58,11 @@ class BatchRunner:
         self._inflight: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._pause_until = 0.0
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """A batch was created or cancelled: run a round now rather than at the next idle poll."""
+        self._wakeup.set()
 
     def start(self) -> None:
         if self._task is None:
@@ -75,6 +81,7 @@ class BatchRunner:
         await self.store.open()
         loop = asyncio.get_running_loop()
         while True:
+            self._wakeup.clear()  # a wake-up from here on brings the next round forward
             try:
                 await self.store.settle()
                 self.backlog = await self.store.backlog()
@@ -90,7 +97,11 @@ class BatchRunner:
             except Exception:
                 log.exception("batch runner round failed; retrying")
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(_IDLE_POLL_S)
+            idle = self.backlog == 0 and not self._inflight
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), _IDLE_POLL_S if idle else _ACTIVE_POLL_S)
+            except TimeoutError:
+                pass
 
     async def _run_line(self, line: PendingLine) -> None:
         body = {**line.body, "stream": False}
