@@ -134,7 +134,8 @@ class Relay:
                     ctx.usage = Usage.from_body(find_usage(data)) if resp.status == 200 else None
                     ctx.replica, ctx.ttft = replica.url, None
                     if ctx.endpoint == "responses" and resp.status == 200:
-                        self._remember(response_id(data), tier, replica.url)
+                        self._remember(response_id(out.thrifty_body if out.thrifty_body is not None else data),
+                                       tier, replica.url)
                     return out
                 stream = StreamReply({**SSE_HEADERS, "X-Request-Id": ctx.request_id, TIER_HEADER: tier,
                                       **({"X-Thrifty-Group": "control"} if ctx.group == "control" else {})})
@@ -173,12 +174,14 @@ class Relay:
             self.conversations.remember(response_id, tier, replica_url)
 
 
-def response_id(data: bytes) -> str | None:
-    """The `id` of a Responses API answer (the first top-level key vLLM writes)."""
-    try:
-        body = json.loads(data)
-    except ValueError:
-        return None
+def response_id(answer: bytes | Any) -> str | None:
+    """The `id` of a Responses API answer: raw bytes, or the body the relay already parsed."""
+    body = answer
+    if isinstance(answer, bytes):
+        try:
+            body = json.loads(answer)
+        except ValueError:
+            return None
     value = body.get("id") if isinstance(body, dict) else None
     return value if isinstance(value, str) else None
 
