@@ -28,6 +28,7 @@ from thrifty.proxy.balance.conversations import ConversationHomes
 from thrifty.proxy.http.conform import ResponsesStreamEditor, StreamEditor, rewrite_model
 from thrifty.proxy.http.errors import ApiError, upstream_error_body
 from thrifty.proxy.http.messages import FrontRequest, Reply, StreamReply
+from thrifty.proxy.http.stream_answer import StreamAnswer
 from thrifty.proxy.http.upstream import UpstreamBroken, UpstreamPool, UpstreamResponse, UpstreamUnavailable
 from thrifty.proxy.observe.accounting import Usage
 from thrifty.proxy.observe.metrics import SidecarMetrics
@@ -143,8 +144,10 @@ class Relay:
                 editor: StreamEditor | ResponsesStreamEditor = (
                     ResponsesStreamEditor(ctx.model_alias) if ctx.endpoint == "responses"
                     else StreamEditor(ctx.model_alias, strip_added_usage=strip_usage))
+                # a shadow-sampled stream is also assembled into an answer for the judge (streams are never kept)
+                answer = StreamAnswer(ctx.endpoint) if ctx.shadow and ctx.endpoint in ("chat", "completions") else None
                 result = await relay_stream(resp, stream, editor=editor, on_gap=tier_metrics.itl.observe,
-                                            timeouts=self.timeouts)
+                                            timeouts=self.timeouts, tap=answer.feed if answer is not None else None)
                 if result.error is not None:
                     if result.error.code == "upstream_disconnected":
                         replica.mark_down()
@@ -152,6 +155,8 @@ class Relay:
                 else:
                     complete = True
                     await stream.write_eof()
+                    if answer is not None:
+                        ctx.answer_body = answer.body()
                 ctx.usage = Usage.from_body(result.usage)
                 ctx.replica = replica.url
                 if isinstance(editor, ResponsesStreamEditor):
@@ -340,8 +345,11 @@ class StreamResult:
 
 
 async def relay_stream(resp: UpstreamResponse, out: StreamReply, *, editor: StreamEditor,
-                       on_gap: Callable[[float], None], timeouts: TimeoutSettings) -> StreamResult:
-    """Forward SSE events from `resp` to `out` (through `editor`) until the upstream ends; never raises for upstream faults."""
+                       on_gap: Callable[[float], None], timeouts: TimeoutSettings,
+                       tap: Callable[[bytes], None] | None = None) -> StreamResult:
+    """Forward SSE events from `resp` to `out` (through `editor`) until the upstream ends; never raises for upstream faults.
+
+    `tap` sees every whole event the client is sent (the quality loop's answer for a sampled stream)."""
     result = StreamResult()
     pending = b""
     last = time.monotonic()
@@ -364,11 +372,18 @@ async def relay_stream(resp: UpstreamResponse, out: StreamReply, *, editor: Stre
                 on_gap(now - last)
             last = now
             result.events += 1
+            if tap is not None:
+                tap(events)
             await _write(out, events)
+        tail = b""
         if pending.strip():
-            await _write(out, editor.feed(pending if pending.endswith(b"\n\n") else pending + b"\n\n"))
+            tail = editor.feed(pending if pending.endswith(b"\n\n") else pending + b"\n\n")
         if editor.held:
-            await _write(out, editor.flush())
+            tail += editor.flush()
+        if tail:
+            if tap is not None:
+                tap(tail)
+            await _write(out, tail)
     except TimeoutError:
         result.error = ApiError(504, f"upstream replica stalled for {timeouts.first_byte_s:g} s mid-stream",
                                 type="timeout_error", code="upstream_timeout", outcome="timeout")

@@ -11,9 +11,9 @@ when `quality.shadow.max_inflight` are open or the reference tier has requests w
 admission (shed first under load); it carries the client's credentials (tenant-scoped:
 the reference tier sees the same tenant) and its answer is never stored in a cache; its
 cost is shadow spend (`thrifty_shadow_cost_dollars_total`, also in the reference tier's
-`thrifty_cost_dollars_total` and charged to the ledger's treated group). Streamed answers
-are not kept by the relay, so only non-streaming answers and cache hits are shadowed
-(the `feedback` judge needs no answer and takes streamed requests too).
+`thrifty_cost_dollars_total` and charged to the ledger's treated group). A sampled
+streaming request is judged on the text its stream carried (the relay assembles it,
+`proxy/http/stream_answer.py`); the shadow call itself is never streamed.
 
 Verdicts go to the controller in telemetry (bounded list per window, `drain`/`requeue`)
 and are summed locally into `thrifty_quality_retained` per tier pair (a sidecar-local view;

@@ -103,20 +103,30 @@ async def test_shadow_is_shed_first_when_the_bound_is_reached() -> None:
         await _wait(lambda: s.sidecar.quality.inflight == 0)
 
 
-async def test_rate_zero_never_shadows_and_streams_are_not_shadowed() -> None:
+async def test_rate_zero_never_shadows() -> None:
     async with stack([StubBehaviour(), StubBehaviour()], tiers=["small", "large"], **quality(rate=0.0)) as s, \
             aiohttp.ClientSession() as session:
         for _ in range(5):
             await _post(session, s.url, CHAT)
         await asyncio.sleep(0.05)
         assert s.backends[1].stats.requests == 0
-    async with stack([StubBehaviour(), StubBehaviour()], tiers=["small", "large"], **quality()) as s, \
-            aiohttp.ClientSession() as session:
+
+
+@pytest.mark.parametrize("agree", [True, False])
+async def test_a_streamed_answer_is_assembled_and_judged(agree: bool) -> None:
+    """The client's stream is relayed untouched; the text it carried is what the judge compares."""
+    behaviours = [StubBehaviour(chunks=4), StubBehaviour(chunks=4 if agree else 6)]
+    async with stack(behaviours, tiers=["small", "large"], **quality()) as s, aiohttp.ClientSession() as session:
         async with session.post(s.url + "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH) as r:
-            await r.read()
-        await asyncio.sleep(0.05)
-        assert s.backends[1].stats.requests == 0
-        assert _sample(s.sidecar, "thrifty_shadow_skipped_total", reason="no_answer") == 1
+            assert r.status == 200 and r.headers["X-Thrifty-Tier"] == "small"
+            raw = await r.read()
+        assert raw.rstrip().endswith(b"data: [DONE]")
+        await _wait(lambda: _sample(s.sidecar, "thrifty_shadow_verdicts_total", kind="router", cheap_tier="small",
+                                    reference_tier="large", judge="exact") == 1)
+        assert s.backends[1].stats.requests == 1  # one non-streaming shadow call to the reference
+        assert _sample(s.sidecar, "thrifty_shadow_score_total", kind="router", cheap_tier="small",
+                       reference_tier="large", judge="exact") == (1.0 if agree else 0.0)
+        assert _sample(s.sidecar, "thrifty_shadow_skipped_total", reason="no_answer") == 0
 
 
 async def test_feedback_scores_a_request_of_the_same_tenant_only() -> None:
