@@ -266,7 +266,7 @@ def _random_mix(scores: np.ndarray, costs: np.ndarray, strong: int, goal: float)
 
 
 def _run_online(args: argparse.Namespace, model, data, costs: np.ndarray, vectors: np.ndarray, reference: int, known: bool, excluded: int) -> int:
-    from thrifty.bench.routing_online import run_stream
+    from thrifty.bench.routing_online import label_bound, run_stream
 
     scores = data.scores
     ease = model.ease_scores(vectors, data.prompts)
@@ -279,6 +279,7 @@ def _run_online(args: argparse.Namespace, model, data, costs: np.ndarray, vector
     )
     ref_q, ref_cost = float(scores[:, reference].mean()), float(costs[:, reference].sum())
     mix = _random_mix(scores, costs, reference, args.target_quality * ref_q)
+    bound = label_bound(ease, scores, costs, reference, args.target_quality, args.shadow_rate)
     result = {
         "bench": "routing",
         "mode": "online",
@@ -299,6 +300,9 @@ def _run_online(args: argparse.Namespace, model, data, costs: np.ndarray, vector
         "final_tier": r.final_tier,
         "final_threshold": round(r.final_threshold, 4),
         "random_mix": {"cost_reduction": round(1 - mix.cost / ref_cost, 4), "quality_retained": round(mix.quality / ref_q, 4)},
+        "label_bound": {"cost_reduction": round(bound["cost_reduction"], 4), "with_shadow_spend": round(bound["with_shadow_spend"], 4),
+                        "cheap_tier": None if bound["cheap_tier"] is None else data.models[bound["cheap_tier"]],
+                        "cheap_share": round(bound["cheap_share"], 4)},
         "calibrator": r.calibrator,
     }
     print(f"routing bench (online): {args.data}  ({result['rows_scored']} rows streamed, {excluded} excluded as seen in training)")
@@ -306,6 +310,8 @@ def _run_online(args: argparse.Namespace, model, data, costs: np.ndarray, vector
     print(f"{'policy':<28}{'cost_reduction':>16}{'quality_retained':>18}")
     print(f"{'online calibrated':<28}{result['cost_reduction']:>16}{result['quality_retained']:>18}")
     print(f"{'random mix (on labels)':<28}{result['random_mix']['cost_reduction']:>16}{result['random_mix']['quality_retained']:>18}")
+    lb = result["label_bound"]
+    print(f"{'label bound (oracle cut)':<28}{lb['cost_reduction']:>16}{args.target_quality:>18}   {lb['with_shadow_spend']} after this shadow rate's spend")
     print(f"shadow share {result['shadow_share']} (spend {result['shadow_spend_share']}), final tier {r.final_tier} at threshold {result['final_threshold']}")
     print(json.dumps(result))
     return 0

@@ -11,7 +11,9 @@ paid for (the reference's and the candidate cheap tiers'). `controller.quality_c
 turns the verdicts into the tier and threshold used for the following requests. Reported over
 the whole stream, shadow spend included: quality_retained, cost_reduction, shadow_share (of
 requests) and shadow_spend_share (of spend), final tier and threshold, and `random_mix` (the
-best mix of the reference with one cheaper model, picked on labels, the baseline to beat).
+best mix of the reference with one cheaper model, picked on labels, the baseline to beat) and
+`label_bound` (the ease cut and tier chosen on all labels: the most any threshold on this
+router's ease order can save at the target, with free shadows and after the shadow spend).
 """
 
 from __future__ import annotations
@@ -34,6 +36,42 @@ CONFIDENCE = 0.95
 # other model pairs: the calibrator's default weight (on MMLU with an artifact that never saw
 # it, weight 1000 kept 0.940 over the stream; docs/design/router.md).
 GENERIC_PRIOR_STRENGTH = 20.0
+
+
+def cheaper_tiers(costs: np.ndarray, reference: int) -> list[int]:
+    """The cheap tiers the stream may route to: priced at most CHEAP_PRICE_SHARE of the reference."""
+    price = costs.mean(axis=0)
+    out = [m for m in range(len(price)) if m != reference and price[m] <= CHEAP_PRICE_SHARE * price[reference]]
+    return out or [m for m in range(len(price)) if m != reference and price[m] < price[reference]]
+
+
+def label_bound(ease: np.ndarray, scores: np.ndarray, costs: np.ndarray, reference: int, target: float, shadow_rate: float) -> dict:
+    """What the stream could reach at best: the ease cut and cheap tier chosen on ALL labels (an
+    oracle no online method has) that keep `target` of the reference's quality with the least spend,
+    with free shadows and with the spend of a uniform shadow sample at `shadow_rate` (every call the
+    shadowed request did not make, as the stream pays). Why: it separates what the calibrator leaves
+    on the table from what the shadow budget and the ease order allow at all."""
+    cands = cheaper_tiers(costs, reference)
+    ref_q, ref_cost = float(scores[:, reference].sum()), float(costs[:, reference].sum())
+    order = np.argsort(-ease, kind="stable")
+    paid = costs[:, [reference, *cands]].sum(axis=1)  # a shadowed request pays all of these but the one served
+    best = {"cost_reduction": 0.0, "with_shadow_spend": -shadow_rate * float((paid - costs[:, reference]).sum()) / ref_cost,
+            "cheap_tier": None, "cheap_share": 0.0}
+    for m in cands:
+        loss = np.cumsum(scores[order, reference] - scores[order, m])  # first k+1 easiest rows to the cheap tier
+        saved = np.cumsum(costs[order, reference] - costs[order, m])
+        ok = np.nonzero(1 - loss / ref_q >= target - 1e-12)[0] if ref_q > 0 else np.array([], dtype=int)
+        if len(ok) == 0:
+            continue
+        k = int(ok[np.argmax(saved[ok])])
+        if saved[k] / ref_cost <= best["cost_reduction"]:
+            continue
+        served = np.full(len(ease), reference)
+        served[order[: k + 1]] = m
+        shadow = shadow_rate * float((paid - costs[np.arange(len(ease)), served]).sum())
+        best = {"cost_reduction": float(saved[k] / ref_cost), "with_shadow_spend": float((saved[k] - shadow) / ref_cost),
+                "cheap_tier": m, "cheap_share": (k + 1) / len(ease)}
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +113,7 @@ def run_stream(
     sampled = np.zeros(n, dtype=bool)  # filled in stream order: a sampler with a budget never exceeds the rate
     flips = rng.random((n, len(models))) < judge_noise
     price = costs.mean(axis=0)
-    candidates = [m for m in range(len(models)) if m != reference and price[m] <= CHEAP_PRICE_SHARE * price[reference]]
-    if not candidates:
-        candidates = [m for m in range(len(models)) if m != reference and price[m] < price[reference]]
+    candidates = cheaper_tiers(costs, reference)
     ref_name = models[reference]
     tier_price = {models[m]: float(price[m]) for m in [reference, *candidates]}
     if prior_strength is None:

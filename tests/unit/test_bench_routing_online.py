@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from thrifty.bench import routing
-from thrifty.bench.routing_online import run_stream
+from thrifty.bench.routing_online import label_bound, run_stream
 from thrifty.training.labels import load_labelled, reference_model
 
 MODELS = ["cheap", "mid", "ref"]
@@ -67,5 +67,23 @@ def test_cli_online_reports_the_documented_fields(tmp_path: Path, capsys) -> Non
     for key in ("quality_retained", "cost_reduction", "shadow_share", "final_threshold", "rows_scored"):
         assert isinstance(result[key], (int, float)), key
     assert set(result["random_mix"]) == {"cost_reduction", "quality_retained"}
+    assert result["label_bound"]["cost_reduction"] >= result["label_bound"]["with_shadow_spend"]
     assert result["random_mix"]["cost_reduction"] > 0  # the cheaper gpt-3.5 is better here: mixing it in saves
     assert routing.main(["--data", str(path), "--online", "--judge-noise", "0.7"]) == 2  # one-line error
+
+
+def test_label_bound_is_the_cheapest_oracle_cut_that_keeps_the_target() -> None:
+    """Four rows by ease; the cheap tier (price 1, reference 10) is wrong only on the hardest one."""
+    ease = np.array([0.9, 0.7, 0.5, 0.1])
+    scores = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    costs = np.tile([1.0, 10.0], (4, 1))
+    free = label_bound(ease, scores, costs, 1, 0.75, 0.0)
+    assert free["cheap_tier"] == 0 and free["cheap_share"] == 1.0  # quality 0.75 keeps a 0.75 target: all cheap
+    assert free["cost_reduction"] == free["with_shadow_spend"] == 0.9
+    strict = label_bound(ease, scores, costs, 1, 0.95, 0.5)
+    assert strict["cheap_share"] == 0.75 and strict["cost_reduction"] == 27 / 40  # the hard row stays on the reference
+    # half the rows shadowed: each pays the call it did not make (3 cheap-served: 10 each; 1 reference-served: 1)
+    assert strict["with_shadow_spend"] == (27 - 0.5 * 31) / 40
+    r = run_stream(**_stream())
+    bound = label_bound(_stream()["ease"], _stream()["scores"], _stream()["costs"], 2, 0.95, 0.05)
+    assert r.cost_reduction <= bound["cost_reduction"]  # no online run beats the oracle cut with free shadows
