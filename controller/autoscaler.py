@@ -3,7 +3,8 @@
 Contract: call `Autoscaler.decide(now, observations)` every interval with one
 `TierObservation` per tier; apply the `Decision`s it returns. desired = ceil(forecast token
 arrivals / (learned per-replica capacity x target utilisation x SLO-budget factor)), with
-concurrency, KV-cache and backlog floors; scale-up is immediate, scale-down stabilised,
+concurrency, KV-cache, backlog and predicted-TTFT floors, and no fewer than a count that
+recently missed the SLO at this load; scale-up is immediate, scale-down stabilised,
 stepped and held while TTFT is over half the SLO. Tiers are coupled through the routing
 share. Why: a replica asked for now only helps after its start-up delay, so demand is
 forecast and provisioned for, not chased. Estimators: `autoscale_estimators`; the SLO
