@@ -266,3 +266,24 @@ def test_one_replica_has_no_second_choice_in_the_ttft_floor() -> None:
         a.decide(t, {"t": _obs(t, a.target("t"), 10, 4300.0, input_rate=4000.0, output_rate=300.0,
                                mean_prompt_tokens=4000.0)})
     assert a.target("t") == 2
+
+
+def test_ttft_does_not_escalate_in_the_minute_after_a_replica_became_ready() -> None:
+    """The p95 window still shows the minute before the new replica: escalating on it again overshoots.
+    A queue still escalates at once, and a p95 still over the SLO a minute later does too."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=100000, target_utilization=1.0,
+                   target_concurrency=1000, burstiness_window_s=0, slo_ttft_s=2.0)
+    a = Autoscaler([p], initial={"t": 3})
+    slow = dict(ttft_p95_s=1.9, ttft_finished=200, ttft_missed=10)
+    a.decide(0.0, {"t": _obs(0.0, 3, 10, 1000.0, **slow)})
+    assert a.target("t") == 4  # near the SLO, budget burning: one more
+    a.decide(90.0, {"t": _obs(90.0, 3, 10, 1000.0, starting=1, **slow)})
+    a.decide(95.0, {"t": _obs(95.0, 4, 10, 1000.0, **slow)})  # it is ready; p95 is last minute's
+    assert a.target("t") == 4
+    a.decide(100.0, {"t": _obs(100.0, 4, 10, 1000.0, queue_depth=5, **slow)})
+    assert a.target("t") == 5  # a queue is now, not last minute
+    b = Autoscaler([p], initial={"t": 3})
+    b.decide(0.0, {"t": _obs(0.0, 3, 10, 1000.0, **slow)})
+    b.decide(95.0, {"t": _obs(95.0, 4, 10, 1000.0, **slow)})
+    b.decide(160.0, {"t": _obs(160.0, 4, 10, 1000.0, **slow)})
+    assert b.target("t") == 5  # a minute on, still near the SLO: one more
