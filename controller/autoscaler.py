@@ -3,7 +3,8 @@
 Contract: call `Autoscaler.decide(now, observations)` every interval with one
 `TierObservation` per tier; apply the `Decision`s it returns. desired = ceil(forecast token
 arrivals / (learned per-replica capacity x target utilisation x SLO-budget factor)), with
-concurrency, KV-cache and backlog floors; scale-up is immediate, scale-down stabilised,
+concurrency, KV-cache, backlog and predicted-TTFT floors, and no fewer than a count that
+recently missed the SLO at this load; scale-up is immediate, scale-down stabilised,
 stepped and held while TTFT is over half the SLO. Tiers are coupled through the routing
 share. Why: a replica asked for now only helps after its start-up delay, so demand is
 forecast and provisioned for, not chased. Estimators: `autoscale_estimators`; the SLO
@@ -67,6 +68,9 @@ class TierPolicy:
     # The SLO budget may raise the planned capacity only while arrivals are at least this share
     # of what the ready replicas were planned to carry (slo_budget.SloBudget.observe: loaded).
     loaded_share: float = 0.8
+    # Misses remembered: a count that burned the SLO budget (misses over it in the last minute)
+    # at some per-replica load is not planned again at that load or more for this long.
+    miss_memory_s: float = 1800.0
 
 
 @dataclass(slots=True)
@@ -120,6 +124,10 @@ class _TierState:
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, recommendation)
     rates: deque[tuple[float, float]] = field(default_factory=deque)  # (time, token arrival rate) for the burst level
     ratios: deque[tuple[float, float]] = field(default_factory=deque)  # (time, short-window rate / start-up mean)
+    readies: deque[tuple[float, int, float]] = field(default_factory=deque)  # (time, ready, tok/s) over the last minute
+    last_ready_up: float = -math.inf  # when the ready count last grew
+    unsafe: deque[tuple[float, int, float]] = field(default_factory=deque)  # (time, ready, tok/s per replica) that missed
+    first_seen: float | None = None  # first observation: the burstiness ratios' warm-up starts here
     last_arrival: float = 0.0
     last_down: float = -math.inf
     pin: tuple[int, int] | None = None
@@ -291,6 +299,11 @@ class Autoscaler:
         if ttft_want is not None and ttft_want[0] > want:
             want = ttft_want[0]
             reason = f"predicted TTFT misses {ttft_want[1]:.2%} at {want} replicas; " + reason
+        missed_want = self._missed_floor(now, state, o, demand)
+        if missed_want is not None and missed_want[0] > want:
+            want = missed_want[0]
+            reason = (f"{missed_want[1]} replicas missed the SLO at {missed_want[2]:.0f} tok/s each; "
+                      + reason)
         # SLO headroom: a queue building up or TTFT near the SLO means act now, sized on the
         # backlog; replicas already starting count, so a slow start-up does not escalate.
         backlog = o.waiting + o.queue_depth
@@ -298,6 +311,10 @@ class Autoscaler:
         if near_slo and state.budget.overspent(now) is False:
             # TTFT near the SLO while misses stay within the budget is service time (long
             # prompts), not queueing: more replicas would not bring it down.
+            near_slo = False
+        if near_slo and now - state.last_ready_up < state.budget.fast_window_s:
+            # A replica just became ready: the TTFT window still shows the minute before it.
+            # (Escalating on it took Azure prefill-heavy from 3 to 6 replicas where 4 held the SLO.)
             near_slo = False
         if near_slo or o.queue_depth > 0 or o.waiting / max(o.ready, 1) > 0.25 * p.target_concurrency:
             urgent = o.ready + max(1, math.ceil(backlog / p.target_concurrency))
@@ -313,6 +330,42 @@ class Autoscaler:
         return max(want, 1), reason
 
     @staticmethod
+    def _missed_floor(now: float, state: _TierState, o: TierObservation,
+                      demand: float) -> tuple[int, int, float] | None:
+        """(fewest replicas no remembered miss rules out at `demand`, the count that missed, its load).
+
+        The queueing model and the capacity estimate can both be optimistic about a mix (on Azure
+        prefill-heavy every step down to 3 replicas at ~75% of saturated throughput missed the SLO
+        and a fixed 4 held it). So the fleet's own outcome is evidence: when misses burn the budget
+        at twice its rate over the last minute (at once: a few misses in a minute of Mooncake's
+        ~200 requests are noise, not a verdict on the count), the fewest replicas ready in that minute at the minute's peak
+        tokens/s per replica is remembered (the misses lag the load that made them) (miss_memory_s), and no count up to it is planned again at that
+        per-replica load or more (not in the first two start-up delays: the rates are still
+        filling and misses there are the start's). One record rules out at most one more replica than the count
+        that missed, so misses no replica count cures (service time) cannot run the fleet up."""
+        p = state.policy
+        if o.ready > (state.readies[-1][1] if state.readies else o.ready):
+            state.last_ready_up = now
+        state.readies.append((now, o.ready, o.token_rate))
+        window = state.budget.fast_window_s
+        while state.readies and state.readies[0][0] < now - window:
+            state.readies.popleft()
+        fewest = min(r for _, r, _ in state.readies)
+        peak = max(x for _, _, x in state.readies)
+        burn = state.budget.burn_rate(now, window)
+        warm = state.first_seen is not None and now - state.first_seen >= 2 * p.startup_s
+        if warm and burn is not None and burn >= 2.0 and fewest > 0 and peak > 0:
+            state.unsafe.append((now, fewest, peak / fewest))
+        while state.unsafe and state.unsafe[0][0] < now - p.miss_memory_s:
+            state.unsafe.popleft()
+        best: tuple[int, int, float] | None = None
+        for _, n, load in state.unsafe:
+            need = min(n + 1, math.floor(demand / load) + 1)
+            if best is None or need > best[0]:
+                best = (need, n, load)
+        return best
+
+    @staticmethod
     def _ttft_floor(state: _TierState, o: TierObservation, scale: float, slo_s: float) -> tuple[int, float] | None:
         """(fewest replicas whose predicted TTFT misses stay within the allowance, that prediction).
 
@@ -320,7 +373,8 @@ class Autoscaler:
         engine's time, prompts queue for the rest, each taking S = prompt x prefill cost / (1 - rho_d),
         so a replica's prefill load is rho = prefill work / (1 - rho_d). The sidecar sends each
         request to the less busy of two replicas (power of two choices), so a request waits behind
-        one prefill with probability ~rho^2 and behind two ~rho^6 (the JSQ(2) queue-length tail);
+        one prefill with probability ~rho^2 and behind two ~rho^6 (the JSQ(2) queue-length tail;
+        one replica has no choice: rho and rho^2, as M/G/1);
         the prefill in progress has a residual ~ exponential with mean r = (1 + scv) S / 2. A mean
         request misses when its wait exceeds SLO - S: rho^2 e^(-slack/r) + rho^6 e^(-slack/(r+S)).
         Rates are those the replicas must carry (`scale` x the observed: forecast, bursts). None when
@@ -342,7 +396,9 @@ class Autoscaler:
             service = o.mean_prompt_tokens * p.prefill_s_per_token / (1.0 - rho_d)
             slack = slo_s - service
             r = (1.0 + p.prompt_scv) * service / 2.0
-            miss = 1.0 if slack <= 0 else rho ** 2 * math.exp(-slack / r) + rho ** 6 * math.exp(-slack / (r + service))
+            # One replica has no second choice: it waits behind one prefill w.p. rho, two rho^2 (M/G/1).
+            one, two = (rho, rho ** 2) if n == 1 else (rho ** 2, rho ** 6)
+            miss = 1.0 if slack <= 0 else one * math.exp(-slack / r) + two * math.exp(-slack / (r + service))
             if miss <= allow:
                 return n, miss
         return p.max_replicas, miss
@@ -355,7 +411,12 @@ class Autoscaler:
         p = state.policy
         recent = [r for t, r in state.rates if t >= now - p.startup_s]
         mean = sum(recent) / len(recent) if recent else 0.0
-        if mean > 0:
+        # A ratio counts only once its start-up mean lies wholly after the first start-up delay:
+        # the first readings of a fresh controller (or tier) ramp up as its rate window fills, and that ramp
+        # read as burstiness held 3x headroom for the next hour (Azure trace, 6 replicas where 3 do).
+        if state.first_seen is None:
+            state.first_seen = now
+        if mean > 0 and now - state.first_seen >= 2 * p.startup_s:
             state.ratios.append((now, o.token_rate / mean))
         while state.ratios and state.ratios[0][0] < now - p.burstiness_window_s:
             state.ratios.popleft()

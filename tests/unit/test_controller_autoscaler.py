@@ -212,3 +212,78 @@ def test_long_prompts_get_replicas_for_the_ttft_slo_the_token_rate_would_not_ask
     d = long.decide(500.0, {"t": _obs(500.0, 2, 10, 20000.0, input_rate=10000.0, output_rate=10000.0,
                                       mean_prompt_tokens=7000.0)})
     assert not d or "predicted TTFT misses" in d[0].reason
+
+
+def test_a_fresh_controllers_rate_ramp_is_not_read_as_burstiness() -> None:
+    """The first readings climb from 0 as the rate window fills; read as burstiness, that ramp
+    held 3x standing headroom for the next hour. Ramp then steady plans like steady alone."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
+                   target_concurrency=1000, burst_quantile=0.5, down_stabilization_s=60)
+    ramp = [7600.0 * i / 18 for i in range(18)]
+    a = _run_rates(p, ramp + [7600.0] * 150)
+    assert a.target("t") == 2
+
+
+def _feed(a: Autoscaler, t0: float, n: int, rate: float, missed: int, **kw) -> float:
+    t = t0
+    for _ in range(n):
+        a.decide(t, {"t": _obs(t, a.target("t"), 10, rate, ttft_finished=200, ttft_missed=missed, **kw)})
+        t += 5.0
+    return t
+
+
+def test_a_count_that_missed_the_slo_is_not_planned_again_at_that_load() -> None:
+    """The capacity plan says 2 replicas; at 2 the SLO is missed (5% of requests): one more is
+    added, and the tier does not step back to 2 at that load while the miss is remembered,
+    but does at a load well under it. One record adds at most one replica over the count that missed."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
+                   target_concurrency=1000, down_stabilization_s=60, burstiness_window_s=0, miss_memory_s=1800)
+    a = Autoscaler([p], initial={"t": 2})
+    t = _feed(a, 0.0, 40, 7000.0, 0)  # past the warm-up, within the SLO
+    assert a.target("t") == 2
+    t = _feed(a, t, 6, 7000.0, 10)  # 5% missed over a minute at 2 replicas
+    assert a.target("t") == 3
+    t = _feed(a, t, 120, 7000.0, 0)  # 10 minutes at that load, no misses: the 3rd stays
+    assert a.target("t") == 3
+    t = _feed(a, t, 150, 2000.0, 0)  # well under the load that missed: back down
+    assert a.target("t") <= 2
+    b = Autoscaler([p], initial={"t": 2})
+    t = _feed(b, 0.0, 40, 7000.0, 0)
+    t = _feed(b, t, 6, 7000.0, 200)  # every request missed: still only one more than the count that missed
+    assert b.target("t") == 3
+
+
+def test_one_replica_has_no_second_choice_in_the_ttft_floor() -> None:
+    """At one replica a prompt waits behind the one in progress with probability rho, not rho^2
+    (there is no less busy replica to pick): a load the two-choice tail would pass at 1 replica
+    (0.1% predicted misses) gets 2 (1.7% at 1)."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=20000, target_utilization=1.0,
+                   target_concurrency=1000, prefill_s_per_token=0.00009, decode_s_per_token=0.0003,
+                   burstiness_window_s=0, down_stabilization_s=60)
+    a = Autoscaler([p], initial={"t": 1})
+    for i in range(60):
+        t = i * 5.0
+        a.decide(t, {"t": _obs(t, a.target("t"), 10, 4300.0, input_rate=4000.0, output_rate=300.0,
+                               mean_prompt_tokens=4000.0)})
+    assert a.target("t") == 2
+
+
+def test_ttft_does_not_escalate_in_the_minute_after_a_replica_became_ready() -> None:
+    """The p95 window still shows the minute before the new replica: escalating on it again overshoots.
+    A queue still escalates at once, and a p95 still over the SLO a minute later does too."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=100000, target_utilization=1.0,
+                   target_concurrency=1000, burstiness_window_s=0, slo_ttft_s=2.0)
+    a = Autoscaler([p], initial={"t": 3})
+    slow = dict(ttft_p95_s=1.9, ttft_finished=200, ttft_missed=10)
+    a.decide(0.0, {"t": _obs(0.0, 3, 10, 1000.0, **slow)})
+    assert a.target("t") == 4  # near the SLO, budget burning: one more
+    a.decide(90.0, {"t": _obs(90.0, 3, 10, 1000.0, starting=1, **slow)})
+    a.decide(95.0, {"t": _obs(95.0, 4, 10, 1000.0, **slow)})  # it is ready; p95 is last minute's
+    assert a.target("t") == 4
+    a.decide(100.0, {"t": _obs(100.0, 4, 10, 1000.0, queue_depth=5, **slow)})
+    assert a.target("t") == 5  # a queue is now, not last minute
+    b = Autoscaler([p], initial={"t": 3})
+    b.decide(0.0, {"t": _obs(0.0, 3, 10, 1000.0, **slow)})
+    b.decide(95.0, {"t": _obs(95.0, 4, 10, 1000.0, **slow)})
+    b.decide(160.0, {"t": _obs(160.0, 4, 10, 1000.0, **slow)})
+    assert b.target("t") == 5  # a minute on, still near the SLO: one more
