@@ -28,8 +28,9 @@ the trace's own load swings and hour-boundary jumps; every alert there is a fals
 Cost and TTFT drifts are injected on the telemetry (the engines' work is unchanged);
 cache and routing drifts change what the engines receive, so they are simulated.
 
-JSON (last line): `injected`, `detected`, `median_delay_s`, `false_alarms_per_day` and
-`false_alarms_by_signal` (per day, tiers summed) for the controller's configured method
+JSON (last line): `injected`, `detected`, `median_delay_s`, `false_alarms_per_day`,
+`false_alarms` (the count) over `clean_days`, `false_alarms_by_signal` (per day, tiers summed)
+and `by_drift` (injected, detected and median delay per drift kind) for the controller's configured method
 (`--method`, default CUSUM), plus `methods` with the same figures for all three. The
 detectors are `DriftMonitor`'s defaults, as `thrifty controller` runs them.
 """
@@ -325,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
             "injected": sum(len(ds) for ds in delays[m].values()), "detected": len(got),
             "median_delay_s": round(statistics.median(got), 1) if got else None,
             "false_alarms_per_day": round(len(false[m]) / days, 2),
+            "false_alarms": len(false[m]), "clean_days": round(days, 3),
             "false_alarms_by_signal": by_signal(false[m], days),
+            "by_drift": {d: {"injected": len(ds), "detected": sum(x is not None for x in ds),
+                             "median_delay_s": (round(statistics.median(x for x in ds if x is not None), 1)
+                                                if any(x is not None for x in ds) else None)}
+                         for d, ds in delays[m].items()},
         }
     print(f"drift bench: {len(trace)} requests over {span:.0f} s (replayed as one period); {args.repeats} replays per drift injected at "
           f"{inject_at:.0f} s; clean replay {args.hours} periods = {days:.2f} days; 60 s buckets; replicas "
