@@ -87,6 +87,7 @@ class Record:
     itl: float | None
     prompt: int
     output: int
+    too_long: bool = False  # prompt over the tier's context: the engine's 400 (a client error)
 
 
 # -- the simulated hour -------------------------------------------------------------
@@ -110,6 +111,9 @@ def simulate(trace: list[TraceRequest], *, small_share: Callable[[float], float]
         else:
             arrivals.append((r.arrival, tier, r.prompt_tokens, r.output_tokens, i, ()))
     replay(tiers, arrivals, 5.0, lambda now: None, end_pad_s=120.0)
+    served = {s.tag for t in tiers.values() for s in t.served}
+    records += [Record(a, tier, 0, None, None, p, o, too_long=True)
+                for a, tier, p, o, i, _ in arrivals if i not in served]
     for name, t in tiers.items():
         for s in t.served:
             itl = None
@@ -137,7 +141,7 @@ def size_fleet(trace: list[TraceRequest], seed: int, slo_ttft_s: float) -> dict[
         short = []
         for tier in TIERS:
             prefill_s = get_profile(PROFILES[tier]).prefill_token_s
-            served = [r for r in records if r.tier == tier and r.cache == 0]
+            served = [r for r in records if r.tier == tier and r.cache == 0 and not r.too_long]
             shed = sum(1 for r in served if r.ttft is None)
             # the wait beyond the prompt's own unloaded prefill: a 100k-token prompt is slow on any fleet
             ttfts = sorted(r.ttft - r.prompt * prefill_s for r in served if r.ttft is not None)
@@ -189,6 +193,9 @@ def windows(records: list[Record], offset: float, inject: Injection, period: flo
             continue
         ts = per[w][r.tier]
         ts.requests += 1
+        if r.too_long:  # the sidecar counts the request (outcome client_error); no usage, no cost
+            ts.routed += 1
+            continue
         ts.input_tokens += r.prompt
         if r.cache == 1:
             ts.cache_exact_hits += 1
