@@ -141,6 +141,9 @@ class DriftMonitor:
             s.baseline.push(x, None, features, count)
             return None
         center, scale = s.baseline.center(features), s.baseline.scale(s.spec, features)
+        if s.baseline.unseen(features):  # a load a young baseline has not seen: learn it, do not test it
+            s.baseline.push(x, x - center, features, count)
+            return None
         s.since_alarm.append((t, x))
         z = (x - center) * s.baseline.weight(count) / scale
         z = min(max(z, -Z_CLIP), Z_CLIP)  # one wild bucket cannot alarm alone

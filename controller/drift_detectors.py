@@ -243,7 +243,10 @@ class RollingBaseline:
             fitted = (_ols_fit(rows, select=len(rows) < self.min_residuals)
                       if rows and len(rows) >= need else None)
             if fitted is not None:
-                self._slope, self._design = fitted
+                b, self._design, predicts = fitted
+                # Not selected: a flat level, but the design stays, so a load beyond what the
+                # history has seen still widens the scale (the response there is unknown).
+                self._slope = b if predicts else self._kept_slope
             else:
                 self._slope, self._design = self._kept_slope, None
             self._n_ref = statistics.median(self.res_counts) if self.res_counts else 1.0
@@ -262,7 +265,10 @@ class RollingBaseline:
         adj = self._adjusted(features)
         if adj is None:
             return statistics.median(self.values)
-        return statistics.median(adj) + _dot(self._fit(), features)
+        level = statistics.median(adj) + _dot(self._fit(), features)
+        # Latency is positive and convex in load: a line through the busy buckets can cross
+        # zero at a quiet one; below every value the window holds it is the line, not the system.
+        return max(level, min(self.values)) if self.early_fit else level
 
     def _leverage(self, features: tuple[float, ...]) -> float:
         """h(f) = 1/n + (f - mean)' S^-1 (f - mean) of the fit: the prediction's own variance over sigma^2.
@@ -282,6 +288,19 @@ class RollingBaseline:
         if self._gamma <= 0 or count <= 0 or self._n_ref <= 0:
             return 1.0
         return (count / self._n_ref) ** self._gamma
+
+    def unseen(self, features: tuple[float, ...]) -> bool:
+        """A young load-driven baseline asked about a load its history has not seen (h(f) > 1).
+
+        Why: the prediction's own variance there exceeds the noise's, and a fresh history that
+        saw no load swing could not learn the response at all (a surge minutes after start);
+        such a bucket is no evidence either way: it is learned, not tested. Once
+        `min_residuals` buckets are in, the leverage only widens the scale.
+        """
+        if not self.early_fit or len(self.residuals) >= self.min_residuals:
+            return False
+        self._fit()
+        return self._design is not None and self._leverage(features) > 1.0
 
     def scale(self, spec: SignalSpec, features: tuple[float, ...] = ()) -> float:
         """Noise scale for the sequential test: robust sigma times the autocorrelation inflation.
@@ -314,6 +333,8 @@ class RollingBaseline:
             else:
                 dev = deque(v - med for v in self.values)
                 mad = statistics.median(abs(v) for v in dev) * 1.4826
+                if self._design is not None:
+                    mad *= math.sqrt(1 + self._leverage(features))
             # the same long-run variance as the warm scale's, read off the window itself
             mad *= math.sqrt(autocorrelation_inflation(dev, mad, lags=self.lags))
         return max(mad, spec.rel_floor * abs(med), spec.abs_floor)
@@ -333,9 +354,9 @@ class _Design:
 
 
 def _ols_fit(rows: list[tuple[float, tuple[float, ...]]],
-             select: bool = False) -> tuple[tuple[float, ...], _Design] | None:
-    """Least-squares slopes of x on the features (intercept free) and the fit's design; None if singular
-    (or, with `select`, if the load does not predict x out of sample).
+             select: bool = False) -> tuple[tuple[float, ...], _Design, bool] | None:
+    """Least-squares slopes of x on the features (intercept free), the fit's design, and whether the
+    slope predicts x out of sample (always True without `select`); None if singular.
 
     x is not winsorised: clipping the high-load buckets' values (not their load) would bias
     the slope low and leave the bursts it should explain.
@@ -369,7 +390,7 @@ def _ols_fit(rows: list[tuple[float, tuple[float, ...]]],
     # A signal the load does not move (a share, a price) then keeps a flat level instead of
     # a slope fitted to noise.
     if not select:
-        return b, design
+        return b, design, True
     n = len(rows)
     loo_fit, loo_flat = [], []
     for x, f in rows:
@@ -377,9 +398,7 @@ def _ols_fit(rows: list[tuple[float, tuple[float, ...]]],
         h = 1.0 / n + sum(u[i] * inv[i][j] * u[j] for i in range(d) for j in range(d))
         loo_fit.append(abs(x - xm - _dot(b, tuple(u))) / max(1e-9, 1.0 - h))
         loo_flat.append(abs(x - xm) * n / (n - 1))
-    if statistics.median(loo_fit) >= statistics.median(loo_flat):
-        return None
-    return b, design
+    return b, design, statistics.median(loo_fit) < statistics.median(loo_flat)
 
 
 def _count_exponent(residuals: deque[float], counts: deque[float], n_ref: float) -> float:

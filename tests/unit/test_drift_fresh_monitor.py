@@ -55,7 +55,7 @@ def test_slope_is_used_early_only_where_it_predicts() -> None:
     for _ in range(6):  # flush the lag
         flat.push(0.5, None, (50.0, 5.0))
         driven.push(1.0, None, (50.0, 5.0))
-    assert flat._fit() == () and flat._design is None  # a share or a price: a flat level
+    assert flat._fit() == ()  # load does not predict it: a flat level (the design stays, for the leverage)
     assert driven._fit() and abs(driven._fit()[0] - 0.01) < 0.002
 
 
@@ -72,10 +72,27 @@ def test_leverage_widens_the_scale_off_the_seen_load() -> None:
 
 def test_ols_fit_inverse_gives_the_textbook_leverage() -> None:
     rows = [(float(i), (float(i), float(i % 3))) for i in range(10)]
-    b, design = _ols_fit(rows)  # type: ignore[misc]
+    b, design, _ = _ols_fit(rows)  # type: ignore[misc]
     assert abs(b[0] - 1.0) < 1e-9 and abs(b[1]) < 1e-9
     # the mean point's leverage is 1/n; the leverages of the rows sum to p = d + 1
     base = RollingBaseline(early_fit=True)
     base._design = design
     assert abs(base._leverage(design.mean) - 0.1) < 1e-12
     assert abs(sum(base._leverage(f) for _, f in rows) - 3.0) < 1e-9
+
+
+def _surge_after_quiet_warm_up(seed: int) -> int:
+    """Load steady through the warm-up, then a 10-minute 2.5x surge that slows decoding ~20%."""
+    rng, mon, alarms = random.Random(seed), DriftMonitor(), 0
+    for i in range(40):
+        load = (2.5 if 17 <= i < 27 else 1.0) * rng.uniform(0.95, 1.05)
+        value = 0.0127 * (1 + 0.13 * (load - 1)) + 0.0002 * rng.gauss(0, 1)
+        tokens = _ctx(200 * load, 2e5 * load * rng.uniform(0.9, 1.1), 5e4 * load * rng.uniform(0.9, 1.1))
+        alarms += len(mon.observe(i * 60.0, {KEY: value, **tokens}))
+    return alarms
+
+
+def test_a_load_the_warm_up_never_saw_is_not_read_as_drift() -> None:
+    # The warm-up's load barely moved, so no slope could be learned; the surge's load lies far
+    # outside it, and its leverage widens the scale instead of the flat level alarming.
+    assert sum(_surge_after_quiet_warm_up(seed) for seed in range(10)) == 0
