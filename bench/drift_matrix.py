@@ -49,7 +49,8 @@ def row(name: str, variant: str, out: dict) -> str:
     cells = []
     for d in DRIFTS:
         b = out["by_drift"][d]
-        cells.append(f"{b['detected']}/{b['injected']}" + (f" {b['median_delay_s']:.0f}s" if b["median_delay_s"] is not None else ""))
+        delay = b["median_delay_s"]
+        cells.append(f"{b['detected']}/{b['injected']}" + (f" {delay:.0f}s" if delay is not None else ""))
     delay = "-" if out["median_delay_s"] is None else f"{out['median_delay_s']:.0f}"
     by = ", ".join(f"{k} {v:.2f}" for k, v in out["false_alarms_by_signal"].items()) or "-"
     false = f"{out['false_alarms']} / {out['clean_days']:.2f} d = {out['false_alarms_per_day']:.2f}"

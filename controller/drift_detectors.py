@@ -188,6 +188,10 @@ class RollingBaseline:
     - bucket size: residuals are weighted by (n / n_median)^gamma (n = the bucket's
       requests) with gamma fitted on the history (-> 0.5 for sampling noise, 0 for none), so
       a quiet bucket's wider noise does not read as a shift.
+
+    With `early_fit` (latency) the load slope is fitted from the warm-up on, where it
+    predicts out of sample, the fit's leverage widens the scale, and a load the young history
+    has not seen is not tested (`unseen`): docs/design/drift.md, "A fresh monitor's first hour".
     """
 
     def __init__(self, size: int = 30, lag: int = 6, scale_size: int = 180, min_residuals: int = 30,
