@@ -6,8 +6,10 @@ Llama-3-8B on an A100, "large" = Llama-3-70B on 4x H100, replicas from
 `thrifty.sim.model`; each tier gets at least 3 / 2 replicas, more where the trace needs
 them to keep its queueing within the SLO: `size_fleet`) behind a simulated sidecar that
 answers exact/semantic cache hits itself and routes the rest (a seeded draw per
-request). Every 10 s the sidecar's window (`StatsWindow`: requests, tokens, dollars,
-baseline dollars, TTFT/ITL histograms, cache hits, router decisions) goes into the REAL
+request; a prompt over the tier's context is forwarded and rejected with the engine's 400,
+which the sidecar counts as a request with no tokens, cost or latency). Every 10 s the
+sidecar's window (`StatsWindow`: requests, tokens, dollars, baseline dollars, TTFT/ITL
+histograms, cache hits, router decisions) goes into the REAL
 `FleetView`; every 60 s the REAL `bucket_signals` + `DriftMonitor` run on it, once per
 detection method (CUSUM, Page-Hinkley, EWMA), all on the same windows.
 
@@ -28,8 +30,9 @@ the trace's own load swings and hour-boundary jumps; every alert there is a fals
 Cost and TTFT drifts are injected on the telemetry (the engines' work is unchanged);
 cache and routing drifts change what the engines receive, so they are simulated.
 
-JSON (last line): `injected`, `detected`, `median_delay_s`, `false_alarms_per_day` and
-`false_alarms_by_signal` (per day, tiers summed) for the controller's configured method
+JSON (last line): `injected`, `detected`, `median_delay_s`, `false_alarms_per_day`,
+`false_alarms` (the count) over `clean_days`, `false_alarms_by_signal` (per day, tiers summed)
+and `by_drift` (injected, detected and median delay per drift kind) for the controller's configured method
 (`--method`, default CUSUM), plus `methods` with the same figures for all three. The
 detectors are `DriftMonitor`'s defaults, as `thrifty controller` runs them.
 """
@@ -86,6 +89,7 @@ class Record:
     itl: float | None
     prompt: int
     output: int
+    too_long: bool = False  # prompt over the tier's context: the engine's 400 (a client error)
 
 
 # -- the simulated hour -------------------------------------------------------------
@@ -109,6 +113,9 @@ def simulate(trace: list[TraceRequest], *, small_share: Callable[[float], float]
         else:
             arrivals.append((r.arrival, tier, r.prompt_tokens, r.output_tokens, i, ()))
     replay(tiers, arrivals, 5.0, lambda now: None, end_pad_s=120.0)
+    served = {s.tag for t in tiers.values() for s in t.served}
+    records += [Record(a, tier, 0, None, None, p, o, too_long=True)
+                for a, tier, p, o, i, _ in arrivals if i not in served]
     for name, t in tiers.items():
         for s in t.served:
             itl = None
@@ -136,7 +143,7 @@ def size_fleet(trace: list[TraceRequest], seed: int, slo_ttft_s: float) -> dict[
         short = []
         for tier in TIERS:
             prefill_s = get_profile(PROFILES[tier]).prefill_token_s
-            served = [r for r in records if r.tier == tier and r.cache == 0]
+            served = [r for r in records if r.tier == tier and r.cache == 0 and not r.too_long]
             shed = sum(1 for r in served if r.ttft is None)
             # the wait beyond the prompt's own unloaded prefill: a 100k-token prompt is slow on any fleet
             ttfts = sorted(r.ttft - r.prompt * prefill_s for r in served if r.ttft is not None)
@@ -188,6 +195,9 @@ def windows(records: list[Record], offset: float, inject: Injection, period: flo
             continue
         ts = per[w][r.tier]
         ts.requests += 1
+        if r.too_long:  # the sidecar counts the request (outcome client_error); no usage, no cost
+            ts.routed += 1
+            continue
         ts.input_tokens += r.prompt
         if r.cache == 1:
             ts.cache_exact_hits += 1
@@ -325,7 +335,12 @@ def main(argv: list[str] | None = None) -> int:
             "injected": sum(len(ds) for ds in delays[m].values()), "detected": len(got),
             "median_delay_s": round(statistics.median(got), 1) if got else None,
             "false_alarms_per_day": round(len(false[m]) / days, 2),
+            "false_alarms": len(false[m]), "clean_days": round(days, 3),
             "false_alarms_by_signal": by_signal(false[m], days),
+            "by_drift": {d: {"injected": len(ds), "detected": sum(x is not None for x in ds),
+                             "median_delay_s": (round(statistics.median(x for x in ds if x is not None), 1)
+                                                if any(x is not None for x in ds) else None)}
+                         for d, ds in delays[m].items()},
         }
     print(f"drift bench: {len(trace)} requests over {span:.0f} s (replayed as one period); {args.repeats} replays per drift injected at "
           f"{inject_at:.0f} s; clean replay {args.hours} periods = {days:.2f} days; 60 s buckets; replicas "

@@ -42,9 +42,9 @@ SIGNALS: dict[str, SignalSpec] = {
         SignalSpec("cost_per_request", 0.05, 1e-9, 0.08),
         SignalSpec("savings_ratio", 0.0, 0.02, 0.05, relative=False),
         SignalSpec("cost_index", 0.02, 1e-6, 0.08),
-        SignalSpec("ttft_p95", 0.08, 0.005, 0.15),
-        SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.15),
-        SignalSpec("itl_mean", 0.08, 0.001, 0.15),
+        SignalSpec("ttft_p95", 0.08, 0.005, 0.15, load_driven=True),
+        SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.15, load_driven=True),
+        SignalSpec("itl_mean", 0.08, 0.001, 0.15, load_driven=True),
         SignalSpec("error_rate", 0.0, 0.01, 0.02, relative=False),
         SignalSpec("cache_hit_rate_exact", 0.0, 0.03, 0.05, relative=False),
         SignalSpec("cache_hit_rate_semantic", 0.0, 0.03, 0.05, relative=False),
@@ -108,7 +108,8 @@ class DriftMonitor:
         key = (signal, tier)
         if key not in self._series:
             self._series[key] = _Series(SIGNALS[signal], tier, make_test(self.method, self.cusum_h),
-                                        RollingBaseline(self.baseline_size, self.lag, lags=self.lrv_lags),
+                                        RollingBaseline(self.baseline_size, self.lag, lags=self.lrv_lags,
+                                                        early_fit=SIGNALS[signal].load_driven),
                                         self.warmup)
         return self._series[key]
 
@@ -139,7 +140,10 @@ class DriftMonitor:
         if len(s.baseline) < s.warmup:
             s.baseline.push(x, None, features, count)
             return None
-        center, scale = s.baseline.center(features), s.baseline.scale(s.spec)
+        center, scale = s.baseline.center(features), s.baseline.scale(s.spec, features)
+        if s.baseline.unseen(features):  # a load a young baseline has not seen: learn it, do not test it
+            s.baseline.push(x, x - center, features, count)
+            return None
         s.since_alarm.append((t, x))
         z = (x - center) * s.baseline.weight(count) / scale
         z = min(max(z, -Z_CLIP), Z_CLIP)  # one wild bucket cannot alarm alone

@@ -29,6 +29,10 @@ class SignalSpec:
     abs_floor: float  # scale >= abs_floor
     min_effect: float  # |shift| must be >= this relative (or absolute for shares/rates) change
     relative: bool = True  # size reported relative to baseline (else absolute difference)
+    # Latency: moves with the bucket's load from the first bucket on, so a fresh baseline
+    # fits its load slope from the warm-up (`RollingBaseline(early_fit=True)`); ratios and
+    # shares do not in expectation, and a slope fitted to a few of their buckets is noise.
+    load_driven: bool = False
 
 
 # Winsorising bound on z: with CUSUM's k = 1 a bucket adds at most Z_CLIP - k = 2, so an alarm
@@ -184,19 +188,24 @@ class RollingBaseline:
     - bucket size: residuals are weighted by (n / n_median)^gamma (n = the bucket's
       requests) with gamma fitted on the history (-> 0.5 for sampling noise, 0 for none), so
       a quiet bucket's wider noise does not read as a shift.
+
+    With `early_fit` (latency) the load slope is fitted from the warm-up on, where it
+    predicts out of sample, the fit's leverage widens the scale, and a load the young history
+    has not seen is not tested (`unseen`): docs/design/drift.md, "A fresh monitor's first hour".
     """
 
     def __init__(self, size: int = 30, lag: int = 6, scale_size: int = 180, min_residuals: int = 30,
-                 lags: int = 1) -> None:
+                 lags: int = 1, early_fit: bool = False) -> None:
         self.values: deque[float] = deque(maxlen=size)
         self.feats: deque[tuple[float, ...]] = deque(maxlen=size)
         self.history: deque[tuple[float, tuple[float, ...], float]] = deque(maxlen=scale_size)
         self.residuals: deque[float] = deque(maxlen=scale_size)
         self.res_counts: deque[float] = deque(maxlen=scale_size)
         self.pending: deque[tuple[float, float | None, tuple[float, ...], float]] = deque()
-        self.lag, self.min_residuals, self.lags = lag, min_residuals, lags
+        self.lag, self.min_residuals, self.lags, self.early_fit = lag, min_residuals, lags, early_fit
         self._slope: tuple[float, ...] | None = None
         self._kept_slope: tuple[float, ...] = ()  # the last fit, kept across a re-baseline
+        self._design: _Design | None = None  # the fit's feature means and inverse scatter (leverage)
         self._gamma = 0.0
         self._n_ref = 1.0
 
@@ -221,26 +230,61 @@ class RollingBaseline:
         self.history.clear()
         self.pending.clear()
         self._kept_slope = self._fit()  # the response to load is the system's, not the level's: keep it
-        self._slope = None
+        self._slope, self._design = None, None
 
     def __len__(self) -> int:
         return len(self.values)
 
     def _fit(self) -> tuple[float, ...]:
         if self._slope is None:
-            self._slope = (_ols_slope([(x, f) for x, f, _ in self.history])
-                           if len(self.history) >= self.min_residuals else self._kept_slope)
+            rows = [(x, f) for x, f, _ in self.history]
+            # From `min_residuals` points on the slope is always used. With `early_fit` (latency:
+            # a fresh monitor's first buckets follow the load as much as a warm one's) it is
+            # fitted as soon as the residual variance has two degrees of freedom (d + 3 points),
+            # kept only where it predicts out of sample (`_ols_fit`'s `select`), and the
+            # prediction's own error is charged to the scale (`_leverage`), not ignored.
+            need = len(rows[0][1]) + 3 if rows and self.early_fit else self.min_residuals
+            fitted = (_ols_fit(rows, select=len(rows) < self.min_residuals)
+                      if rows and len(rows) >= need else None)
+            if fitted is not None:
+                b, self._design, predicts = fitted
+                # Not selected: a flat level, but the design stays, so a load beyond what the
+                # history has seen still widens the scale (the response there is unknown).
+                self._slope = b if predicts else self._kept_slope
+            else:
+                self._slope, self._design = self._kept_slope, None
             self._n_ref = statistics.median(self.res_counts) if self.res_counts else 1.0
             self._gamma = (_count_exponent(self.residuals, self.res_counts, self._n_ref)
                            if len(self.residuals) >= self.min_residuals and self._n_ref > 0 else 0.0)
         return self._slope
 
-    def center(self, features: tuple[float, ...] = ()) -> float:
+    def _adjusted(self, features: tuple[float, ...]) -> list[float] | None:
+        """The window's values moved to zero load by the fitted slope (None: no usable slope)."""
         b = self._fit()
         if not b or len(features) != len(b) or any(len(f) != len(b) for f in self.feats):
+            return None
+        return [v - _dot(b, f) for v, f in zip(self.values, self.feats)]
+
+    def center(self, features: tuple[float, ...] = ()) -> float:
+        adj = self._adjusted(features)
+        if adj is None:
             return statistics.median(self.values)
-        adj = statistics.median(v - _dot(b, f) for v, f in zip(self.values, self.feats))
-        return adj + _dot(b, features)
+        level = statistics.median(adj) + _dot(self._fit(), features)
+        # Latency is positive and convex in load: a line through the busy buckets can cross
+        # zero at a quiet one; below every value the window holds it is the line, not the system.
+        return max(level, min(self.values)) if self.early_fit else level
+
+    def _leverage(self, features: tuple[float, ...]) -> float:
+        """h(f) = 1/n + (f - mean)' S^-1 (f - mean) of the fit: the prediction's own variance over sigma^2.
+
+        Why: a level read off few buckets, or a slope carried to a load the history has not
+        seen, is itself uncertain; the residual at f has variance sigma^2 (1 + h(f)).
+        """
+        d = self._design
+        if d is None or len(features) != len(d.mean):
+            return 1.0 / max(1, len(self.values))
+        u = [f - m for f, m in zip(features, d.mean)]
+        return 1.0 / d.n + sum(u[i] * d.inv[i][j] * u[j] for i in range(len(u)) for j in range(len(u)))
 
     def weight(self, count: float) -> float:
         """Multiplier turning this bucket's residual into the reference bucket size's."""
@@ -249,19 +293,54 @@ class RollingBaseline:
             return 1.0
         return (count / self._n_ref) ** self._gamma
 
-    def scale(self, spec: SignalSpec) -> float:
-        """Noise scale for the sequential test: robust sigma times the autocorrelation inflation."""
+    def unseen(self, features: tuple[float, ...]) -> bool:
+        """A young load-driven baseline asked about a load its history has not seen (h(f) > 1).
+
+        Why: the prediction's own variance there exceeds the noise's, and a fresh history that
+        saw no load swing could not learn the response at all (a surge minutes after start);
+        such a bucket is no evidence either way: it is learned, not tested. Once
+        `min_residuals` buckets are in, the leverage only widens the scale.
+        """
+        if not self.early_fit or len(self.residuals) >= self.min_residuals:
+            return False
+        self._fit()
+        return self._design is not None and self._leverage(features) > 1.0
+
+    def scale(self, spec: SignalSpec, features: tuple[float, ...] = ()) -> float:
+        """Noise scale for the sequential test: robust sigma times the autocorrelation inflation.
+
+        With 30+ residuals seen (out-of-sample errors, so they already carry the average
+        prediction error 1 + p/n) the scale is only widened where the load is further from
+        the history's than average; before that, sigma comes from the fit's in-sample
+        residuals (degrees-of-freedom corrected) times sqrt(1 + h(f)).
+        """
         med = statistics.median(self.values)
+        self._fit()
+        d = len(self._design.mean) if self._design is not None else 0
         if len(self.residuals) >= self.min_residuals:
-            self._fit()
             if self._gamma > 0:
                 res = deque(r * self.weight(n) for r, n in zip(self.residuals, self.res_counts))
             else:
                 res = self.residuals
             mad = statistics.median(abs(r) for r in res) * 1.4826
             mad *= math.sqrt(autocorrelation_inflation(res, mad, lags=self.lags))
+            if self._design is not None:
+                mad *= math.sqrt(max(1.0, (1 + self._leverage(features)) / (1 + (d + 1) / self._design.n)))
         else:
-            mad = statistics.median(abs(v - med) for v in self.values) * 1.4826
+            adj = self._adjusted(features)
+            if adj is not None:
+                n = len(adj)
+                m = statistics.median(adj)
+                dev = deque(v - m for v in adj)
+                mad = statistics.median(abs(v) for v in dev) * 1.4826 * math.sqrt(n / max(1, n - d - 1))
+                mad *= math.sqrt(1 + self._leverage(features))
+            else:
+                dev = deque(v - med for v in self.values)
+                mad = statistics.median(abs(v) for v in dev) * 1.4826
+                if self._design is not None:
+                    mad *= math.sqrt(1 + self._leverage(features))
+            # the same long-run variance as the warm scale's, read off the window itself
+            mad *= math.sqrt(autocorrelation_inflation(dev, mad, lags=self.lags))
         return max(mad, spec.rel_floor * abs(med), spec.abs_floor)
 
 
@@ -269,31 +348,61 @@ def _dot(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return sum(x * y for x, y in zip(a, b))
 
 
-def _ols_slope(rows: list[tuple[float, tuple[float, ...]]]) -> tuple[float, ...]:
-    """Least-squares slopes of x on the features (intercept free); () if singular.
+@dataclass(frozen=True, slots=True)
+class _Design:
+    """What the leverage of a new point needs from a fit: n, the feature means, S^-1."""
+
+    n: int
+    mean: tuple[float, ...]
+    inv: list[list[float]]
+
+
+def _ols_fit(rows: list[tuple[float, tuple[float, ...]]],
+             select: bool = False) -> tuple[tuple[float, ...], _Design, bool] | None:
+    """Least-squares slopes of x on the features (intercept free), the fit's design, and whether the
+    slope predicts x out of sample (always True without `select`); None if singular.
 
     x is not winsorised: clipping the high-load buckets' values (not their load) would bias
     the slope low and leave the bursts it should explain.
     """
     if not rows or not rows[0][1] or any(len(f) != len(rows[0][1]) for _, f in rows):
-        return ()
+        return None
     xs = [x for x, _ in rows]
     d = len(rows[0][1])
     fm = [statistics.fmean(f[j] for _, f in rows) for j in range(d)]
     xm = statistics.fmean(xs)
-    # normal equations on centred data (d is 1-2: Gauss-Jordan by hand)
+    # normal equations on centred data (d is 1-2: Gauss-Jordan by hand, carrying the inverse)
     a = [[sum((f[i] - fm[i]) * (f[j] - fm[j]) for _, f in rows) for j in range(d)] for i in range(d)]
     y = [sum((f[i] - fm[i]) * (x - xm) for (_, f), x in zip(rows, xs)) for i in range(d)]
+    inv = [[1.0 if i == j else 0.0 for j in range(d)] for i in range(d)]
+    big = max(1.0, max(abs(v) for row in a for v in row))
     for i in range(d):
         piv = a[i][i]
-        if abs(piv) <= 1e-12 * max(1.0, max(abs(v) for row in a for v in row)):
-            return ()
+        if abs(piv) <= 1e-12 * big:
+            return None
         for j in range(d):
             if j != i:
                 r = a[j][i] / piv
                 a[j] = [aj - r * ai for aj, ai in zip(a[j], a[i])]
+                inv[j] = [bj - r * bi for bj, bi in zip(inv[j], inv[i])]
                 y[j] -= r * y[i]
-    return tuple(y[i] / a[i][i] for i in range(d))
+    inv = [[v / a[i][i] for v in inv[i]] for i in range(d)]
+    b = tuple(y[i] / a[i][i] for i in range(d))
+    design = _Design(len(rows), tuple(fm), inv)
+    # Selected only if the load predicts the value out of sample: leave-one-out errors
+    # e_i / (1 - h_i) (closed form) against the plain level's, compared robustly (median |.|).
+    # A signal the load does not move (a share, a price) then keeps a flat level instead of
+    # a slope fitted to noise.
+    if not select:
+        return b, design, True
+    n = len(rows)
+    loo_fit, loo_flat = [], []
+    for x, f in rows:
+        u = [fi - mi for fi, mi in zip(f, fm)]
+        h = 1.0 / n + sum(u[i] * inv[i][j] * u[j] for i in range(d) for j in range(d))
+        loo_fit.append(abs(x - xm - _dot(b, tuple(u))) / max(1e-9, 1.0 - h))
+        loo_flat.append(abs(x - xm) * n / (n - 1))
+    return b, design, statistics.median(loo_fit) < statistics.median(loo_flat)
 
 
 def _count_exponent(residuals: deque[float], counts: deque[float], n_ref: float) -> float:
