@@ -337,12 +337,14 @@ class Autoscaler:
         The queueing model and the capacity estimate can both be optimistic about a mix (on Azure
         prefill-heavy every step down to 3 replicas at ~75% of saturated throughput missed the SLO
         and a fixed 4 held it). So the fleet's own outcome is evidence: when misses burn the budget
-        at twice its rate over the last minute (at once: a few misses in a minute of Mooncake's
-        ~200 requests are noise, not a verdict on the count), the fewest replicas ready in that minute at the minute's peak
-        tokens/s per replica is remembered (the misses lag the load that made them) (miss_memory_s), and no count up to it is planned again at that
+        at twice its rate over the last minute (not at once: a few misses in a minute of Mooncake's
+        ~200 requests are noise, not a verdict on the count), the fewest replicas ready in that
+        minute and the minute's peak tokens/s per replica are remembered for `miss_memory_s` (the
+        misses lag the load that made them), and no count up to it is planned again at that
         per-replica load or more (not in the first two start-up delays: the rates are still
-        filling and misses there are the start's). One record rules out at most one more replica than the count
-        that missed, so misses no replica count cures (service time) cannot run the fleet up."""
+        filling and misses there are the start's). One record rules out at most one more replica
+        than the count that missed, so misses no replica count cures (service time) cannot run
+        the fleet up."""
         p = state.policy
         if o.ready > (state.readies[-1][1] if state.readies else o.ready):
             state.last_ready_up = now
