@@ -337,7 +337,7 @@ class Autoscaler:
         The queueing model and the capacity estimate can both be optimistic about a mix (on Azure
         prefill-heavy every step down to 3 replicas at ~75% of saturated throughput missed the SLO
         and a fixed 4 held it). So the fleet's own outcome is evidence: when misses burn the budget
-        at twice its rate over the last minute (not at once: a few misses in a minute of Mooncake's
+        at twice its rate over the last minute (twice, not once: a few misses in a minute of Mooncake's
         ~200 requests are noise, not a verdict on the count), the fewest replicas ready in that
         minute and the minute's peak tokens/s per replica are remembered for `miss_memory_s` (the
         misses lag the load that made them), and no count up to it is planned again at that
