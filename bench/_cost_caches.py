@@ -63,6 +63,7 @@ def run_levers(
     verifier: PairVerifier | None,
     similarity_floor: float,
     control: np.ndarray | None = None,  # per request: True = control group (baseline path)
+    online=None,  # a `_cost_online.OnlineRouter`: routes with the threshold in force instead of `tier_of_row`
 ) -> list[Outcome]:
     reference = len(tiers) - 1  # the baseline tier: the last (largest) one
     now = 0.0
@@ -108,7 +109,7 @@ def run_levers(
         if hit is not None:
             outcomes.append(Outcome(None, kind, hit["quality"] if same else 0.0, wrong_hit=not same, source=hit["tier"]))
             continue
-        t_idx = int(tier_of_row[q.row])
+        t_idx = online.route(i, q.row, t) if online is not None else int(tier_of_row[q.row])
         quality = float(quality_of[q.row, t_idx])
         outcomes.append(Outcome(tiers[t_idx], None, quality, source=tiers[t_idx]))
         if exact is not None or semantic is not None:

@@ -33,10 +33,15 @@ def draw_control(n: int, share: float, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x5A11]).random(n) < share
 
 
+def shadow_draws(n: int, seed: int) -> np.ndarray:
+    """Per request: the uniform draw the shadow sample compares with the rate (seeded; the
+    online loop's verdicts and the fleet's shadow calls use the same one)."""
+    return np.random.default_rng([seed, 0x5AD0]).random(n)
+
+
 def shadow_calls(outcomes: list[Outcome], rate: float, seed: int, small: str, large: str) -> list[tuple[int, str]]:
-    """(request index, tier called) for each shadow call, as the sidecar's `ShadowEvaluator.consider` draws them."""
-    rng = np.random.default_rng([seed, 0x5AD0])
-    draws = rng.random(len(outcomes))
+    """(request index, tier called) for each shadow call, as the sidecar's `QualityLoop.consider` draws them."""
+    draws = shadow_draws(len(outcomes), seed)
     calls = []
     for i, o in enumerate(outcomes):
         if o.control or o.cache == "exact" or draws[i] >= rate:

@@ -104,6 +104,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--shadow-rate", type=float, default=_QUALITY.shadow.rate,
                    help=f"share of treated answers re-asked in the background, charged as shadow spend (config "
                         f"quality.shadow.rate, default {_QUALITY.shadow.rate})")
+    p.add_argument("--online", action="store_true",
+                   help="online calibration: the shadow verdicts feed the controller's QualityCalibrator and each control "
+                        "round's threshold routes the requests that follow (starting from the offline threshold)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="FILE.png", help="also write the lever-by-lever cost waterfall (matplotlib, headless)")
     return p.parse_args(argv)
@@ -350,15 +353,29 @@ def _run(args: argparse.Namespace) -> int:
     # group takes the baseline path and its shadow calls load the same fleet.
     control = draw_control(len(trace), args.control_share, args.seed)
     tokens = [(r.prompt_tokens, r.output_tokens) for r in trace]
+    online_runs: dict[tuple[bool, bool, bool], object] = {}
+
+    def online_router():
+        from thrifty.bench._cost_ledger import shadow_draws
+        from thrifty.bench._cost_online import OnlineRouter
+        from thrifty.config import ControllerSettings
+
+        profiles = [spec_for(t, True).profile for t in (SMALL, LARGE)]
+        return OnlineRouter(
+            dict(zip(rows, ease.tolist(), strict=True)), quality_of, [SMALL, LARGE], start_threshold=threshold,
+            target=_fleet_budget(args.target_quality, profiles), confidence=_QUALITY.confidence,
+            shadow_rate=args.shadow_rate, draws=shadow_draws(len(trace), args.seed),
+            verdict_delay_s=2 * args.store_delay_s, round_s=float(ControllerSettings().interval_s))
 
     def outcomes_for(step) -> list:
         key = (step.router and router is not None, step.exact, step.semantic and verifier is not None)
         if key not in lever_cache:
+            online = online_runs[key] = online_router() if args.online and key[0] else None
             lever_cache[key] = run_levers(
                 questions, arrivals, outputs, tier_of_row if key[0] else all_large, [SMALL, LARGE], quality_of, vectors,
                 LeverSettings(exact_cache=key[1], semantic_cache=key[2], store_delay_s=args.store_delay_s),
                 verifier, verifier.similarity_floor if verifier is not None else 1.0,
-                control=control if step.router else None)
+                control=control if step.router else None, online=online)
         return lever_cache[key]
 
     results = []
@@ -405,6 +422,13 @@ def _run(args: argparse.Namespace) -> int:
         results[3]["note"] = "verifier not ready: semantic cache off"
     report = _report(results, args, trace, questions, tenants, pairs_used, rows, data, small, large,
                      threshold, threshold_source, not_ready, spec_for)
+    final_key = next(reversed(lever_cache))  # the Thrifty row's lever set (the last one run)
+    if online_runs.get(final_key) is not None:
+        report["online"] = online_runs[final_key].summary()
+        print(f"online loop (Thrifty row): {report['online']['verdicts']} verdicts, threshold {report['online']['start_threshold']} "
+              f"-> {report['online']['final_threshold']} ({report['online']['threshold_changes']} changes, range "
+              f"{report['online']['threshold_range']}), small share of routed {report['online']['small_share_of_routed']}",
+              file=sys.stderr)
     _print_table(report)
     if args.plot:
         from thrifty.bench import plots
