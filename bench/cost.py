@@ -539,10 +539,18 @@ def _report(results, args, trace, questions, tenants, pairs_used, rows, data, sm
         "router": {"threshold": None if threshold != threshold else round(threshold, 4), "calibration": threshold_source},
         "prices_per_gpu_hour": prices,
         "slo_ttft_s": args.slo_ttft_s,
-        "ledger": {**results[-1].get("ledger", {}), "control_share": args.control_share,
-                   "shadow_rate": args.shadow_rate, "cost_reduction": final["cost_reduction"]},
+        "ledger": _ledger_summary(results[-1].get("ledger", {}), args, final["cost_reduction"]),
         "not_ready": not_ready,
     }
+
+
+def _ledger_summary(lg: dict, args: argparse.Namespace, cost_reduction: float) -> dict:
+    """The Thrifty row's ledger with the headline beside it: a control group that shares the fleet
+    sees the request-level levers (router, caches), not what the fleet levers save on its own tier."""
+    interval = lg.get("interval")
+    return {**lg, "control_share": args.control_share, "shadow_rate": args.shadow_rate,
+            "cost_reduction": cost_reduction,
+            "cost_reduction_inside": bool(interval and interval[0] <= cost_reduction <= interval[1])}
 
 
 def _print_table(r: dict) -> None:
