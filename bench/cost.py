@@ -38,6 +38,20 @@ peak, while the autoscaler turns it into GPU-hours. quality_retained = mean answ
 scores 0). slo_attainment = share of requests answered within the TTFT SLO (cache hits
 count as answered at once; shed requests as misses). Nothing is tuned on the scored
 file's labels: rows the router was trained on and QQP pairs the verifier saw are left out.
+
+The quality loop runs in every step with the router, as in the sidecar (`_cost_ledger`,
+`_cost_online`): a seeded control group (`--control-share`, config `quality.control.rate`)
+takes the baseline path inside the same fleet; shadow calls (`--shadow-rate`,
+`quality.shadow.rate`) load the same tiers and are charged to the treated group; the
+threshold above is where the router starts, and from the first shadow verdict on each
+control round routes with the controller's `QualityCalibrator` (the online loop; the label
+judge; `--offline` holds the threshold). `ledger` in the report: measured savings (cost per
+treated request vs per control request, each request's share of its tier's GPU-hours) with
+the production interval, modelled savings beside them, quality per group; `online`: the
+verdicts and the threshold's path. A control group that shares the fleet measures what the
+router and caches save there; the balancer, autoscaler and quantized profiles lower its own
+cost too, so the headline cost_reduction against the baseline fleet is not expected inside
+its interval.
 """
 
 from __future__ import annotations
@@ -104,9 +118,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--shadow-rate", type=float, default=_QUALITY.shadow.rate,
                    help=f"share of treated answers re-asked in the background, charged as shadow spend (config "
                         f"quality.shadow.rate, default {_QUALITY.shadow.rate})")
-    p.add_argument("--online", action="store_true",
-                   help="online calibration: the shadow verdicts feed the controller's QualityCalibrator and each control "
-                        "round's threshold routes the requests that follow (starting from the offline threshold)")
+    p.add_argument("--offline", action="store_true",
+                   help="hold the router threshold fixed for the whole run; by default it starts there and then the shadow "
+                        "verdicts feed the controller's QualityCalibrator, whose threshold each control round routes the "
+                        "requests that follow (the online loop)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="FILE.png", help="also write the lever-by-lever cost waterfall (matplotlib, headless)")
     return p.parse_args(argv)
@@ -370,7 +385,7 @@ def _run(args: argparse.Namespace) -> int:
     def outcomes_for(step) -> list:
         key = (step.router and router is not None, step.exact, step.semantic and verifier is not None)
         if key not in lever_cache:
-            online = online_runs[key] = online_router() if args.online and key[0] else None
+            online = online_runs[key] = online_router() if not args.offline and key[0] else None
             lever_cache[key] = run_levers(
                 questions, arrivals, outputs, tier_of_row if key[0] else all_large, [SMALL, LARGE], quality_of, vectors,
                 LeverSettings(exact_cache=key[1], semantic_cache=key[2], store_delay_s=args.store_delay_s),

@@ -110,13 +110,15 @@ def test_control_group_ledger_is_measured_in_the_fleet(capsys, small_inputs):
 
 @needs_data
 def test_online_loop_moves_the_threshold_from_verdicts(capsys, small_inputs):
-    rc, report, text = _run(capsys, small_inputs, "--strong-share", "0.5", "--shadow-rate", "0.5", "--online")
+    rc, report, text = _run(capsys, small_inputs, "--strong-share", "0.5", "--shadow-rate", "0.5")
     assert rc == 0, text
     online = report["online"]
     assert online["verdicts"] > 0 and online["rounds_with_verdicts"] > 0
     assert online["threshold_changes"] > 0  # the calibrator's threshold replaced the offline one
     assert online["start_threshold"] == report["router"]["threshold"]
     assert "small->large" in online["calibrator"]
+    rc, report, text = _run(capsys, small_inputs, "--strong-share", "0.5", "--shadow-rate", "0.5", "--offline")
+    assert rc == 0 and "online" not in report  # --offline: the threshold holds
 
 def test_shadow_calls_follow_the_sidecars_draw():
     from thrifty.bench._cost_caches import Outcome
