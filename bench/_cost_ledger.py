@@ -39,8 +39,10 @@ def shadow_draws(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x5AD0]).random(n)
 
 
-def shadow_calls(outcomes: list[Outcome], rate: float, seed: int, small: str, large: str) -> list[tuple[int, str]]:
-    """(request index, tier called) for each shadow call, as the sidecar's `QualityLoop.consider` draws them."""
+def shadow_calls(outcomes: list[Outcome], rate: float, seed: int, small: str, large: str,
+                 routed: bool = True) -> list[tuple[int, str]]:
+    """(request index, tier called) for each shadow call, as the sidecar's `QualityLoop.consider` draws them
+    (the counterfactual call of a reference answer only when the router scored the request: `routed`)."""
     draws = shadow_draws(len(outcomes), seed)
     calls = []
     for i, o in enumerate(outcomes):
@@ -48,7 +50,7 @@ def shadow_calls(outcomes: list[Outcome], rate: float, seed: int, small: str, la
             continue
         if o.cache == "semantic" or o.tier == small:
             calls.append((i, large))
-        elif o.tier == large:
+        elif o.tier == large and routed:
             calls.append((i, small))  # the counterfactual: what the small tier would have answered
     return calls
 

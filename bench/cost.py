@@ -382,8 +382,11 @@ def _run(args: argparse.Namespace) -> int:
             shadow_rate=args.shadow_rate, draws=shadow_draws(len(trace), args.seed),
             verdict_delay_s=2 * args.store_delay_s, round_s=float(ControllerSettings().interval_s))
 
+    def lever_key(step) -> tuple[bool, bool, bool]:
+        return step.router and router is not None, step.exact, step.semantic and verifier is not None
+
     def outcomes_for(step) -> list:
-        key = (step.router and router is not None, step.exact, step.semantic and verifier is not None)
+        key = lever_key(step)
         if key not in lever_cache:
             online = online_runs[key] = online_router() if not args.offline and key[0] else None
             lever_cache[key] = run_levers(
@@ -403,7 +406,8 @@ def _run(args: argparse.Namespace) -> int:
             if o.tier is not None:
                 by_tier[o.tier].append((r.arrival, r.prompt_tokens, r.output_tokens))
                 owners[o.tier].append((0, i))
-        shadows = shadow_calls(outcomes, args.shadow_rate, args.seed, SMALL, LARGE) if step.router else []
+        shadows = shadow_calls(outcomes, args.shadow_rate, args.seed, SMALL, LARGE, routed=lever_key(step)[0]) \
+            if step.router else []
         for i, tier in shadows:  # sent once the answer is complete (a cache hit: at once)
             r = trace[i]
             by_tier[tier].append((r.arrival + (0.0 if outcomes[i].cache else args.store_delay_s), r.prompt_tokens,
@@ -437,7 +441,7 @@ def _run(args: argparse.Namespace) -> int:
         results[3]["note"] = "verifier not ready: semantic cache off"
     report = _report(results, args, trace, questions, tenants, pairs_used, rows, data, small, large,
                      threshold, threshold_source, not_ready, spec_for)
-    final_key = next(reversed(lever_cache))  # the Thrifty row's lever set (the last one run)
+    final_key = lever_key(STEPS[-1])  # the Thrifty row's lever set
     if online_runs.get(final_key) is not None:
         report["online"] = online_runs[final_key].summary()
         print(f"online loop (Thrifty row): {report['online']['verdicts']} verdicts, threshold {report['online']['start_threshold']} "

@@ -128,6 +128,7 @@ def test_shadow_calls_follow_the_sidecars_draw():
                 Outcome(None, "semantic", 1.0), Outcome("large", None, 1.0, control=True)]
     assert shadow_calls(outcomes, 1.0, 0, "small", "large") == [(0, "large"), (1, "small"), (3, "large")]
     assert shadow_calls(outcomes, 0.0, 0, "small", "large") == []
+    assert shadow_calls(outcomes, 1.0, 0, "small", "large", routed=False) == [(0, "large"), (3, "large")]
     control = draw_control(20000, 0.01, 3)
     assert 150 < control.sum() < 250 and (control == draw_control(20000, 0.01, 3)).all()
 
