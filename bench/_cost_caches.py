@@ -7,6 +7,8 @@ a virtual clock. An answer becomes cacheable `store_delay_s` after its request a
 stores only complete answers). Requests are deterministic (temperature 0), so the exact
 cache may answer them. A hit's quality is the stored answer's quality when the hit is
 the same question, and 0 when it is not (a label-0 paraphrase or another question).
+A request of the savings ledger's control group (`control`) takes the baseline path, as in
+the sidecar (proxy/quality/ledger.py): no cache lookup or store, no router, the reference tier.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Outcome:
     quality: float  # the answer's quality (label of the model that produced it)
     wrong_hit: bool = False  # a cache answered a different question
     source: str | None = None  # the tier whose answer this is (for a hit: the tier that produced the stored one)
+    control: bool = False  # the savings ledger's control group: served by the baseline path
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,10 @@ def run_levers(
     settings: LeverSettings,
     verifier: PairVerifier | None,
     similarity_floor: float,
+    control: np.ndarray | None = None,  # per request: True = control group (baseline path)
+    online=None,  # a `_cost_online.OnlineRouter`: routes with the threshold in force instead of `tier_of_row`
 ) -> list[Outcome]:
+    reference = len(tiers) - 1  # the baseline tier: the last (largest) one
     now = 0.0
 
     def clock() -> float:
@@ -81,6 +87,10 @@ def run_levers(
             if semantic is not None:
                 semantic.put(partition, sq.text, vectors[sq.text], stored)
         now = t
+        if control is not None and control[i]:
+            quality = float(quality_of[q.row, reference])
+            outcomes.append(Outcome(tiers[reference], None, quality, source=tiers[reference], control=True))
+            continue
         tenant = f"tenant-{q.tenant}"
         body = _body(q)
         key = request_key(tenant, "chat", body)
@@ -99,7 +109,7 @@ def run_levers(
         if hit is not None:
             outcomes.append(Outcome(None, kind, hit["quality"] if same else 0.0, wrong_hit=not same, source=hit["tier"]))
             continue
-        t_idx = int(tier_of_row[q.row])
+        t_idx = online.route(i, q.row, t) if online is not None else int(tier_of_row[q.row])
         quality = float(quality_of[q.row, t_idx])
         outcomes.append(Outcome(tiers[t_idx], None, quality, source=tiers[t_idx]))
         if exact is not None or semantic is not None:

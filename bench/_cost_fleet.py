@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from thrifty.bench.autoscale import TierProbe, fleet_config
 from thrifty.bench._control import ControlledFleet
-from thrifty.sim.fleet import SimTier, replay
+from thrifty.sim.fleet import Served, SimTier, replay
 from thrifty.profiles import GpuProfile, engine_costs
 from thrifty.sim.model import SpeculativeSim
 
@@ -52,6 +52,7 @@ class TierRun:
     within_slo: int
     dropped: int
     scale_actions: int
+    served: list[Served] = field(default_factory=list)  # tag = index into the tier's arrivals (the ledger's cost split)
 
     @property
     def attainment(self) -> float:
@@ -97,7 +98,7 @@ def _tier_run(tier: SimTier, spec: TierSpec, end: float, replicas: int, slo_ttft
     return TierRun(
         replicas=replicas, gpu_hours=gpu_hours, dollars=gpu_hours * spec.gpu_hour_usd, requests=len(tier.served),
         within_slo=sum(1 for s in ok if s.ttft <= slo_ttft_s), dropped=len(tier.served) - len(ok),
-        scale_actions=tier.scale_actions,
+        scale_actions=tier.scale_actions, served=tier.served,
     )
 
 

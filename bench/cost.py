@@ -38,6 +38,20 @@ peak, while the autoscaler turns it into GPU-hours. quality_retained = mean answ
 scores 0). slo_attainment = share of requests answered within the TTFT SLO (cache hits
 count as answered at once; shed requests as misses). Nothing is tuned on the scored
 file's labels: rows the router was trained on and QQP pairs the verifier saw are left out.
+
+The quality loop runs in every step with the router, as in the sidecar (`_cost_ledger`,
+`_cost_online`): a seeded control group (`--control-share`, config `quality.control.rate`)
+takes the baseline path inside the same fleet; shadow calls (`--shadow-rate`,
+`quality.shadow.rate`) load the same tiers and are charged to the treated group; the
+threshold above is where the router starts, and from the first shadow verdict on each
+control round routes with the controller's `QualityCalibrator` (the online loop; the label
+judge; `--offline` holds the threshold). `ledger` in the report: measured savings (cost per
+treated request vs per control request, each request's share of its tier's GPU-hours) with
+the production interval, modelled savings beside them, quality per group; `online`: the
+verdicts and the threshold's path. A control group that shares the fleet measures what the
+router and caches save there; the balancer, autoscaler and quantized profiles lower its own
+cost too, so the headline cost_reduction against the baseline fleet is not expected inside
+its interval.
 """
 
 from __future__ import annotations
@@ -50,9 +64,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from thrifty.config import QualitySettings
 from thrifty.sim.traces import VARIANTS
 
 SMALL, LARGE = "small", "large"
+_QUALITY = QualitySettings()  # the sidecar's quality-loop defaults (control share, shadow rate, confidence)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -96,6 +112,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--startup-s", type=float, default=90.0, help="replica start-up delay (default 90 s)")
     p.add_argument("--slo-ttft-s", type=float, default=2.0, help="TTFT SLO (default 2 s)")
     p.add_argument("--store-delay-s", type=float, default=30.0, help="an answer is cacheable this long after its request (default 30 s)")
+    p.add_argument("--control-share", type=float, default=_QUALITY.control.rate,
+                   help=f"savings ledger: share of requests served by the baseline path (config quality.control.rate, "
+                        f"default {_QUALITY.control.rate})")
+    p.add_argument("--shadow-rate", type=float, default=_QUALITY.shadow.rate,
+                   help=f"share of treated answers re-asked in the background, charged as shadow spend (config "
+                        f"quality.shadow.rate, default {_QUALITY.shadow.rate})")
+    p.add_argument("--offline", action="store_true",
+                   help="hold the router threshold fixed for the whole run; by default it starts there and then the shadow "
+                        "verdicts feed the controller's QualityCalibrator, whose threshold each control round routes the "
+                        "requests that follow (the online loop)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", metavar="FILE.png", help="also write the lever-by-lever cost waterfall (matplotlib, headless)")
     return p.parse_args(argv)
@@ -201,6 +227,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError("--target-quality must be in (0, 1]")
     if args.router_threshold is not None and not 0 <= args.router_threshold <= 1:
         raise ValueError("--router-threshold must be in [0, 1]")
+    if not 0 <= args.control_share < 1:
+        raise ValueError("--control-share must be in [0, 1)")
+    if not 0 <= args.shadow_rate <= 1:
+        raise ValueError("--shadow-rate must be in [0, 1]")
     if not 0 <= args.spec_acceptance <= 1 or args.spec_tokens < 0:
         raise ValueError("--spec-tokens must be >= 0 and --spec-acceptance in [0, 1]")
 
@@ -208,6 +238,7 @@ def _validate(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace) -> int:
     from thrifty.bench._cost_caches import LeverSettings, run_levers
     from thrifty.bench._cost_fleet import FleetRun, FleetSettings, TierSpec, run_autoscaled, run_static_fleet
+    from thrifty.bench._cost_ledger import SHADOW, draw_control, ledger, shadow_calls
     from thrifty.bench._cost_workload import build_questions, load_pairs, order_rows
     from thrifty.bench.autoscale import overlay
     from thrifty.sim.traces import load_trace, make_variant
@@ -333,14 +364,36 @@ def _run(args: argparse.Namespace) -> int:
     outputs = [r.output_tokens for r in trace]
     all_large = np.ones(len(data.prompts), dtype=int)
     lever_cache: dict[tuple[bool, bool, bool], list] = {}
+    # The quality loop runs in every step with the router (the sidecar's): its control
+    # group takes the baseline path and its shadow calls load the same fleet.
+    control = draw_control(len(trace), args.control_share, args.seed)
+    tokens = [(r.prompt_tokens, r.output_tokens) for r in trace]
+    online_runs: dict[tuple[bool, bool, bool], object] = {}
+
+    def online_router():
+        from thrifty.bench._cost_ledger import shadow_draws
+        from thrifty.bench._cost_online import OnlineRouter
+        from thrifty.config import ControllerSettings
+
+        profiles = [spec_for(t, True).profile for t in (SMALL, LARGE)]
+        return OnlineRouter(
+            dict(zip(rows, ease.tolist(), strict=True)), quality_of, [SMALL, LARGE], start_threshold=threshold,
+            target=_fleet_budget(args.target_quality, profiles), confidence=_QUALITY.confidence,
+            shadow_rate=args.shadow_rate, draws=shadow_draws(len(trace), args.seed),
+            verdict_delay_s=2 * args.store_delay_s, round_s=float(ControllerSettings().interval_s))
+
+    def lever_key(step) -> tuple[bool, bool, bool]:
+        return step.router and router is not None, step.exact, step.semantic and verifier is not None
 
     def outcomes_for(step) -> list:
-        key = (step.router and router is not None, step.exact, step.semantic and verifier is not None)
+        key = lever_key(step)
         if key not in lever_cache:
+            online = online_runs[key] = online_router() if not args.offline and key[0] else None
             lever_cache[key] = run_levers(
                 questions, arrivals, outputs, tier_of_row if key[0] else all_large, [SMALL, LARGE], quality_of, vectors,
                 LeverSettings(exact_cache=key[1], semantic_cache=key[2], store_delay_s=args.store_delay_s),
-                verifier, verifier.similarity_floor if verifier is not None else 1.0)
+                verifier, verifier.similarity_floor if verifier is not None else 1.0,
+                control=control if step.router else None, online=online)
         return lever_cache[key]
 
     results = []
@@ -348,9 +401,18 @@ def _run(args: argparse.Namespace) -> int:
     for step in STEPS:
         outcomes = outcomes_for(step)
         by_tier: dict[str, list[tuple[float, int, int]]] = {SMALL: [], LARGE: []}
-        for o, r in zip(outcomes, trace, strict=True):
+        owners: dict[str, list[tuple[int, int]]] = {SMALL: [], LARGE: []}  # (0 | SHADOW, request index) per arrival
+        for i, (o, r) in enumerate(zip(outcomes, trace, strict=True)):
             if o.tier is not None:
                 by_tier[o.tier].append((r.arrival, r.prompt_tokens, r.output_tokens))
+                owners[o.tier].append((0, i))
+        shadows = shadow_calls(outcomes, args.shadow_rate, args.seed, SMALL, LARGE, routed=lever_key(step)[0]) \
+            if step.router else []
+        for i, tier in shadows:  # sent once the answer is complete (a cache hit: at once)
+            r = trace[i]
+            by_tier[tier].append((r.arrival + (0.0 if outcomes[i].cache else args.store_delay_s), r.prompt_tokens,
+                                  r.output_tokens))
+            owners[tier].append((SHADOW, i))
         specs = [spec_for(t, step.profiles) for t in (SMALL, LARGE) if by_tier[t]]
         fleet_settings = FleetSettings(balancer=step.balancer, autoscale=step.autoscale,
                                        startup_s=args.startup_s, slo_ttft_s=args.slo_ttft_s)
@@ -362,9 +424,13 @@ def _run(args: argparse.Namespace) -> int:
         static_counts = {n: t.replicas for n, t in static.tiers.items()}
         caps = {s.name: max(4, 3 * static_counts.get(s.name, 1)) for s in specs}
         scaled = run_autoscaled(specs, by_tier, static_counts, fleet_settings, caps)
-        row = _summarise(step, outcomes, scaled if step.autoscale else static, specs)
-        row["static"] = _provisioning(outcomes, static)
-        row["autoscaled"] = _provisioning(outcomes, scaled)
+        used = scaled if step.autoscale else static
+        row = _summarise(step, outcomes, used, specs, owners, args.slo_ttft_s)
+        row["static"] = _provisioning(outcomes, static, owners, args.slo_ttft_s)
+        row["autoscaled"] = _provisioning(outcomes, scaled, owners, args.slo_ttft_s)
+        row["shadow_calls"] = len(shadows)
+        if step.router:
+            row["ledger"] = ledger(outcomes, tokens, owners, used, specs, LARGE, _QUALITY.confidence)
         results.append(row)
         print(f"  {step.name}: ${row['dollars']:.2f} (static peak ${static.dollars:.2f}, autoscaled ${scaled.dollars:.2f})",
               file=sys.stderr, flush=True)
@@ -375,6 +441,13 @@ def _run(args: argparse.Namespace) -> int:
         results[3]["note"] = "verifier not ready: semantic cache off"
     report = _report(results, args, trace, questions, tenants, pairs_used, rows, data, small, large,
                      threshold, threshold_source, not_ready, spec_for)
+    final_key = lever_key(STEPS[-1])  # the Thrifty row's lever set
+    if online_runs.get(final_key) is not None:
+        report["online"] = online_runs[final_key].summary()
+        print(f"online loop (Thrifty row): {report['online']['verdicts']} verdicts, threshold {report['online']['start_threshold']} "
+              f"-> {report['online']['final_threshold']} ({report['online']['threshold_changes']} changes, range "
+              f"{report['online']['threshold_range']}), small share of routed {report['online']['small_share_of_routed']}",
+              file=sys.stderr)
     _print_table(report)
     if args.plot:
         from thrifty.bench import plots
@@ -383,18 +456,33 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summarise(step: Step, outcomes: list, fleet, specs) -> dict:
+def _client_slo(fleet, owners: dict, slo_ttft_s: float) -> tuple[int, int]:
+    """(client requests within the TTFT SLO, client requests shed): shadow calls are not clients'."""
+    within = dropped = 0
+    for name, run in fleet.tiers.items():
+        for s in run.served:
+            if owners[name][s.tag][0] != 0:
+                continue
+            if s.ttft is None:
+                dropped += 1
+            elif s.ttft <= slo_ttft_s:
+                within += 1
+    return within, dropped
+
+
+def _summarise(step: Step, outcomes: list, fleet, specs, owners: dict, slo_ttft_s: float) -> dict:
     total = len(outcomes)
     recovery = {s.name: s.profile.quality_recovery for s in specs}  # quantized models answer a little worse
     hits = {k: sum(1 for o in outcomes if o.cache == k) for k in ("exact", "semantic")}
-    within = sum(t.within_slo for t in fleet.tiers.values()) + hits["exact"] + hits["semantic"]
+    within, dropped = _client_slo(fleet, owners, slo_ttft_s)
+    within += hits["exact"] + hits["semantic"]
     return {
         "step": step.name,
         "dollars": fleet.dollars,
         "gpu_hours": fleet.gpu_hours,
         "quality": float(np.mean([o.quality * recovery.get(o.source or "", 1.0) for o in outcomes])) if outcomes else 0.0,
         "slo_attainment": within / total if total else 1.0,
-        "dropped": sum(t.dropped for t in fleet.tiers.values()),
+        "dropped": dropped,
         "wrong_hits": sum(1 for o in outcomes if o.wrong_hit),
         "exact_hit_rate": hits["exact"] / total if total else 0.0,
         "semantic_hit_rate": hits["semantic"] / total if total else 0.0,
@@ -405,13 +493,13 @@ def _summarise(step: Step, outcomes: list, fleet, specs) -> dict:
     }
 
 
-def _provisioning(outcomes: list, fleet) -> dict:
+def _provisioning(outcomes: list, fleet, owners: dict, slo_ttft_s: float) -> dict:
     """One provisioning's dollars, GPU-hours, SLO attainment and replicas (for the side columns)."""
-    hits = sum(1 for o in outcomes if o.cache is not None)
-    within = sum(t.within_slo for t in fleet.tiers.values()) + hits
+    within, dropped = _client_slo(fleet, owners, slo_ttft_s)
+    within += sum(1 for o in outcomes if o.cache is not None)
     return {"dollars": fleet.dollars, "gpu_hours": fleet.gpu_hours,
             "slo_attainment": within / len(outcomes) if outcomes else 1.0,
-            "dropped": sum(t.dropped for t in fleet.tiers.values()),
+            "dropped": dropped,
             "replicas": {n: t.replicas for n, t in fleet.tiers.items()}}
 
 
@@ -441,6 +529,9 @@ def _report(results, args, trace, questions, tenants, pairs_used, rows, data, sm
                       "slo_attainment": round(r[kind]["slo_attainment"], 5), "dropped": r[kind]["dropped"],
                       "replicas": r[kind]["replicas"]}
                for kind in ("static", "autoscaled")},
+            "shadow_calls": r["shadow_calls"],
+            **({"measured_savings": r["ledger"]["measured_savings"], "measured_interval": r["ledger"]["interval"],
+                "modelled_savings": r["ledger"]["modelled_savings"]} if "ledger" in r else {}),
             **({"note": r["note"]} if r.get("note") else {}),
         })
     final = breakdown[-1]
@@ -467,8 +558,18 @@ def _report(results, args, trace, questions, tenants, pairs_used, rows, data, sm
         "router": {"threshold": None if threshold != threshold else round(threshold, 4), "calibration": threshold_source},
         "prices_per_gpu_hour": prices,
         "slo_ttft_s": args.slo_ttft_s,
+        "ledger": _ledger_summary(results[-1].get("ledger", {}), args, final["cost_reduction"]),
         "not_ready": not_ready,
     }
+
+
+def _ledger_summary(lg: dict, args: argparse.Namespace, cost_reduction: float) -> dict:
+    """The Thrifty row's ledger with the headline beside it: a control group that shares the fleet
+    sees the request-level levers (router, caches), not what the fleet levers save on its own tier."""
+    interval = lg.get("interval")
+    return {**lg, "control_share": args.control_share, "shadow_rate": args.shadow_rate,
+            "cost_reduction": cost_reduction,
+            "cost_reduction_inside": bool(interval and interval[0] <= cost_reduction <= interval[1])}
 
 
 def _print_table(r: dict) -> None:
@@ -487,6 +588,18 @@ def _print_table(r: dict) -> None:
               f"{b['autoscaled']['cost_reduction']:>8.3f}  {b['replicas']}{'  ' + b['note'] if b.get('note') else ''}")
     print("static / autosc: the step's cost_reduction with replicas fixed at its own peak / under the autoscaler "
           "(the row uses the autoscaler from '+autoscaler' on)")
+    lg = r["ledger"]
+    if lg.get("interval"):
+        print(f"ledger (Thrifty row): control group {lg['control_requests']} requests ({lg['control_share']:.1%}) vs "
+              f"{lg['treated_requests']} treated; measured savings {lg['measured_savings']:.3f} "
+              f"[{lg['interval'][0]:.3f}, {lg['interval'][1]:.3f}] ({lg['confidence']:.0%} interval), modelled "
+              f"{lg['modelled_savings']:.3f} ({'inside' if lg['agree'] else 'OUTSIDE'}); quality control "
+              f"{lg['control_quality']['mean']} vs treated {lg['treated_quality']['mean']}; {lg['shadow_dollars']:.2f} $ of "
+              f"shadow calls at rate {lg['shadow_rate']}. The fleet-level levers (balancer, autoscaler, quantized "
+              f"profiles) lower the control group's cost too, so measured savings are those of the routing and caches "
+              f"in this fleet, not the cost_reduction {lg['cost_reduction']:.3f} against the baseline fleet")
+    elif lg:
+        print(f"ledger (Thrifty row): {lg.get('control_requests', 0)} control requests: too few for an interval")
     for line in r["not_ready"]:
         print(f"NOT READY: {line}")
     print(f"headline: cost_reduction {r['cost_reduction']:.3f}, quality_retained {r['quality_retained']:.3f}, "

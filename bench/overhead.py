@@ -1,12 +1,17 @@
 """`thrifty bench overhead`: what the sidecar adds to a request, against a naive aiohttp proxy.
 
-One run, one machine, the same load three ways: straight to a fast stub backend
+One run, one machine, the same load four ways: straight to a fast stub backend
 (a fake replica answering at once), through a plain aiohttp passthrough written here
-(the naive-Python reference), and through the thrifty sidecar with caches and router
-off. Each server runs in its own process, so the sidecar's CPU per request is read
+(the naive-Python reference), through the thrifty sidecar with caches and router
+off, and through a second sidecar that is the same but shadows (quality loop on,
+`--shadow-rate`, default 1.0: every non-streamed answer of its cheap tier is re-asked of
+a second, pricier tier on the same stub and judged, after the reply; docs/design/quality.md).
+The shadowed sidecar's p50 and CPU per client request are reported as ratios to the
+plain sidecar's: the shadow call is off the latency path, but its CPU is real work of
+that process and counts. Each server runs in its own process, so the sidecar's CPU per request is read
 from that process's own CPU time. Background load on a shared machine swings on the
 scale of seconds, so the latency samples are paired: concurrency-1 and streaming
-requests go to the three targets in turn, one request each (rotating who goes first),
+requests go to the targets in turn, one request each (rotating who goes first),
 and the concurrency-32 blocks alternate target by target in each round. CPU is read per
 process over each whole round (each process only works on its own requests).
 """
@@ -154,11 +159,11 @@ async def _round(http: aiohttp.ClientSession, targets: list[Target], n1: int, n3
         t.requests += n1 + n32 + nstream
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run(args: argparse.Namespace) -> dict[str, object]:
     procs: list[subprocess.Popen[bytes]] = []
     tmp = tempfile.TemporaryDirectory()
     try:
-        stub_port, plain_port, side_port = _free_port(), _free_port(), _free_port()
+        stub_port, plain_port, side_port, shadow_port = _free_port(), _free_port(), _free_port(), _free_port()
         py = sys.executable
         procs.append(subprocess.Popen([py, "-m", "thrifty.sim.stub_backend", "--port", str(stub_port)], stdout=subprocess.DEVNULL))
         stub = f"http://127.0.0.1:{stub_port}"
@@ -171,26 +176,57 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         cfg_path.write_text(yaml.safe_dump(cfg))
         sidecar_cmd = [py, "-m", "thrifty.proxy.cli", "--config", str(cfg_path), "--log-level", "warning"]
         procs.append(subprocess.Popen(sidecar_cmd, stderr=subprocess.DEVNULL))  # access log on, discarded
+        # The same sidecar with a pricier reference tier (the same stub) and shadowing on: the
+        # client asks for the cheap tier, so each answer is a shadow candidate.
+        shadow_cfg = {**cfg, "listen": {"host": "127.0.0.1", "port": shadow_port},
+                      "tiers": cfg["tiers"] + [{"name": "bench-ref", "model": MODEL + "-ref", "engine": {"kind": "external"},
+                                                "price": {"gpu_hour": 4.0}, "replicas": {"urls": [stub]}}],
+                      "quality": {"shadow": {"rate": args.shadow_rate, "judge": "exact"}}}
+        shadow_path = Path(tmp.name) / "shadow.yaml"
+        shadow_path.write_text(yaml.safe_dump(shadow_cfg))
+        procs.append(subprocess.Popen([py, "-m", "thrifty.proxy.cli", "--config", str(shadow_path), "--log-level", "warning"],
+                                      stderr=subprocess.DEVNULL))
         targets = [Target("direct", stub), Target("plain", f"http://127.0.0.1:{plain_port}", procs[1].pid),
-                   Target("sidecar", f"http://127.0.0.1:{side_port}", procs[2].pid)]
+                   Target("sidecar", f"http://127.0.0.1:{side_port}", procs[2].pid),
+                   Target("shadowed", f"http://127.0.0.1:{shadow_port}", procs[3].pid)]
         for t in targets:
-            await _wait_up(t.url + ("/health" if t.name == "direct" else "/v1/models" if t.name == "sidecar" else "/health"))
+            await _wait_up(t.url + ("/v1/models" if t.name in ("sidecar", "shadowed") else "/health"))
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(connector=connector) as http:
             await _round(http, targets, 50, 200, 10)  # warm-up: connections, imports, caches
             for t in targets:
                 t.c1_ms.clear(), t.stream_ms.clear(), t.c32_rps.clear()
                 t.requests, t.cpu_s = 0, 0.0
+            shadow0 = await _shadow_counts(http, targets[-1].url)
             for _ in range(args.rounds):
                 await _round(http, targets, args.requests // args.rounds, args.requests_c32 // args.rounds,
                              args.streams // args.rounds)
-        return _report(targets)
+            await asyncio.sleep(0.5)  # the last shadow calls finish
+            shadow1 = await _shadow_counts(http, targets[-1].url)
+        shadow = {k: shadow1.get(k, 0.0) - shadow0.get(k, 0.0) for k in shadow1}
+        return _report(targets, shadow, args.shadow_rate)
     finally:
         stop_processes(procs)
         tmp.cleanup()
 
 
-def _report(targets: list[Target]) -> dict[str, float]:
+async def _shadow_counts(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The shadowed sidecar's shadow calls (ok), skips and verdicts so far, from its /metrics."""
+    async with http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        key = {"thrifty_shadow_calls_total": "calls", "thrifty_shadow_skipped_total": "skipped",
+               "thrifty_shadow_verdicts_total": "verdicts"}.get(name)
+        if key == "calls" and 'result="ok"' not in line:
+            continue
+        if key:
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _report(targets: list[Target], shadow: dict[str, float], shadow_rate: float) -> dict[str, object]:
     by = {t.name: t for t in targets}
     p50 = {t.name: statistics.median(t.c1_ms) for t in targets}
     sp50 = {t.name: statistics.median(t.stream_ms) for t in targets}
@@ -199,6 +235,10 @@ def _report(targets: list[Target]) -> dict[str, float]:
     print(f"{'target':<10}{'p50 c=1 ms':>12}{'stream p50 ms':>15}{'rps c=32':>10}{'cpu ms/req':>12}")
     for t in targets:
         print(f"{t.name:<10}{p50[t.name]:>12.3f}{sp50[t.name]:>15.3f}{rps[t.name]:>10.0f}{cpu[t.name]:>12.3f}")
+    print(f"shadowed / sidecar: p50 c=1 x{p50['shadowed'] / p50['sidecar']:.3f}, cpu/req x{cpu['shadowed'] / cpu['sidecar']:.3f}, "
+          f"rps c=32 x{rps['shadowed'] / rps['sidecar']:.3f}; {shadow.get('calls', 0):.0f} shadow calls, "
+          f"{shadow.get('skipped', 0):.0f} skipped, {shadow.get('verdicts', 0):.0f} verdicts at rate {shadow_rate} "
+          f"(wall-clock figures on a shared machine are noisy: read the ratios, not the digits)")
     added = p50["sidecar"] - p50["direct"]
     plain_added = p50["plain"] - p50["direct"]
     return {
@@ -213,6 +253,16 @@ def _report(targets: list[Target]) -> dict[str, float]:
         "plain_rps_c32": round(rps["plain"], 1),
         "direct_rps_c32": round(rps["direct"], 1),
         "requests_per_target": by["sidecar"].requests,
+        "shadow": {
+            "rate": shadow_rate,
+            "calls": int(shadow.get("calls", 0)), "skipped": int(shadow.get("skipped", 0)),
+            "verdicts": int(shadow.get("verdicts", 0)),
+            "p50_ms": round(p50["shadowed"], 4), "p50_ratio": round(p50["shadowed"] / p50["sidecar"], 4),
+            "added_p50_ms": round(p50["shadowed"] - p50["direct"], 4),
+            "cpu_ms_per_req": round(cpu["shadowed"], 4), "cpu_ratio": round(cpu["shadowed"] / cpu["sidecar"], 4),
+            "stream_p50_ratio": round(sp50["shadowed"] / sp50["sidecar"], 4),
+            "rps_c32": round(rps["shadowed"], 1), "rps_ratio": round(rps["shadowed"] / rps["sidecar"], 4),
+        },
     }
 
 
@@ -222,9 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests-c32", type=int, default=4000, help="non-streaming requests at concurrency 32, per target")
     p.add_argument("--streams", type=int, default=500, help="streaming requests at concurrency 1, per target")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (noise hits every target alike)")
+    p.add_argument("--shadow-rate", type=float, default=1.0,
+                   help="quality.shadow.rate of the shadowed sidecar (default 1.0: every answer; config default 0.02)")
     p.add_argument("--serve-plain", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--upstream", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if not 0 <= args.shadow_rate <= 1:
+        p.error("--shadow-rate must be in [0, 1]")
     if args.serve_plain is not None:
         serve_plain(args.serve_plain, args.upstream)
         return 0

@@ -86,6 +86,52 @@ def test_bench_runs_and_reports_each_lever(capsys, small_inputs):
     assert "headline:" in text
 
 
+
+@needs_data
+def test_control_group_ledger_is_measured_in_the_fleet(capsys, small_inputs):
+    rc, report, text = _run(capsys, small_inputs, "--cache-pairs", str(small_inputs["pairs"]), "--repeat-share", "0.3",
+                            "--strong-share", "0.5", "--control-share", "0.25", "--shadow-rate", "0.2")
+    assert rc == 0, text
+    lg = report["ledger"]
+    assert {"control_requests", "treated_requests", "measured_savings", "interval", "modelled_savings", "agree",
+            "control_quality", "treated_quality", "shadow_dollars"} <= set(lg)
+    n = report["workload"]["requests"]
+    assert 0.15 * n < lg["control_requests"] < 0.35 * n  # the seeded draw at the stated share
+    assert lg["control_requests"] + lg["treated_requests"] <= n  # shed requests are not in the ledger
+    lo, hi = lg["interval"]
+    assert lo <= lg["measured_savings"] <= hi and lo < hi
+    assert lg["agree"] == (lo <= lg["modelled_savings"] <= hi)
+    assert lg["shadow_dollars"] > 0 and report["breakdown"][-1]["shadow_calls"] > 0
+    assert report["breakdown"][0]["shadow_calls"] == 0 and "measured_savings" not in report["breakdown"][0]
+    # control requests take the baseline path: no cache hits, the reference's labels
+    assert lg["control_quality"]["mean"] is not None and lg["treated_quality"]["interval"][0] <= lg["treated_quality"]["mean"]
+
+
+
+@needs_data
+def test_online_loop_moves_the_threshold_from_verdicts(capsys, small_inputs):
+    rc, report, text = _run(capsys, small_inputs, "--strong-share", "0.5", "--shadow-rate", "0.5")
+    assert rc == 0, text
+    online = report["online"]
+    assert online["verdicts"] > 0 and online["rounds_with_verdicts"] > 0
+    assert online["threshold_changes"] > 0  # the calibrator's threshold replaced the offline one
+    assert online["start_threshold"] == report["router"]["threshold"]
+    assert "small->large" in online["calibrator"]
+    rc, report, text = _run(capsys, small_inputs, "--strong-share", "0.5", "--shadow-rate", "0.5", "--offline")
+    assert rc == 0 and "online" not in report  # --offline: the threshold holds
+
+def test_shadow_calls_follow_the_sidecars_draw():
+    from thrifty.bench._cost_caches import Outcome
+    from thrifty.bench._cost_ledger import draw_control, shadow_calls
+
+    outcomes = [Outcome("small", None, 1.0), Outcome("large", None, 1.0), Outcome(None, "exact", 1.0),
+                Outcome(None, "semantic", 1.0), Outcome("large", None, 1.0, control=True)]
+    assert shadow_calls(outcomes, 1.0, 0, "small", "large") == [(0, "large"), (1, "small"), (3, "large")]
+    assert shadow_calls(outcomes, 0.0, 0, "small", "large") == []
+    assert shadow_calls(outcomes, 1.0, 0, "small", "large", routed=False) == [(0, "large"), (3, "large")]
+    control = draw_control(20000, 0.01, 3)
+    assert 150 < control.sum() < 250 and (control == draw_control(20000, 0.01, 3)).all()
+
 @needs_data
 def test_missing_router_is_reported_not_faked(capsys, small_inputs, tmp_path):
     inputs = dict(small_inputs, router=tmp_path / "absent.npz")

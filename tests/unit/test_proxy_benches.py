@@ -53,6 +53,9 @@ def test_overhead_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     for key in ("added_p50_ms", "plain_added_p50_ms", "ratio_vs_plain", "cpu_ms_per_req", "rps_c32"):
         assert key in result
     assert result["cpu_ms_per_req"] > 0 and result["rps_c32"] > 0
+    shadow = result["shadow"]  # the shadowed sidecar really shadowed, off the client's path
+    assert shadow["rate"] == 1.0 and shadow["calls"] > 0 and shadow["verdicts"] > 0
+    assert shadow["p50_ratio"] > 0 and shadow["cpu_ratio"] > 0
 
 
 def test_batch_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
