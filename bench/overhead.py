@@ -4,8 +4,9 @@ One run, one machine, the same load four ways: straight to a fast stub backend
 (a fake replica answering at once), through a plain aiohttp passthrough written here
 (the naive-Python reference), through the thrifty sidecar with caches and router
 off, and through a second sidecar that is the same but shadows (quality loop on,
-`--shadow-rate`, default 1.0: every non-streamed answer of its cheap tier is re-asked of
-a second, pricier tier on the same stub and judged, after the reply; docs/design/quality.md).
+`--shadow-rate`, default 1.0: every answer of its cheap tier, streamed or not, is re-asked
+of a second, pricier tier on the same stub and judged, after the reply; docs/design/quality.md;
+`--shadow-rate 0` is the A/A run that shows this machine's noise band).
 The shadowed sidecar's p50 and CPU per client request are reported as ratios to the
 plain sidecar's: the shadow call is off the latency path, but its CPU is real work of
 that process and counts. Each server runs in its own process, so the sidecar's CPU per request is read
