@@ -104,9 +104,13 @@ def simulate(trace: list[TraceRequest], *, small_share: Callable[[float], float]
         t.start((replicas or REPLICAS)[n], 0.0)
     records: list[Record] = []
     arrivals = []
+    context = {n: t.profile.max_model_len for n, t in tiers.items()}
     for i, (r, (u_cache, u_route)) in enumerate(zip(trace, draws)):
         tier = "small" if u_route < small_share(r.arrival) else "large"
-        if u_cache < EXACT_HIT:
+        if r.prompt_tokens >= context[tier]:
+            # No engine answers it (a 400), so no cache can hold it: forwarded, rejected, no hit drawn.
+            arrivals.append((r.arrival, tier, r.prompt_tokens, r.output_tokens, i, ()))
+        elif u_cache < EXACT_HIT:
             records.append(Record(r.arrival, tier, 1, HIT_TTFT_S, None, r.prompt_tokens, r.output_tokens))
         elif u_cache < EXACT_HIT + semantic_hit(r.arrival):
             records.append(Record(r.arrival, tier, 2, HIT_TTFT_S, None, r.prompt_tokens, r.output_tokens))

@@ -46,8 +46,10 @@ SIGNALS: dict[str, SignalSpec] = {
         SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.15, load_driven=True),
         SignalSpec("itl_mean", 0.08, 0.001, 0.15, load_driven=True),
         SignalSpec("error_rate", 0.0, 0.01, 0.02, relative=False),
-        SignalSpec("cache_hit_rate_exact", 0.0, 0.03, 0.05, relative=False),
-        SignalSpec("cache_hit_rate_semantic", 0.0, 0.03, 0.05, relative=False),
+        # Hit rates: relative (a third of the rate lost matters whatever the rate), floored at
+        # their binomial noise (docs/design/drift.md, "Hit rates").
+        SignalSpec("cache_hit_rate_exact", 0.0, 1e-3, 1 / 3, binomial=True),
+        SignalSpec("cache_hit_rate_semantic", 0.0, 1e-3, 1 / 3, binomial=True),
         SignalSpec("routing_share", 0.0, 0.025, 0.06, relative=False),
         SignalSpec("spec_acceptance", 0.0, 0.03, 0.08, relative=False),
     )
@@ -156,6 +158,9 @@ class DriftMonitor:
             s.baseline.push(x, None, features, count)
             return None
         center, scale = s.baseline.center(features), s.baseline.scale(s.spec, features)
+        if s.spec.binomial:  # sampling noise at this rate and bucket size (per reference bucket: x weight)
+            p = min(max(center, 0.5 / count), 1.0)
+            scale = max(scale, s.baseline.weight(count) * math.sqrt(p * (1 - p) / count))
         if s.baseline.unseen(features):  # a load a young baseline has not seen: learn it, do not test it
             s.baseline.push(x, x - center, features, count)
             return None

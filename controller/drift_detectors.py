@@ -33,6 +33,10 @@ class SignalSpec:
     # fits its load slope from the warm-up (`RollingBaseline(early_fit=True)`); ratios and
     # shares do not in expectation, and a slope fitted to a few of their buckets is noise.
     load_driven: bool = False
+    # A proportion of the bucket's requests: its scale is floored at the binomial sampling
+    # noise at the baseline's own rate and the bucket's size, sqrt(p (1 - p) / n), not at a
+    # fixed absolute floor (a floor sized for a 15% rate hid a collapse of a 3% one).
+    binomial: bool = False
 
 
 # Winsorising bound on z: with CUSUM's k = 1 a bucket adds at most Z_CLIP - k = 2, so an alarm
