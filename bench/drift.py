@@ -7,7 +7,8 @@ Llama-3-8B on an A100, "large" = Llama-3-70B on 4x H100, replicas from
 them to keep its queueing within the SLO: `size_fleet`) behind a simulated sidecar that
 answers exact/semantic cache hits itself and routes the rest (a seeded draw per
 request; a prompt over the tier's context is forwarded and rejected with the engine's 400,
-which the sidecar counts as a request with no tokens, cost or latency). Every 10 s the
+which the sidecar counts as a request with no tokens, cost or latency, and is never a cache
+hit: no engine answered it, so no cache holds it). Every 10 s the
 sidecar's window (`StatsWindow`: requests, tokens, dollars, baseline dollars, TTFT/ITL
 histograms, cache hits, router decisions) goes into the REAL
 `FleetView`; every 60 s the REAL `bucket_signals` + `DriftMonitor` run on it, once per
