@@ -7,7 +7,8 @@ Llama-3-8B on an A100, "large" = Llama-3-70B on 4x H100, replicas from
 them to keep its queueing within the SLO: `size_fleet`) behind a simulated sidecar that
 answers exact/semantic cache hits itself and routes the rest (a seeded draw per
 request; a prompt over the tier's context is forwarded and rejected with the engine's 400,
-which the sidecar counts as a request with no tokens, cost or latency). Every 10 s the
+which the sidecar counts as a request with no tokens, cost or latency, and is never a cache
+hit: no engine answered it, so no cache holds it). Every 10 s the
 sidecar's window (`StatsWindow`: requests, tokens, dollars, baseline dollars, TTFT/ITL
 histograms, cache hits, router decisions) goes into the REAL
 `FleetView`; every 60 s the REAL `bucket_signals` + `DriftMonitor` run on it, once per
@@ -104,9 +105,13 @@ def simulate(trace: list[TraceRequest], *, small_share: Callable[[float], float]
         t.start((replicas or REPLICAS)[n], 0.0)
     records: list[Record] = []
     arrivals = []
+    context = {n: t.profile.max_model_len for n, t in tiers.items()}
     for i, (r, (u_cache, u_route)) in enumerate(zip(trace, draws)):
         tier = "small" if u_route < small_share(r.arrival) else "large"
-        if u_cache < EXACT_HIT:
+        if r.prompt_tokens >= context[tier]:
+            # No engine answers it (a 400), so no cache can hold it: forwarded, rejected, no hit drawn.
+            arrivals.append((r.arrival, tier, r.prompt_tokens, r.output_tokens, i, ()))
+        elif u_cache < EXACT_HIT:
             records.append(Record(r.arrival, tier, 1, HIT_TTFT_S, None, r.prompt_tokens, r.output_tokens))
         elif u_cache < EXACT_HIT + semantic_hit(r.arrival):
             records.append(Record(r.arrival, tier, 2, HIT_TTFT_S, None, r.prompt_tokens, r.output_tokens))

@@ -33,6 +33,10 @@ class SignalSpec:
     # fits its load slope from the warm-up (`RollingBaseline(early_fit=True)`); ratios and
     # shares do not in expectation, and a slope fitted to a few of their buckets is noise.
     load_driven: bool = False
+    # A proportion of the bucket's requests: its scale is floored at the binomial sampling
+    # noise at the baseline's own rate and the bucket's size, sqrt(p (1 - p) / n), not at a
+    # fixed absolute floor (a floor sized for a 15% rate hid a collapse of a 3% one).
+    binomial: bool = False
 
 
 # Winsorising bound on z: with CUSUM's k = 1 a bucket adds at most Z_CLIP - k = 2, so an alarm
@@ -271,8 +275,11 @@ class RollingBaseline:
             return statistics.median(self.values)
         level = statistics.median(adj) + _dot(self._fit(), features)
         # Latency is positive and convex in load: a line through the busy buckets can cross
-        # zero at a quiet one; below every value the window holds it is the line, not the system.
-        return max(level, min(self.values)) if self.early_fit else level
+        # zero at a quiet one; below every value the fit's history holds it is the line, not the
+        # system. The history (up to `scale_size` buckets), not the 30-value window: after half
+        # an hour of busy buckets the window's minimum is a busy value, and a quiet bucket held
+        # to it read as a fall ("down" alarms on every drop in load).
+        return max(level, min(v for v, _, _ in self.history)) if self.early_fit else level
 
     def _leverage(self, features: tuple[float, ...]) -> float:
         """h(f) = 1/n + (f - mean)' S^-1 (f - mean) of the fit: the prediction's own variance over sigma^2.
@@ -371,7 +378,7 @@ def _ols_fit(rows: list[tuple[float, tuple[float, ...]]],
     d = len(rows[0][1])
     fm = [statistics.fmean(f[j] for _, f in rows) for j in range(d)]
     xm = statistics.fmean(xs)
-    # normal equations on centred data (d is 1-2: Gauss-Jordan by hand, carrying the inverse)
+    # normal equations on centred data (d is 1-3: Gauss-Jordan by hand, carrying the inverse)
     a = [[sum((f[i] - fm[i]) * (f[j] - fm[j]) for _, f in rows) for j in range(d)] for i in range(d)]
     y = [sum((f[i] - fm[i]) * (x - xm) for (_, f), x in zip(rows, xs)) for i in range(d)]
     inv = [[1.0 if i == j else 0.0 for j in range(d)] for i in range(d)]

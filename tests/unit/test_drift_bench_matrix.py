@@ -9,7 +9,8 @@ from thrifty.sim.fleet import TraceRequest
 def test_prompts_over_the_context_are_counted_as_requests_without_usage() -> None:
     # Every other prompt is longer than both tiers' 8192-token context: the engine answers 400,
     # the sidecar still counts the request (thrifty_requests_total, outcome client_error) but
-    # no tokens, dollars or latency; so a hit rate keeps all requests as its denominator.
+    # no tokens, dollars or latency; so a hit rate keeps all requests as its denominator. Its
+    # cache neither holds nor hits it (no engine ever answered it).
     trace = [TraceRequest(i * 0.5, 20000 if i % 2 else 500, 50) for i in range(240)]
     records = drift.simulate(trace, small_share=lambda t: 0.65, semantic_hit=lambda t: 0.15, seed=1)
     assert len(records) == len(trace)
@@ -21,6 +22,9 @@ def test_prompts_over_the_context_are_counted_as_requests_without_usage() -> Non
     assert sum(ts.errors for ts in tiers) == sum(1 for r in records if r.ttft is None and not r.too_long)
     served_prompt = sum(r.prompt for r in records if not r.too_long)
     assert sum(ts.input_tokens for ts in tiers) == served_prompt
+    # no engine answered a too-long prompt, so no cache holds it: every one of them is a rejected miss
+    assert sum(1 for r in records if r.too_long) == sum(1 for r in trace if r.prompt_tokens == 20000)
+    assert any(r.cache for r in records if r.prompt == 500)
 
 
 def _out(detected: int, delay: float | None, false: int, days: float = 0.97) -> dict:
