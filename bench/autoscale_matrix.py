@@ -9,55 +9,21 @@ go to every run (e.g. `-- --limit 4000 --max-replicas 48`). `--json FILE` keeps 
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from thrifty.sim.traces import VARIANTS
-
-
-def run_one(trace: str, variant: str | None, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "thrifty.bench.autoscale", "--trace", trace, *extra]
-    if variant:
-        cmd += ["--variant", variant]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1])
+from thrifty.bench._matrix import run_matrix
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(prog="python -m thrifty.bench.autoscale_matrix", description=__doc__.split("\n")[0])
-    p.add_argument("--trace", action="append", required=True, help="a trace file (repeat for several)")
-    p.add_argument("--variants", default="none," + ",".join(VARIANTS),
-                   help="comma-separated variants; 'none' = the trace as is (default: none and all)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    p.add_argument("--json", help="write every run's JSON here")
-    args = p.parse_args(argv)
-    variants = [None if v == "none" else v for v in args.variants.split(",") if v]
-    bad = [v for v in variants if v is not None and v not in VARIANTS]
-    if bad:
-        print(f"autoscale_matrix: unknown variant(s) {', '.join(bad)}; known: none, {', '.join(VARIANTS)}", file=sys.stderr)
-        return 2
-    combos = [(t, v) for t in args.trace for v in variants]
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        outs = list(pool.map(lambda c: run_one(c[0], c[1], extra), combos))
+    run = run_matrix("thrifty.bench.autoscale_matrix", "thrifty.bench.autoscale", __doc__, argv)
+    if isinstance(run, int):
+        return run
     head = (f"{'trace':<30}{'variant':<15}{'slo':>7}{'slo_la':>7}{'gpu_h':>7}{'static_slo':>11}{'/static_slo':>12}"
             f"{'act':>5}{'keda_act':>9}{'/keda':>6}{'drop':>6}{'/oracle':>8}{'oracle/ss':>10}{'rej_long':>9}  goals")
     print(head)
-    rows = {}
-    for (t, v), out in zip(combos, outs):
+    for (t, v), out in zip(run.combos, run.outs):
         name = Path(t).name
-        rows[f"{name}:{v or 'none'}"] = out
         if "error" in out:
             print(f"{name:<30}{v or 'none':<15}  error: {out['error']}")
             continue
@@ -70,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['gpu_hours_vs_oracle']:>8.2f}{r['oracle_vs_static_slo']:>10.2f}{out['trace']['rejected_too_long']:>9}"
               f"  {''.join('Y' if g else 'n' for g in goals)}")
     print("goals (Y/n): SLO >= 0.99, gpu_h <= 0.8x static_slo, actions <= 0.67x KEDA's, 0 dropped")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    run.keep()
     return 0
 
 

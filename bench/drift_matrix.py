@@ -11,29 +11,14 @@ after `--` go to every run. `--json FILE` keeps every run's JSON.
 
 from __future__ import annotations
 
-import argparse
-import json
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from thrifty.bench._matrix import run_matrix
 from thrifty.bench.drift import DRIFTS
-from thrifty.sim.traces import VARIANTS
 
 MAX_DELAY_S = 300.0
 MAX_FALSE_PER_DAY = 1.0
-
-
-def run_one(trace: str, variant: str | None, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "thrifty.bench.drift", "--trace", trace, *extra]
-    if variant:
-        cmd += ["--variant", variant]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
-    return json.loads(lines[-1])
 
 
 def goals_met(out: dict) -> bool:
@@ -59,43 +44,24 @@ def row(name: str, variant: str, out: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
-    p = argparse.ArgumentParser(prog="python -m thrifty.bench.drift_matrix", description=__doc__.split("\n")[0])
-    p.add_argument("--trace", action="append", required=True, help="a trace file (repeat for several)")
-    p.add_argument("--variants", default="none," + ",".join(VARIANTS),
-                   help="comma-separated variants; 'none' = the trace as is (default: none and all)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    p.add_argument("--json", help="write every run's JSON here")
-    args = p.parse_args(argv)
-    variants = [None if v == "none" else v for v in args.variants.split(",") if v]
-    bad = [v for v in variants if v is not None and v not in VARIANTS]
-    if bad:
-        print(f"drift_matrix: unknown variant(s) {', '.join(bad)}; known: none, {', '.join(VARIANTS)}", file=sys.stderr)
-        return 2
-    combos = [(t, v) for t in args.trace for v in variants]
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        outs = list(pool.map(lambda c: run_one(c[0], c[1], extra), combos))
+    run = run_matrix("thrifty.bench.drift_matrix", "thrifty.bench.drift", __doc__, argv)
+    if isinstance(run, int):
+        return run
     print("| trace | variant | " + " | ".join(DRIFTS) + " | detected | median delay s | false alarms (n / days = per day)"
           " | per signal (per day) | goals |")
     print("|" + "---|" * (len(DRIFTS) + 7))
-    rows, met, total_false, total_days = {}, 0, 0, 0.0
-    for (t, v), out in zip(combos, outs):
+    met, total_false, total_days = 0, 0, 0.0
+    for (t, v), out in zip(run.combos, run.outs):
         name = Path(t).stem
-        rows[f"{name}:{v or 'none'}"] = out
         print(row(name, v or "none", out))
         if "error" not in out:
             met += goals_met(out)
             total_false += out["false_alarms"]
             total_days += out["clean_days"]
-    print(f"\ngoals met on {met} of {len(combos)} runs (every drift detected, median delay <= {MAX_DELAY_S:.0f} s, "
+    print(f"\ngoals met on {met} of {len(run.combos)} runs (every drift detected, median delay <= {MAX_DELAY_S:.0f} s, "
           f"<= {MAX_FALSE_PER_DAY:g} false alarm a day); false alarms over all runs: {total_false} in "
           f"{total_days:.1f} days = {total_false / total_days if total_days else 0:.2f} a day")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    run.keep(lambda trace, variant: f"{Path(trace).stem}:{variant or 'none'}")
     return 0
 
 
