@@ -55,9 +55,9 @@ def shadow_calls(outcomes: list[Outcome], rate: float, seed: int, small: str, la
     return calls
 
 
-def _work(profile, prompt_tokens: int, output_tokens: int) -> float:
-    c = engine_costs(profile)
-    return prompt_tokens * c["prefill_s_per_token"] + output_tokens * c["decode_s_per_token"]
+def _work(costs: dict[str, float], prompt_tokens: int, output_tokens: int) -> float:
+    """Engine seconds of one request at a tier's per-token costs (`engine_costs`)."""
+    return prompt_tokens * costs["prefill_s_per_token"] + output_tokens * costs["decode_s_per_token"]
 
 
 def ledger(outcomes: list[Outcome], tokens: list[tuple[int, int]], owners: dict[str, list[tuple[int, int]]],
@@ -67,13 +67,15 @@ def ledger(outcomes: list[Outcome], tokens: list[tuple[int, int]], owners: dict[
     `owners[tier][k]` says whose the tier's k-th arrival was: (0, request index) for a client
     request, (SHADOW, request index) for a shadow call on its behalf. `tokens[i]` is request
     i's (prompt, output) tokens."""
-    spec_of = {s.name: s for s in specs}
+    costs = {s.name: engine_costs(s.profile) for s in specs}
     dollars = np.zeros(len(outcomes))
     shadow_dollars = 0.0
     served_ok = np.zeros(len(outcomes), dtype=bool)
+    total_work: dict[str, float] = {}
     for name, run in fleet.tiers.items():
         ok = [s for s in run.served if s.ttft is not None]
-        work = np.array([_work(spec_of[name].profile, s.prompt_tokens, s.output_tokens) for s in ok])
+        work = np.array([_work(costs[name], s.prompt_tokens, s.output_tokens) for s in ok])
+        total_work[name] = float(work.sum()) if ok else 0.0
         if not ok or work.sum() <= 0:
             continue
         share = run.dollars * work / work.sum()
@@ -88,10 +90,9 @@ def ledger(outcomes: list[Outcome], tokens: list[tuple[int, int]], owners: dict[
         if o.cache is not None:
             served_ok[i] = True  # answered at once, at no engine cost
     ref = fleet.tiers.get(large)
-    ref_work = sum(_work(spec_of[large].profile, s.prompt_tokens, s.output_tokens)
-                   for s in (ref.served if ref else []) if s.ttft is not None)
+    ref_work = total_work.get(large, 0.0)
     per_work = ref.dollars / ref_work if ref and ref_work > 0 else 0.0
-    baseline = np.array([per_work * _work(spec_of[large].profile, p, o) for p, o in tokens]) if per_work else \
+    baseline = np.array([per_work * _work(costs[large], p, o) for p, o in tokens]) if per_work else \
         np.zeros(len(outcomes))
     recovery = {s.name: s.profile.quality_recovery for s in specs}
     groups = {g: LedgerGroup(g) for g in ("control", "treated")}
