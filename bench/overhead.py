@@ -33,6 +33,7 @@ from pathlib import Path
 
 import aiohttp
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "bench-model"
 CHAT = json.dumps({"model": MODEL, "max_tokens": 16, "messages": [
@@ -216,15 +217,17 @@ async def _shadow_counts(http: aiohttp.ClientSession, url: str) -> dict[str, flo
     async with http.get(url + "/metrics") as resp:
         text = await resp.text()
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        key = {"thrifty_shadow_calls_total": "calls", "thrifty_shadow_skipped_total": "skipped",
-               "thrifty_shadow_verdicts_total": "verdicts"}.get(name)
-        if key == "calls" and 'result="ok"' not in line:
-            continue
-        if key:
-            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = _SHADOW_COUNTERS.get(sample.name)
+            if key is None or (key == "calls" and sample.labels.get("result") != "ok"):
+                continue
+            out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+_SHADOW_COUNTERS = {"thrifty_shadow_calls_total": "calls", "thrifty_shadow_skipped_total": "skipped",
+                    "thrifty_shadow_verdicts_total": "verdicts"}
 
 
 def _report(targets: list[Target], shadow: dict[str, float], shadow_rate: float) -> dict[str, object]:
