@@ -67,6 +67,8 @@ def load_features(tokens_k: tuple[float, ...]) -> tuple[float, ...]:
     by 1000 only to keep the normal equations' scales comparable (OLS is scale-free).
     """
     return (*tokens_k, tokens_k[0] * tokens_k[0] / 1000.0)
+
+
 @dataclass(slots=True)
 class Alert:
     id: int
