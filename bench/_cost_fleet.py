@@ -162,7 +162,8 @@ def run_autoscaled(specs: list[TierSpec], arrivals: dict[str, list[Arrival]], in
     for name, tier in tiers.items():
         tier.start(max(1, initial.get(name, 1)), 0.0, ready=True)
     config = fleet_config([(s.name, s.profile, max_replicas[s.name]) for s in specs],
-                          startup_s=settings.startup_s, slo_ttft_s=settings.slo_ttft_s)
+                          startup_s=settings.startup_s, slo_ttft_s=settings.slo_ttft_s,
+                          speculative={s.name: s.speculative for s in specs if s.speculative is not None})
     control = ControlledFleet(config)
     probes = {name: TierProbe(tier, slo_ttft_s=settings.slo_ttft_s, plane=control.plane)
               for name, tier in tiers.items()}

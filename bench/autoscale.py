@@ -47,7 +47,7 @@ from thrifty.wire.stats import Histogram, ReplicaStats, StatsWindow, TierStats
 from thrifty.sim.fleet import SimTier, TraceError, TraceRequest, replay
 from thrifty.sim.traces import VARIANTS, load_trace, make_variant
 from thrifty.profiles import GpuProfile, get_profile
-from thrifty.sim.model import SimReplica, SimRequest
+from thrifty.sim.model import SimReplica, SimRequest, SpeculativeSim
 
 TIER = "llm"
 
@@ -284,13 +284,24 @@ def static_slo(trace: list[TraceRequest], profile: GpuProfile, start: tuple[int,
 
 
 def fleet_config(tiers: list[tuple[str, GpuProfile, int]], *, startup_s: float, slo_ttft_s: float,
-                 target_utilization: float | None = None, slo_per_1k_s: float = 0.0) -> Config:
+                 target_utilization: float | None = None, slo_per_1k_s: float = 0.0,
+                 speculative: dict[str, SpeculativeSim] | None = None) -> Config:
     """The config a bench's simulated tiers stand for: (name, profile, max replicas) each, as
-    sim tiers of that profile; the policy comes from it through the controller's factory
+    sim tiers of that profile (speculating where `speculative` names the tier, as its
+    `engine.speculative` would say); the policy comes from it through the controller's factory
     (`thrifty.controller.policy`), so every knob is a config field production has too."""
+    speculative = speculative or {}
+
+    def engine(name: str, profile: GpuProfile) -> dict:
+        out: dict = {"kind": "sim", "sim_profile": profile.name, "max_num_seqs": profile.max_num_seqs}
+        if (spec := speculative.get(name)) is not None:
+            out["speculative"] = {"method": "ngram", "num_speculative_tokens": spec.num_tokens,
+                                  "acceptance_rate": spec.acceptance_rate}
+        return out
+
     data: dict = {
         "tiers": [{"name": name, "model": name, "price": {"gpu_hour": 1.0, "gpus_per_replica": profile.num_gpus},
-                   "engine": {"kind": "sim", "sim_profile": profile.name, "max_num_seqs": profile.max_num_seqs},
+                   "engine": engine(name, profile),
                    "replicas": {"count": 1, "min": 1, "max": max_r, "startup_s": startup_s}}
                   for name, profile, max_r in tiers],
         "slo": {"ttft_p95_ms": slo_ttft_s * 1000, "ttft_ms_per_1k_prompt_tokens": slo_per_1k_s * 1000},

@@ -270,8 +270,14 @@ class Autoscaler:
         # They grow with the tier's arrivals: the fleet's forecast trend one start-up delay
         # ahead (relative to its smoothed level, so a lagging level is not read as a fall),
         # times any planned change of this tier's routing share.
+        if state.first_seen is None:
+            state.first_seen = now
         level = self._fleet_forecast.forecast(0.0)
         growth = self._fleet_forecast.forecast(p.startup_s) / level if level > 0 else 1.0
+        if now - state.first_seen < 2 * p.startup_s:
+            # Warm-up: a fresh controller's rate windows fill from 0, and the forecast reads that
+            # ramp as a trend (x1.4-1.5 on the cost bench's large tier: 5 replicas where 2 held).
+            growth = min(growth, 1.0)
         if share is not None and o.token_rate > 0:
             growth *= fleet_rate * share / o.token_rate  # 1 unless the shares are being moved
         growth = min(max(growth, 0.5), 3.0)
@@ -416,9 +422,7 @@ class Autoscaler:
         # A ratio counts only once its start-up mean lies wholly after the first start-up delay:
         # the first readings of a fresh controller (or tier) ramp up as its rate window fills, and that ramp
         # read as burstiness held 3x headroom for the next hour (Azure trace, 6 replicas where 3 do).
-        if state.first_seen is None:
-            state.first_seen = now
-        if mean > 0 and now - state.first_seen >= 2 * p.startup_s:
+        if state.first_seen is not None and mean > 0 and now - state.first_seen >= 2 * p.startup_s:
             state.ratios.append((now, o.token_rate / mean))
         while state.ratios and state.ratios[0][0] < now - p.burstiness_window_s:
             state.ratios.popleft()

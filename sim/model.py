@@ -31,7 +31,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from thrifty.profiles import GpuProfile
+from thrifty.profiles import GpuProfile, speculative_tokens_per_step
 
 _EPS = 1e-9
 
@@ -82,11 +82,7 @@ class SpeculativeSim:
 
     def tokens_per_step(self, acceptance_rate: float | None = None) -> float:
         """Expected tokens emitted per verify step (accepted drafts + the bonus token)."""
-        a = self.acceptance_rate if acceptance_rate is None else acceptance_rate
-        k = self.num_tokens
-        if a >= 1.0 - _EPS:
-            return float(k + 1)
-        return (1.0 - a ** (k + 1)) / (1.0 - a)
+        return speculative_tokens_per_step(self.num_tokens, self.acceptance_rate if acceptance_rate is None else acceptance_rate)
 
 
 @dataclass(slots=True)

@@ -60,7 +60,9 @@ class Speculative(_Strict):
     model: str | None = None
     prompt_lookup_max: Annotated[int, Field(ge=1)] | None = None
     prompt_lookup_min: Annotated[int, Field(ge=1)] | None = None
-    # Simulator only: the share of proposed tokens the target model accepts.
+    # The share of drafted tokens the target model is expected to accept: the simulator draws
+    # each request's from it, and the autoscaler's capacity prior counts on it (the
+    # measured acceptance is watched by drift's spec_acceptance signal).
     acceptance_rate: Annotated[float, Field(ge=0, le=1)] = 0.6
 
     @model_validator(mode="after")

@@ -274,15 +274,41 @@ PROFILES: dict[str, GpuProfile] = {
 CPU_PROFILE = "cpu-smollm2-135m"
 
 
-def engine_costs(profile: GpuProfile, batch: int = 64, context: int = PRIOR_CONTEXT_TOKENS) -> dict[str, float]:
+def speculative_tokens_per_step(num_tokens: int, acceptance_rate: float) -> float:
+    """Tokens a sequence emits per verify step: the accepted drafts (each accepted only if
+    every one before it was) plus the target model's own token."""
+    a, k = acceptance_rate, num_tokens
+    return float(k + 1) if a >= 1.0 - 1e-12 else (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def decode_step_s(profile: GpuProfile, batch: int, context: int,
+                  speculative: tuple[int, float] | None = None) -> tuple[float, float]:
+    """(seconds of one decode step of `batch` sequences, tokens each emits in it).
+
+    With speculative decoding (`num_tokens` drafted, each accepted at `acceptance_rate`) a
+    step verifies num_tokens + 1 tokens per sequence and pays the drafting overhead, as the
+    simulator's steps do, and emits `speculative_tokens_per_step` of them."""
+    if speculative is None:
+        return profile.step_time(0, batch, batch * context), 1.0
+    k, a = speculative
+    step = profile.step_time(0, batch * (k + 1), batch * context) + profile.fixed_step_s * profile.spec_overhead_frac
+    return step, speculative_tokens_per_step(k, a)
+
+
+def engine_costs(profile: GpuProfile, batch: int = 64, context: int = PRIOR_CONTEXT_TOKENS,
+                 speculative: tuple[int, float] | None = None) -> dict[str, float]:
     """Per-token engine seconds from the profile's step model (a decode step shared by `batch`).
 
     The autoscaler turns them into its capacity prior at the observed prompt/output mix and
     then learns the real capacity from served tokens; `batch` sequences of 2048-token
     contexts is a conservative start for chat traffic (longer contexts than most carry).
+    `speculative` = (drafted tokens, expected acceptance): a tier that speculates emits
+    ~2.3 tokens per step at 4 drafts and 0.6 acceptance, so a prior without it asks for
+    about twice the decode capacity the tier needs (the cost bench's FP8 70B tier held 5
+    replicas where 2 met the SLO).
     """
-    decode = profile.step_time(0, batch, batch * context) / batch
-    return {"prefill_s_per_token": profile.prefill_token_s, "decode_s_per_token": decode}
+    step, emitted = decode_step_s(profile, batch, context, speculative)
+    return {"prefill_s_per_token": profile.prefill_token_s, "decode_s_per_token": step / (batch * emitted)}
 
 
 def get_profile(name: str) -> GpuProfile:

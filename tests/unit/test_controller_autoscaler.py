@@ -224,6 +224,24 @@ def test_a_fresh_controllers_rate_ramp_is_not_read_as_burstiness() -> None:
     assert a.target("t") == 2
 
 
+def test_a_fresh_controllers_rate_ramp_is_not_read_as_growth() -> None:
+    """The forecast's trend grows the concurrency and KV floors a start-up ahead; in the first
+    two start-up delays the trend is the rate window filling, not traffic (the cost bench's FP8
+    70B tier went 2 -> 5 replicas in its first 20 s of control where 2 held the SLO). The same
+    ramp later, on a known level, does grow them."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=1e9, target_concurrency=100)
+
+    def run(rates: list[float]) -> Autoscaler:
+        a = Autoscaler([p], initial={"t": 2})
+        for i, rate in enumerate(rates):
+            a.decide(i * 5.0, {"t": _obs(i * 5.0, a.target("t"), 150, rate)})
+        return a
+
+    ramp = [1000.0 + 6600.0 * i / 12 for i in range(12)]
+    assert run(ramp).target("t") == 2  # 1.5 replicas of sequences x 1.1 headroom
+    assert run([1000.0] * 40 + ramp).target("t") >= 3
+
+
 def _feed(a: Autoscaler, t0: float, n: int, rate: float, missed: int, **kw) -> float:
     t = t0
     for _ in range(n):

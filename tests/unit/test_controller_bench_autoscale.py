@@ -74,8 +74,9 @@ def test_autoscale_bench_bad_trace_is_one_line(tmp_path, capsys) -> None:
 
 
 def test_thrifty_policy_batch_is_what_the_replica_can_hold() -> None:
-    """The bench builds its policy with the controller's factory from a config: the batch is
-    max_num_seqs, or what the KV cache holds at the prior's contexts, or what the ITL SLO allows."""
+    """The bench builds its policy with the controller's factory from a config: the concurrency
+    target is max_num_seqs or what the ITL SLO allows (memory is the measured KV fill's); the
+    capacity prior's batch is also bounded by what the KV cache holds at the prior's contexts."""
     from thrifty.controller.policy import tier_policy
     from thrifty.profiles import PRIOR_CONTEXT_TOKENS, engine_costs, get_profile
 
@@ -85,12 +86,34 @@ def test_thrifty_policy_batch_is_what_the_replica_can_hold() -> None:
 
     roomy, tight = policy("a100-llama3-8b"), policy("h100-llama3-70b-fp8-tp2")
     tight_profile = get_profile("h100-llama3-70b-fp8-tp2")
-    assert tight.target_concurrency == tight_profile.kv_tokens // PRIOR_CONTEXT_TOKENS < tight_profile.max_num_seqs
+    assert tight_profile.kv_tokens // PRIOR_CONTEXT_TOKENS < tight_profile.max_num_seqs
+    assert tight.target_concurrency == tight_profile.max_num_seqs  # not the KV bound: the KV floor measures memory
     assert roomy.target_concurrency <= get_profile("a100-llama3-8b").max_num_seqs
     assert roomy.startup_s == 90 and roomy.max_replicas == 8 and roomy.slo_ttft_s == 2
     # a KV-bound replica decodes fewer sequences per step, so each token costs more engine time
+    kv_batch = tight_profile.kv_tokens // PRIOR_CONTEXT_TOKENS
+    assert tight.decode_s_per_token == engine_costs(tight_profile, batch=kv_batch)["decode_s_per_token"]
     assert tight.decode_s_per_token > engine_costs(tight_profile, batch=tight_profile.max_num_seqs)["decode_s_per_token"]
     assert policy("a100-llama3-8b", target_utilization=0.7).target_utilization == 0.7
+
+
+def test_a_speculating_tier_gets_a_cheaper_decode_prior_from_its_config() -> None:
+    """engine.speculative (drafts, expected acceptance) reaches the capacity prior: a verify
+    step costs more but emits ~2.3 tokens at 4 drafts and 0.6 acceptance; a draft nobody
+    accepts makes decoding dearer. The bench's config carries a sim tier's speculation."""
+    from thrifty.controller.policy import tier_policy
+    from thrifty.profiles import get_profile
+    from thrifty.sim.model import SpeculativeSim
+
+    def decode_cost(spec: SpeculativeSim | None) -> float:
+        config = autoscale.fleet_config([("t", get_profile("h100-llama3-70b-fp8-tp2"), 8)], startup_s=90,
+                                        slo_ttft_s=2, speculative={"t": spec} if spec else None)
+        assert (config.tiers[0].engine.speculative is not None) == (spec is not None)
+        return tier_policy(config, config.tiers[0]).decode_s_per_token
+
+    plain, good, useless = decode_cost(None), decode_cost(SpeculativeSim(4, 0.6)), decode_cost(SpeculativeSim(4, 0.0))
+    assert good < 0.85 * plain
+    assert useless > plain
 
 
 def test_itl_slo_caps_the_batch_where_a_step_would_break_it() -> None:
