@@ -341,7 +341,8 @@ class TraceShape:
     oracle_gpu_hours: float  # per-minute ceil(demand / saturated throughput), no start-up, perfect foresight
 
 
-def trace_shape(trace: list[TraceRequest], profile: GpuProfile, sample: int = 3000) -> TraceShape:
+def trace_shape(trace: list[TraceRequest], profile: GpuProfile, sample: int = 3000,
+                speculative: SpeculativeSim | None = None) -> TraceShape:
     """Peak/mean of whole minutes (a trailing partial minute is left out) and an oracle bound.
 
     The bound is generous to the policy: every minute gets exactly the replicas its mean
@@ -360,8 +361,10 @@ def trace_shape(trace: list[TraceRequest], profile: GpuProfile, sample: int = 30
             reqs[m] += 1
             toks[m] += r.prompt_tokens + r.output_tokens
     step = max(1, len(trace) // sample)
-    replica = SimReplica(profile)
-    for i, r in enumerate(trace[::step][:sample]):
+    picked = trace[::step][:sample]
+    picked = (picked * math.ceil(sample / len(picked)))[:sample]  # a short trace is cycled: the replica must stay busy
+    replica = SimReplica(profile, speculative=speculative)
+    for i, r in enumerate(picked):
         replica.submit(SimRequest(i, 0.0, r.prompt_tokens, r.output_tokens), 0.0)
     replica.advance(20.0)  # past the first fill
     before = replica.stats.prompt_tokens + replica.stats.generation_tokens

@@ -426,6 +426,7 @@ def _run(args: argparse.Namespace) -> int:
         scaled = run_autoscaled(specs, by_tier, static_counts, fleet_settings, caps)
         used = scaled if step.autoscale else static
         row = _summarise(step, outcomes, used, specs, owners, args.slo_ttft_s)
+        row["oracle_dollars"] = _oracle_dollars(specs, by_tier)
         row["static"] = _provisioning(outcomes, static, owners, args.slo_ttft_s)
         row["autoscaled"] = _provisioning(outcomes, scaled, owners, args.slo_ttft_s)
         row["shadow_calls"] = len(shadows)
@@ -454,6 +455,21 @@ def _run(args: argparse.Namespace) -> int:
         plots.cost(report, args.plot)
     print(json.dumps(report))
     return 0
+
+
+def _oracle_dollars(specs, by_tier: dict[str, list[tuple[float, int, int]]]) -> float:
+    """The least any provisioning could spend on this step's tier loads: each minute gets the
+    replicas its token rate needs at 100% of one replica's saturated throughput on the tier's own
+    mix (speculation included), no start-up, perfect foresight (`bench.autoscale.trace_shape`).
+    A cost goal beyond it is beyond every SLO-keeping policy on this step's levers."""
+    from thrifty.bench.autoscale import trace_shape
+    from thrifty.sim.fleet import TraceRequest
+
+    total = 0.0
+    for s in specs:
+        load = [TraceRequest(*a) for a in sorted(by_tier[s.name])]
+        total += trace_shape(load, s.profile, speculative=s.speculative).oracle_gpu_hours * s.gpu_hour_usd
+    return total
 
 
 def _client_slo(fleet, owners: dict, slo_ttft_s: float) -> tuple[int, int]:
@@ -529,6 +545,8 @@ def _report(results, args, trace, questions, tenants, pairs_used, rows, data, sm
                       "slo_attainment": round(r[kind]["slo_attainment"], 5), "dropped": r[kind]["dropped"],
                       "replicas": r[kind]["replicas"]}
                for kind in ("static", "autoscaled")},
+            "oracle": {"dollars": round(r["oracle_dollars"], 2),
+                       "cost_reduction": round(1 - r["oracle_dollars"] / base["dollars"], 4) if base["dollars"] else 0.0},
             "shadow_calls": r["shadow_calls"],
             **({"measured_savings": r["ledger"]["measured_savings"], "measured_interval": r["ledger"]["interval"],
                 "modelled_savings": r["ledger"]["modelled_savings"]} if "ledger" in r else {}),
@@ -580,14 +598,15 @@ def _print_table(r: dict) -> None:
           f"{r['router']['threshold']} ({r['router']['calibration']}); TTFT SLO {r['slo_ttft_s']} s; prices/GPU-h "
           + ", ".join(f"{k} ${v}" for k, v in r["prices_per_gpu_hour"].items()))
     print(f"{'step':<22}{'dollars':>9}{'gpu_h':>8}{'cost_red':>9}{'quality':>9}{'slo':>8}{'drop':>6}{'small%':>8}"
-          f"{'exact%':>8}{'sem%':>7}{'wrong':>6}{'static':>8}{'autosc':>8}  replicas")
+          f"{'exact%':>8}{'sem%':>7}{'wrong':>6}{'static':>8}{'autosc':>8}{'oracle':>8}  replicas")
     for b in r["breakdown"]:
         print(f"{b['step']:<22}{b['dollars']:>9.2f}{b['gpu_hours']:>8.2f}{b['cost_reduction']:>9.3f}{b['quality_retained']:>9.3f}"
               f"{b['slo_attainment']:>8.4f}{b['dropped']:>6}{100 * b['small_share']:>8.1f}{100 * b['exact_hit_rate']:>8.1f}"
               f"{100 * b['semantic_hit_rate']:>7.1f}{b['wrong_hits']:>6}{b['static']['cost_reduction']:>8.3f}"
-              f"{b['autoscaled']['cost_reduction']:>8.3f}  {b['replicas']}{'  ' + b['note'] if b.get('note') else ''}")
+              f"{b['autoscaled']['cost_reduction']:>8.3f}{b['oracle']['cost_reduction']:>8.3f}  {b['replicas']}{'  ' + b['note'] if b.get('note') else ''}")
     print("static / autosc: the step's cost_reduction with replicas fixed at its own peak / under the autoscaler "
-          "(the row uses the autoscaler from '+autoscaler' on)")
+          "(the row uses the autoscaler from '+autoscaler' on); oracle: the bound, each minute's replicas at 100% "
+          "of saturated throughput, no start-up, perfect foresight")
     lg = r["ledger"]
     if lg.get("interval"):
         print(f"ledger (Thrifty row): control group {lg['control_requests']} requests ({lg['control_share']:.1%}) vs "
@@ -603,7 +622,8 @@ def _print_table(r: dict) -> None:
     for line in r["not_ready"]:
         print(f"NOT READY: {line}")
     print(f"headline: cost_reduction {r['cost_reduction']:.3f}, quality_retained {r['quality_retained']:.3f}, "
-          f"slo_attainment {r['slo_attainment']:.4f} (goal >= 0.60 at >= 0.95 quality and >= 0.99 SLO)")
+          f"slo_attainment {r['slo_attainment']:.4f} (goal >= 0.60 at >= 0.95 quality and >= 0.99 SLO); "
+          f"bound on these levers (oracle): {r['breakdown'][-1]['oracle']['cost_reduction']:.3f}")
 
 
 if __name__ == "__main__":

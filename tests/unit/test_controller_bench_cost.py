@@ -82,6 +82,8 @@ def test_bench_runs_and_reports_each_lever(capsys, small_inputs):
         assert b["static"]["dollars"] > 0 and b["autoscaled"]["dollars"] > 0
         chosen = b["autoscaled"] if b["step"] in ("+autoscaler", "+quant/spec profiles") else b["static"]
         assert b["dollars"] == chosen["dollars"] and b["replicas"] == chosen["replicas"]
+        # the oracle (per-minute replicas at 100% use, no start-up) is a bound: no provisioning beats it
+        assert 0 < b["oracle"]["dollars"] <= min(b["static"]["dollars"], b["autoscaled"]["dollars"])
     assert report["router"]["calibration"].startswith("strong share")
     assert "headline:" in text
 
