@@ -9,6 +9,8 @@ cache may answer them. A hit's quality is the stored answer's quality when the h
 the same question, and 0 when it is not (a label-0 paraphrase or another question).
 A request of the savings ledger's control group (`control`) takes the baseline path, as in
 the sidecar (proxy/quality/ledger.py): no cache lookup or store, no router, the reference tier.
+A prompt over the engines' context (`servable` False) is routed and rejected there (vLLM's 400):
+no engine answered it, so no cache holds an answer to it or gives one.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def run_levers(
     similarity_floor: float,
     control: np.ndarray | None = None,  # per request: True = control group (baseline path)
     online=None,  # a `_cost_online.OnlineRouter`: routes with the threshold in force instead of `tier_of_row`
+    servable: np.ndarray | None = None,  # per request: False = prompt over the engines' context
 ) -> list[Outcome]:
     reference = len(tiers) - 1  # the baseline tier: the last (largest) one
     now = 0.0
@@ -90,6 +93,10 @@ def run_levers(
         if control is not None and control[i]:
             quality = float(quality_of[q.row, reference])
             outcomes.append(Outcome(tiers[reference], None, quality, source=tiers[reference], control=True))
+            continue
+        if servable is not None and not servable[i]:
+            t_idx = online.route(i, q.row, t) if online is not None else int(tier_of_row[q.row])
+            outcomes.append(Outcome(tiers[t_idx], None, float(quality_of[q.row, t_idx]), source=tiers[t_idx]))
             continue
         tenant = f"tenant-{q.tenant}"
         body = _body(q)

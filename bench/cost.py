@@ -368,6 +368,10 @@ def _run(args: argparse.Namespace) -> int:
     # group takes the baseline path and its shadow calls load the same fleet.
     control = draw_control(len(trace), args.control_share, args.seed)
     tokens = [(r.prompt_tokens, r.output_tokens) for r in trace]
+    # A prompt over the engines' context is answered 400 by whichever tier it reaches (as the
+    # autoscale bench's `rejected_too_long`): in no SLO or quality figure, cached by no one.
+    context = min(spec_for(t, q).profile.max_model_len for t in (SMALL, LARGE) for q in (False, True))
+    servable = np.array([r.prompt_tokens < context for r in trace], dtype=bool)
     online_runs: dict[tuple[bool, bool, bool], object] = {}
 
     def online_router():
@@ -393,7 +397,7 @@ def _run(args: argparse.Namespace) -> int:
                 questions, arrivals, outputs, tier_of_row if key[0] else all_large, [SMALL, LARGE], quality_of, vectors,
                 LeverSettings(exact_cache=key[1], semantic_cache=key[2], store_delay_s=args.store_delay_s),
                 verifier, verifier.similarity_floor if verifier is not None else 1.0,
-                control=control if step.router else None, online=online)
+                control=control if step.router else None, online=online, servable=servable)
         return lever_cache[key]
 
     results = []
@@ -425,10 +429,10 @@ def _run(args: argparse.Namespace) -> int:
         caps = {s.name: max(4, 3 * static_counts.get(s.name, 1)) for s in specs}
         scaled = run_autoscaled(specs, by_tier, static_counts, fleet_settings, caps)
         used = scaled if step.autoscale else static
-        row = _summarise(step, outcomes, used, specs, owners, args.slo_ttft_s)
+        row = _summarise(step, outcomes, used, specs, owners, args.slo_ttft_s, servable)
         row["oracle_dollars"] = _oracle_dollars(specs, by_tier)
-        row["static"] = _provisioning(outcomes, static, owners, args.slo_ttft_s)
-        row["autoscaled"] = _provisioning(outcomes, scaled, owners, args.slo_ttft_s)
+        row["static"] = _provisioning(outcomes, static, owners, args.slo_ttft_s, servable)
+        row["autoscaled"] = _provisioning(outcomes, scaled, owners, args.slo_ttft_s, servable)
         row["shadow_calls"] = len(shadows)
         if step.router:
             row["ledger"] = ledger(outcomes, tokens, owners, used, specs, LARGE, _QUALITY.confidence)
@@ -486,18 +490,22 @@ def _client_slo(fleet, owners: dict, slo_ttft_s: float) -> tuple[int, int]:
     return within, dropped
 
 
-def _summarise(step: Step, outcomes: list, fleet, specs, owners: dict, slo_ttft_s: float) -> dict:
+def _summarise(step: Step, outcomes: list, fleet, specs, owners: dict, slo_ttft_s: float,
+               servable: np.ndarray) -> dict:
     total = len(outcomes)
+    answered = int(servable.sum())  # the rest were rejected as too long: in no SLO or quality figure
     recovery = {s.name: s.profile.quality_recovery for s in specs}  # quantized models answer a little worse
     hits = {k: sum(1 for o in outcomes if o.cache == k) for k in ("exact", "semantic")}
     within, dropped = _client_slo(fleet, owners, slo_ttft_s)
     within += hits["exact"] + hits["semantic"]
+    scored = [o.quality * recovery.get(o.source or "", 1.0) for o, ok in zip(outcomes, servable, strict=True) if ok]
     return {
         "step": step.name,
         "dollars": fleet.dollars,
         "gpu_hours": fleet.gpu_hours,
-        "quality": float(np.mean([o.quality * recovery.get(o.source or "", 1.0) for o in outcomes])) if outcomes else 0.0,
-        "slo_attainment": within / total if total else 1.0,
+        "quality": float(np.mean(scored)) if scored else 0.0,
+        "slo_attainment": within / answered if answered else 1.0,
+        "rejected_too_long": total - answered,
         "dropped": dropped,
         "wrong_hits": sum(1 for o in outcomes if o.wrong_hit),
         "exact_hit_rate": hits["exact"] / total if total else 0.0,
@@ -509,12 +517,13 @@ def _summarise(step: Step, outcomes: list, fleet, specs, owners: dict, slo_ttft_
     }
 
 
-def _provisioning(outcomes: list, fleet, owners: dict, slo_ttft_s: float) -> dict:
+def _provisioning(outcomes: list, fleet, owners: dict, slo_ttft_s: float, servable: np.ndarray) -> dict:
     """One provisioning's dollars, GPU-hours, SLO attainment and replicas (for the side columns)."""
     within, dropped = _client_slo(fleet, owners, slo_ttft_s)
     within += sum(1 for o in outcomes if o.cache is not None)
+    answered = int(servable.sum())
     return {"dollars": fleet.dollars, "gpu_hours": fleet.gpu_hours,
-            "slo_attainment": within / len(outcomes) if outcomes else 1.0,
+            "slo_attainment": within / answered if answered else 1.0,
             "dropped": dropped,
             "replicas": {n: t.replicas for n, t in fleet.tiers.items()}}
 
@@ -571,6 +580,7 @@ def _report(results, args, trace, questions, tenants, pairs_used, rows, data, sm
             "trace": args.trace, "routing": args.routing, "cache_pairs": args.cache_pairs,
             "repeat_share": args.repeat_share if args.cache_pairs else 0.0, "kinds": kinds,
             "routing_rows": len(rows), "tenants": tenants, "pairs_used": pairs_used,
+            "rejected_too_long": results[-1]["rejected_too_long"],
             "small_model": data.models[small], "large_model": data.models[large],
         },
         "router": {"threshold": None if threshold != threshold else round(threshold, 4), "calibration": threshold_source},
@@ -593,7 +603,9 @@ def _ledger_summary(lg: dict, args: argparse.Namespace, cost_reduction: float) -
 def _print_table(r: dict) -> None:
     w = r["workload"]
     print(f"cost bench: {w['requests']} requests over {w['duration_s']:.0f} s ({w['copies']} overlaid copies of {w['trace']}), "
-          f"{w['kinds']}, {w['routing_rows']} routing rows from {w['routing']} over {w['tenants']} tenant(s)")
+          f"{w['kinds']}, {w['routing_rows']} routing rows from {w['routing']} over {w['tenants']} tenant(s); "
+          f"{w['rejected_too_long']} prompts over the engines' context rejected (400, as vLLM does; in no SLO or "
+          f"quality figure, never a cache hit)")
     print(f"tiers: small = {w['small_model']} labels, large = {w['large_model']} labels; router threshold "
           f"{r['router']['threshold']} ({r['router']['calibration']}); TTFT SLO {r['slo_ttft_s']} s; prices/GPU-h "
           + ", ".join(f"{k} ${v}" for k, v in r["prices_per_gpu_hour"].items()))

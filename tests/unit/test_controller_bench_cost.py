@@ -220,3 +220,40 @@ def test_predicted_quality_guard_raises_the_threshold_only_when_the_heads_predic
     raised, _, _ = cost._predicted_quality_guard(args, Router(), 11, rows, ease, np.array([[0.0, 1.0], [0.0, 1.0]]),
                                                  asked_once, profiles, 0.5)
     assert raised is not None and raised >= 0.5
+
+
+@needs_data
+def test_prompts_over_the_context_are_rejected_not_missed(capsys, small_inputs, tmp_path):
+    """A prompt over the engines' 8192-token context is a 400 (as vLLM answers it), not an SLO
+    miss: the same trace with every fourth prompt made too long keeps the SLO of the others,
+    reports how many were rejected."""
+    rows = small_inputs["trace"].read_text(encoding="utf-8").splitlines()
+    longer = [rows[0]] + [",".join([r.split(",")[0], "9000", r.split(",")[2]]) if i % 4 == 0 else r
+                          for i, r in enumerate(rows[1:])]
+    trace = tmp_path / "long.csv"
+    trace.write_text("\n".join(longer) + "\n", encoding="utf-8")
+    rc, report, text = _run(capsys, {**small_inputs, "trace": trace}, "--cache-pairs", str(small_inputs["pairs"]),
+                            "--repeat-share", "0.3", "--strong-share", "0.5")
+    assert rc == 0, text
+    too_long = sum(1 for i in range(len(rows) - 1) if i % 4 == 0)
+    assert report["workload"]["rejected_too_long"] == too_long
+    assert report["slo_attainment"] >= 0.9  # was 0.75 at best when a rejection counted as a miss
+    assert "rejected (400" in text
+
+
+def test_no_cache_answers_a_prompt_no_engine_could_take() -> None:
+    """The exact cache answers a repeat, but not a repeat whose prompt is over the context:
+    no engine answered it, so no answer to it is stored or given."""
+    from thrifty.bench._cost_caches import LeverSettings, run_levers
+
+    asked = [Question("fresh", 0, "q", 0, 0), Question("repeat", 0, "q", 0, 0)]
+    quality = np.ones((1, 2))
+    settings = LeverSettings(exact_cache=True, semantic_cache=False, store_delay_s=1.0)
+
+    def run(servable):
+        return run_levers(asked, [0.0, 10.0], [50, 50], np.ones(1, dtype=int), ["small", "large"], quality, {},
+                          settings, None, 1.0, servable=servable)
+
+    assert run(np.array([True, True]))[1].cache == "exact"
+    too_long = run(np.array([False, False]))
+    assert [o.cache for o in too_long] == [None, None] and [o.tier for o in too_long] == ["large", "large"]
