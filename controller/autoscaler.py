@@ -47,6 +47,10 @@ class TierPolicy:
     # prompt token and per generated token at the target batch. 0 = not known.
     prefill_s_per_token: float = 0.0
     decode_s_per_token: float = 0.0
+    # The decode share the TTFT floor's prefill queue sees; 0 = decode_s_per_token. A speculating
+    # tier verifies drafts + 1 tokens per sequence each step, so its decode holds more of every
+    # step than the tokens it emits cost on average: its prior here is the cost without speculation.
+    ttft_decode_s_per_token: float = 0.0
     target_utilization: float = 0.85
     # Per-replica capacity in tokens/s assumed before telemetry is seen; 0 = derive it from
     # the engine cost model above at the observed prompt/output mix.
@@ -393,7 +397,7 @@ class Autoscaler:
             return None
         allow = p.predicted_miss_share if p.predicted_miss_share is not None else 1.0 - p.slo_target
         work_p = o.input_rate * scale * p.prefill_s_per_token  # engine-seconds of prefill per second
-        work_d = o.output_rate * scale * p.decode_s_per_token
+        work_d = o.output_rate * scale * (p.ttft_decode_s_per_token or p.decode_s_per_token)
         lo = max(1, math.ceil(work_p + work_d + 1e-9))
         miss = 1.0
         for n in range(lo, p.max_replicas + 1):

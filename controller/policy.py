@@ -55,6 +55,8 @@ def tier_policy(config: Config, tier: Tier) -> TierPolicy:
     itl_slo_s = config.slo.itl_p95_ms / 1000
     batch = target_batch(tier.engine.max_num_seqs, profile, itl_slo_s, drafts)
     costs = engine_costs(profile, batch=batch, context=PRIOR_CONTEXT_TOKENS, speculative=drafts) if profile else {}
+    if profile and drafts:  # the prefill queue sees the verify steps' width (TierPolicy.ttft_decode_s_per_token)
+        costs["ttft_decode_s_per_token"] = engine_costs(profile, batch=batch, context=PRIOR_CONTEXT_TOKENS)["decode_s_per_token"]
     concurrency = target_batch(tier.engine.max_num_seqs, profile, itl_slo_s, drafts, kv_bound=False)
     return TierPolicy(
         name=tier.name, min_replicas=tier.replicas.min, max_replicas=tier.replicas.max,
