@@ -94,10 +94,7 @@ def run_levers(
             quality = float(quality_of[q.row, reference])
             outcomes.append(Outcome(tiers[reference], None, quality, source=tiers[reference], control=True))
             continue
-        if servable is not None and not servable[i]:
-            t_idx = online.route(i, q.row, t) if online is not None else int(tier_of_row[q.row])
-            outcomes.append(Outcome(tiers[t_idx], None, float(quality_of[q.row, t_idx]), source=tiers[t_idx]))
-            continue
+        cacheable = servable is None or bool(servable[i])
         tenant = f"tenant-{q.tenant}"
         body = _body(q)
         key = request_key(tenant, "chat", body)
@@ -105,10 +102,10 @@ def run_levers(
         hit: dict | None = None
         kind = None
         same = False
-        if exact is not None:
+        if exact is not None and cacheable:
             hit = exact.get(key)
             kind, same = ("exact", True) if hit is not None else (None, False)  # the very same text
-        if hit is None and semantic is not None:
+        if hit is None and semantic is not None and cacheable:
             found = semantic.lookup(partition, q.text, vectors[q.text])
             if found is not None:
                 hit, kind = found.body, "semantic"
@@ -119,7 +116,7 @@ def run_levers(
         t_idx = online.route(i, q.row, t) if online is not None else int(tier_of_row[q.row])
         quality = float(quality_of[q.row, t_idx])
         outcomes.append(Outcome(tiers[t_idx], None, quality, source=tiers[t_idx]))
-        if exact is not None or semantic is not None:
+        if cacheable and (exact is not None or semantic is not None):
             stored = {
                 "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * (CHARS_PER_TOKEN * output_tokens[i])},
