@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -96,6 +96,9 @@ class TierObservation:
     # Tokens/s (prompt + generated) the ready replicas processed since the last observation,
     # from vllm:prompt_tokens_total + vllm:generation_tokens_total; None = not reported.
     served_token_rate: float | None = None
+    # The same engine counters over the arrival rates' span (token_rate's): what the engines
+    # processed, a lower bound on the work arriving while finished requests lag (`_arriving`).
+    processed_token_rate: float | None = None
     # Requests that got their first token (or were shed) since the last observation, and
     # how many of them missed the TTFT SLO: the error budget's spend.
     ttft_finished: int = 0
@@ -103,6 +106,24 @@ class TierObservation:
     # Mean prompt tokens of the requests behind ttft_p95_s: where the SLO grows with prompt
     # length, p95 is held to the SLO at this length. None = not reported (flat SLO used).
     mean_prompt_tokens: float | None = None
+
+
+def _arriving(o: TierObservation) -> TierObservation:
+    """The observation with its token rates at least what the engines processed.
+
+    The sidecar counts a request's tokens when it finishes, so on a ramp that outruns the
+    replicas the finished rate lags the arrivals: requests pile up running, unfinished (the
+    cost bench's Azure diurnal small tier: 13.5k tok/s finished while the engines processed
+    19.8k and 22k arrived; 2 replicas held until TTFT misses). The engines' processed tokens,
+    over the same span, are a lower bound on the work arriving; the mix stays the finished
+    requests'."""
+    served = o.processed_token_rate
+    if served is None or served <= o.token_rate:
+        return o
+    if o.token_rate <= 0:
+        return replace(o, token_rate=served)
+    f = served / o.token_rate
+    return replace(o, token_rate=served, input_rate=o.input_rate * f, output_rate=o.output_rate * f)
 
 
 @dataclass(slots=True)
@@ -201,6 +222,7 @@ class Autoscaler:
 
     # -- the policy ---------------------------------------------------------
     def decide(self, now: float, obs: dict[str, TierObservation]) -> list[Decision]:
+        obs = {name: _arriving(o) for name, o in obs.items()}
         fleet_rate = sum(o.token_rate for o in obs.values())
         self._fleet_forecast.update(now, fleet_rate)
         shares = self._shares(obs, fleet_rate)
@@ -326,6 +348,12 @@ class Autoscaler:
             # A replica just became ready: the TTFT window still shows the minute before it.
             # (Escalating on it took Azure prefill-heavy from 3 to 6 replicas where 4 held the SLO.)
             near_slo = False
+        if (near_slo and o.ready > 0 and o.token_rate > 0 and now - state.last_down <= p.miss_memory_s
+                and now - state.first_seen >= 2 * p.startup_s):
+            # A scale-down's count queueing at this load, by the budget's verdict: remembered as a
+            # miss is (`_missed_floor`), so the next scale-down does not return to it at this load
+            # (Mooncake: 4 <-> 5 replicas eight times an hour, down on the stable window, up on TTFT p95).
+            state.unsafe.append((now, o.ready, o.token_rate / o.ready))
         if near_slo or o.queue_depth > 0 or o.waiting / max(o.ready, 1) > 0.25 * p.target_concurrency:
             urgent = o.ready + max(1, math.ceil(backlog / p.target_concurrency))
             if urgent > want:

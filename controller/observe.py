@@ -52,6 +52,7 @@ def tier_observation(fleet: FleetView, tier: str, now: float, *, target: int, re
         kv_usage=sum(r.kv_cache_usage for r in healthy), queue_depth=fleet.queue_depth(tier),
         token_rate=s.tokens_per_s, input_rate=s.input_tokens / span, output_rate=s.output_tokens / span,
         ttft_p95_s=fleet.summary(tier, now, ttft_span_s).ttft_p95, served_token_rate=served_token_rate(fleet, tier, now, served_span_s),
+        processed_token_rate=served_token_rate(fleet, tier, now, rate_span_s),
         ttft_finished=ttft_outcomes[0], ttft_missed=ttft_outcomes[1],
         mean_prompt_tokens=s.input_tokens / s.requests if s.requests else None,
     )

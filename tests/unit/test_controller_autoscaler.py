@@ -130,6 +130,24 @@ def test_token_demand_over_capacity_sets_the_target() -> None:
     assert a.target("t") == 5
 
 
+def test_requests_still_running_count_as_demand_through_the_engines_processed_tokens() -> None:
+    # Finished requests report 8k tok/s while the engines process 16k (a ramp piles requests up
+    # running): the demand is at least what the engines process, and the mix stays the finished one.
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=0.8,
+                   target_concurrency=1000)
+    lagging = Autoscaler([p], initial={"t": 1})
+    for i in range(6):
+        t = i * 5.0
+        lagging.decide(t, {"t": _obs(t, lagging.target("t"), 10, 8000, input_rate=6000, output_rate=2000,
+                                     processed_token_rate=16000)})
+    assert lagging.target("t") == 5  # 16000 / (4000 x 0.8); the finished rate alone asks for 3
+    quiet = Autoscaler([p], initial={"t": 1})
+    for i in range(6):  # engines processing less than finished (a drained window) changes nothing
+        t = i * 5.0
+        quiet.decide(t, {"t": _obs(t, quiet.target("t"), 10, 8000, processed_token_rate=6000)})
+    assert quiet.target("t") == 3
+
+
 def test_demand_is_the_recent_burst_level_not_the_last_reading() -> None:
     p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
                    target_concurrency=1000, down_stabilization_s=30, burst_window_s=600, burst_quantile=0.9,
@@ -269,6 +287,24 @@ def test_a_count_that_missed_the_slo_is_not_planned_again_at_that_load() -> None
     t = _feed(b, 0.0, 40, 7000.0, 0)
     t = _feed(b, t, 6, 7000.0, 200)  # every request missed: still only one more than the count that missed
     assert b.target("t") == 3
+
+
+def test_a_scale_down_that_queued_is_not_repeated_at_that_load() -> None:
+    """Down from 3 to 2 on the capacity plan; at 2, TTFT p95 nears the SLO with the budget burning
+    (1.5x, under the 2x that records a miss): one more comes back, and the stable window does not
+    take it away again at that load (the flapping Mooncake's replay showed), but does at a lower one."""
+    p = TierPolicy("t", min_replicas=1, max_replicas=20, capacity_prior_tokens_s=4000, target_utilization=1.0,
+                   target_concurrency=1000, down_stabilization_s=60, burstiness_window_s=0, miss_memory_s=1800,
+                   slo_ttft_s=2.0)
+    a = Autoscaler([p], initial={"t": 3})
+    t = _feed(a, 0.0, 60, 7000.0, 0, ttft_p95_s=0.4)  # past the warm-up: the plan says 2
+    assert a.target("t") == 2
+    t = _feed(a, t, 12, 7000.0, 3, ttft_p95_s=1.9)  # queueing at 2: 1.5% missed for a minute
+    assert a.target("t") == 3
+    t = _feed(a, t, 120, 7000.0, 0, ttft_p95_s=0.4)  # 10 minutes at that load, within the SLO
+    assert a.target("t") == 3
+    t = _feed(a, t, 150, 2000.0, 0, ttft_p95_s=0.4)  # well under it: back down
+    assert a.target("t") <= 2
 
 
 def test_one_replica_has_no_second_choice_in_the_ttft_floor() -> None:

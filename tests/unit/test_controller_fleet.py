@@ -49,6 +49,8 @@ def test_served_rate_and_arrival_split_come_from_telemetry() -> None:
         view.ingest("a", window_from_pb(window_to_pb(StatsWindow(end - 5.0, end, [t]))))
     o = tier_observation(view, "large", 31.0, target=3, rate_span_s=30.0)
     assert o.served_token_rate == pytest.approx(2000 / 5)  # the two buckets completed by t=31: 4 windows, 20 s
+    # over the arrival rates' span (30 s here): the three buckets completed by t=31, 6 windows in 30 s
+    assert o.processed_token_rate == pytest.approx(6 * 2000 / 30)
     # buckets starting in [1, 31): the windows ending at 10 ... 30
     assert o.input_rate == pytest.approx(5 * 600 / 30) and o.output_rate == pytest.approx(5 * 300 / 30)
     assert o.ready == 2 and o.starting == 1 and o.running == 8
@@ -57,4 +59,5 @@ def test_served_rate_and_arrival_split_come_from_telemetry() -> None:
     for end in (5.0, 15.0, 25.0):
         bare.ingest("a", window_from_pb(window_to_pb(StatsWindow(end - 5.0, end, [
             TierStats("large", requests=1, replicas=[ReplicaStats("http://r1", running=1)])]))))
-    assert tier_observation(bare, "large", 31.0, target=1).served_token_rate is None
+    bare_o = tier_observation(bare, "large", 31.0, target=1)
+    assert bare_o.served_token_rate is None and bare_o.processed_token_rate is None
