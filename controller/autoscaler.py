@@ -348,11 +348,13 @@ class Autoscaler:
             # A replica just became ready: the TTFT window still shows the minute before it.
             # (Escalating on it took Azure prefill-heavy from 3 to 6 replicas where 4 held the SLO.)
             near_slo = False
+        fast_burn = state.budget.burn_rate(now, state.budget.fast_window_s)
         if (near_slo and o.ready > 0 and o.token_rate > 0 and now - state.last_down <= p.miss_memory_s
-                and now - state.first_seen >= 2 * p.startup_s):
-            # A scale-down's count queueing at this load, by the budget's verdict: remembered as a
-            # miss is (`_missed_floor`), so the next scale-down does not return to it at this load
-            # (Mooncake: 4 <-> 5 replicas eight times an hour, down on the stable window, up on TTFT p95).
+                and fast_burn is not None and fast_burn >= 1.0 and now - state.first_seen >= 2 * p.startup_s):
+            # A scale-down's count queueing at this load, by the last minute's misses (the ten-minute
+            # window may still carry a lower count's): remembered as a miss is (`_missed_floor`), so the
+            # next scale-down does not return to it at this load (Mooncake: 4 <-> 5 replicas eight
+            # times an hour, down on the stable window, up on TTFT p95).
             state.unsafe.append((now, o.ready, o.token_rate / o.ready))
         if near_slo or o.queue_depth > 0 or o.waiting / max(o.ready, 1) > 0.25 * p.target_concurrency:
             urgent = o.ready + max(1, math.ceil(backlog / p.target_concurrency))
