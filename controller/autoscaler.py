@@ -2,7 +2,8 @@
 
 Contract: call `Autoscaler.decide(now, observations)` every interval with one
 `TierObservation` per tier; apply the `Decision`s it returns. desired = ceil(forecast token
-arrivals / (learned per-replica capacity x target utilisation x SLO-budget factor)), with
+arrivals (finished requests' tokens, at least what the engines processed) / (learned per-replica
+capacity x target utilisation x SLO-budget factor)), with
 concurrency, KV-cache, backlog and predicted-TTFT floors, and no fewer than a count that
 recently missed the SLO at this load; scale-up is immediate, scale-down stabilised,
 stepped and held while TTFT is over half the SLO. Tiers are coupled through the routing
@@ -380,7 +381,8 @@ class Autoscaler:
         at twice its rate over the last minute (twice, not once: a few misses in a minute of Mooncake's
         ~200 requests are noise, not a verdict on the count), the fewest replicas ready in that
         minute and the minute's peak tokens/s per replica are remembered for `miss_memory_s` (the
-        misses lag the load that made them), and no count up to it is planned again at that
+        misses lag the load that made them; a scale-down's count that queued is recorded the same
+        way, in `_recommend`), and no count up to it is planned again at that
         per-replica load or more (not in the first two start-up delays: the rates are still
         filling and misses there are the start's). One record rules out at most one more replica
         than the count that missed, so misses no replica count cures (service time) cannot run

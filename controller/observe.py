@@ -5,7 +5,8 @@ benches that replay traces through the simulated fleet, so the benches measure t
 observations production computes: arrival rates (prompt and generated tokens of the
 requests the sidecars answered), the engines' served throughput (deltas of
 vllm:prompt_tokens_total + vllm:generation_tokens_total, which the capacity estimator
-learns from), queues, KV use and TTFT.
+learns from over 30 s and the autoscaler's demand is floored at over the arrival rates'
+minute), queues, KV use and TTFT.
 """
 
 from __future__ import annotations
