@@ -113,11 +113,9 @@ def _arriving(o: TierObservation) -> TierObservation:
     """The observation with its token rates at least what the engines processed.
 
     The sidecar counts a request's tokens when it finishes, so on a ramp that outruns the
-    replicas the finished rate lags the arrivals: requests pile up running, unfinished (the
-    cost bench's Azure diurnal small tier: 13.5k tok/s finished while the engines processed
-    19.8k and 22k arrived; 2 replicas held until TTFT misses). The engines' processed tokens,
-    over the same span, are a lower bound on the work arriving; the mix stays the finished
-    requests'."""
+    replicas the finished rate lags the arrivals: requests pile up running, unfinished. The
+    engines' processed tokens, over the same span, are a lower bound on the work arriving;
+    the mix stays the finished requests' (measured: docs/design/autoscaler.md, "Demand")."""
     served = o.processed_token_rate
     if served is None or served <= o.token_rate:
         return o
@@ -153,10 +151,15 @@ class _TierState:
     readies: deque[tuple[float, int, float]] = field(default_factory=deque)  # (time, ready, tok/s) over the last minute
     last_ready_up: float = -math.inf  # when the ready count last grew
     unsafe: deque[tuple[float, int, float]] = field(default_factory=deque)  # (time, ready, tok/s per replica) that missed
-    first_seen: float | None = None  # first observation: the burstiness ratios' warm-up starts here
+    first_seen: float | None = None  # first observation: the warm-up (`warm`) starts here
     last_arrival: float = 0.0
     last_down: float = -math.inf
     pin: tuple[int, int] | None = None
+
+    def warm(self, now: float) -> bool:
+        """Past the tier's first two start-up delays: its rate windows have filled from 0, so a
+        ramp in them is traffic, not the controller starting (trends, burstiness, miss records)."""
+        return self.first_seen is not None and now - self.first_seen >= 2 * self.policy.startup_s
 
     def bounds(self) -> tuple[int, int]:
         lo, hi = self.pin or (self.policy.min_replicas, self.policy.max_replicas)
@@ -301,7 +304,7 @@ class Autoscaler:
             state.first_seen = now
         level = self._fleet_forecast.forecast(0.0)
         growth = self._fleet_forecast.forecast(p.startup_s) / level if level > 0 else 1.0
-        if now - state.first_seen < 2 * p.startup_s:
+        if not state.warm(now):
             # Warm-up: a fresh controller's rate windows fill from 0, and the forecast reads that
             # ramp as a trend (x1.4-1.5 on the cost bench's large tier: 5 replicas where 2 held).
             growth = min(growth, 1.0)
@@ -349,13 +352,12 @@ class Autoscaler:
             # A replica just became ready: the TTFT window still shows the minute before it.
             # (Escalating on it took Azure prefill-heavy from 3 to 6 replicas where 4 held the SLO.)
             near_slo = False
-        fast_burn = state.budget.burn_rate(now, state.budget.fast_window_s)
         if (near_slo and o.ready > 0 and o.token_rate > 0 and now - state.last_down <= p.miss_memory_s
-                and fast_burn is not None and fast_burn >= 1.0 and now - state.first_seen >= 2 * p.startup_s):
+                and state.warm(now) and (state.budget.burn_rate(now, state.budget.fast_window_s) or 0.0) >= 1.0):
             # A scale-down's count queueing at this load, by the last minute's misses (the ten-minute
             # window may still carry a lower count's): remembered as a miss is (`_missed_floor`), so the
-            # next scale-down does not return to it at this load (Mooncake: 4 <-> 5 replicas eight
-            # times an hour, down on the stable window, up on TTFT p95).
+            # next scale-down does not return to it at this load (docs/design/autoscaler.md, "Misses
+            # remembered").
             state.unsafe.append((now, o.ready, o.token_rate / o.ready))
         if near_slo or o.queue_depth > 0 or o.waiting / max(o.ready, 1) > 0.25 * p.target_concurrency:
             urgent = o.ready + max(1, math.ceil(backlog / p.target_concurrency))
@@ -397,8 +399,7 @@ class Autoscaler:
         fewest = min(r for _, r, _ in state.readies)
         peak = max(x for _, _, x in state.readies)
         burn = state.budget.burn_rate(now, window)
-        warm = state.first_seen is not None and now - state.first_seen >= 2 * p.startup_s
-        if warm and burn is not None and burn >= 2.0 and fewest > 0 and peak > 0:
+        if state.warm(now) and burn is not None and burn >= 2.0 and fewest > 0 and peak > 0:
             state.unsafe.append((now, fewest, peak / fewest))
         while state.unsafe and state.unsafe[0][0] < now - p.miss_memory_s:
             state.unsafe.popleft()
@@ -458,7 +459,7 @@ class Autoscaler:
         # A ratio counts only once its start-up mean lies wholly after the first start-up delay:
         # the first readings of a fresh controller (or tier) ramp up as its rate window fills, and that ramp
         # read as burstiness held 3x headroom for the next hour (Azure trace, 6 replicas where 3 do).
-        if state.first_seen is not None and mean > 0 and now - state.first_seen >= 2 * p.startup_s:
+        if mean > 0 and state.warm(now):
             state.ratios.append((now, o.token_rate / mean))
         while state.ratios and state.ratios[0][0] < now - p.burstiness_window_s:
             state.ratios.popleft()

@@ -45,9 +45,8 @@ def target_batch(max_num_seqs: int, profile: GpuProfile | None, itl_slo_s: float
 def tier_policy(config: Config, tier: Tier) -> TierPolicy:
     """The capacity prior's batch is KV-bound (a replica cannot run more 2048-token sequences
     than its cache holds); the concurrency floor's is not: the KV floor reads the cache's
-    measured fill, and an assumed context there counted memory twice (the cost bench's FP8
-    70B tier: 101 sequences at 2048 tokens where its ~1k-token chats fit 2x; 3 replicas where
-    2 held the SLO)."""
+    measured fill, and an assumed context there would count memory twice (measured:
+    docs/design/autoscaler.md, "Floors and the SLO headroom rule")."""
     name = tier.engine.prior_profile()
     profile = get_profile(name) if name else None
     spec = tier.engine.speculative
