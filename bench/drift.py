@@ -212,6 +212,8 @@ def windows(records: list[Record], offset: float, inject: Injection, period: flo
             ts.routed += 1
         big_in, big_out = PRICE["large"]
         ts.baseline_dollars += r.prompt * big_in + r.output * big_out
+        if r.cache:
+            ts.cache_baseline_dollars += r.prompt * big_in + r.output * big_out
         if r.ttft is None:
             ts.errors += 1
             continue

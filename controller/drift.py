@@ -250,30 +250,23 @@ def spec_break_even(k: int, draft_cost: float = 0.0) -> float:
     return hi
 
 
-def cost_index(fleet: FleetView, end: float, span_s: float, weight_span_s: float) -> float | None:
-    """Dollars over baseline dollars per tier, averaged with slow (fixed-basket) tier weights.
+def cost_index(s: TierSummary) -> float | None:
+    """A tier's dollars over the baseline dollars of the requests its engines served.
 
-    The fleet's dollars / baseline dollars (1 - savings ratio) moves with every bucket's
-    random routing mix: the tiers' price ratios differ ~10x, so a few more requests on the
-    large tier read as a cost change (per-bucket noise ~11% on the public trace). Weighting
-    each tier's own ratio by its share of baseline dollars over `weight_span_s` (a
-    Laspeyres index) keeps real price or tokens-per-request changes and leaves the routing
-    mix to the `routing_share` signal, which watches it directly.
+    Per tier, because the tiers' price ratios to the baseline differ ~10x: a fleet-wide
+    ratio moves with each bucket's routing mix (per-bucket noise ~11% on the public trace;
+    the mix is `routing_share`'s to watch), and a fleet index with slow weights still
+    moved with its weights (Mooncake: ~12% over an hour). Cache hits are left out of the
+    denominator: they carry baseline dollars and cost nothing, so their share (the hit
+    rates are watched on their own) read as a price change (~10% per-bucket noise on
+    Mooncake's long prompts, 2% without). What is left moves with a tier's price or its
+    tokens' input/output mix only. Figures: docs/design/drift.md.
     """
-    weights: dict[str, float] = {}
-    ratios: dict[str, float] = {}
-    for name in fleet.tier_names:
-        now, long = fleet.summary(name, end, span_s), fleet.summary(name, end, weight_span_s)
-        if now.requests >= 20 and now.baseline_dollars > 0 and long.baseline_dollars > 0:
-            weights[name], ratios[name] = long.baseline_dollars, now.dollars / now.baseline_dollars
-    total = sum(weights.values())
-    if total <= 0:
-        return None
-    return sum(weights[n] * ratios[n] for n in weights) / total
+    served = s.baseline_dollars - s.cache_baseline_dollars
+    return s.dollars / served if s.requests >= 20 and served > 0 else None
 
 
-def bucket_signals(fleet: FleetView, end: float, span_s: float,
-                   weight_span_s: float = 600.0) -> dict[tuple[str, str | None], float | None]:
+def bucket_signals(fleet: FleetView, end: float, span_s: float) -> dict[tuple[str, str | None], float | None]:
     """The drift signals for the bucket (end - span_s, end]."""
     whole: TierSummary = fleet.summary(None, end, span_s)
     out: dict[tuple[str, str | None], float | None] = {
@@ -286,7 +279,6 @@ def bucket_signals(fleet: FleetView, end: float, span_s: float,
                 ("output_tokens", None): whole.output_tokens})
     shares = fleet.routing_share(end, span_s)
     multi = len(fleet.tier_names) > 1
-    out[("cost_index", None)] = cost_index(fleet, end, span_s, weight_span_s)
     for name in fleet.tier_names:
         s = fleet.summary(name, end, span_s)
         enough = s.requests >= 20
@@ -294,6 +286,7 @@ def bucket_signals(fleet: FleetView, end: float, span_s: float,
                     ("output_tokens", name): s.output_tokens})
         out[("ttft_per_1k_prompt", name)] = (
             1000.0 * s.ttft.sum / s.input_tokens if enough and s.input_tokens > 0 and s.ttft.count else None)
+        out[("cost_index", name)] = cost_index(s)
         # The mean, not the median: the median is interpolated inside 25 ms-wide histogram
         # buckets, so it bends wherever the load moves it across an edge and no load slope
         # explains it; the mean is exact, and the prefill interference that makes its tail

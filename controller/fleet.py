@@ -43,6 +43,7 @@ class TierSummary:
     errors: int
     dollars: float
     baseline_dollars: float
+    cache_baseline_dollars: float
     routed: int
     cache_exact_hits: int
     cache_semantic_hits: int
@@ -127,7 +128,8 @@ def summarize(tier: str, parts: list[TierStats], span_s: float) -> TierSummary:
         accepted += p.spec_accepted_tokens
     return TierSummary(
         tier=tier, span_s=span_s, requests=total.requests, errors=total.errors,
-        dollars=total.dollars, baseline_dollars=total.baseline_dollars, routed=total.routed,
+        dollars=total.dollars, baseline_dollars=total.baseline_dollars,
+        cache_baseline_dollars=total.cache_baseline_dollars, routed=total.routed,
         cache_exact_hits=total.cache_exact_hits, cache_semantic_hits=total.cache_semantic_hits,
         output_tokens=total.output_tokens, input_tokens=total.input_tokens,
         ttft=total.ttft, itl=total.itl, spec_draft_tokens=draft, spec_accepted_tokens=accepted,

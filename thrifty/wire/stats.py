@@ -123,6 +123,9 @@ class TierStats:
     cached_tokens: int = 0
     dollars: float = 0.0
     baseline_dollars: float = 0.0
+    # The part of baseline_dollars that cache hits carried (hits cost nothing): the cost index
+    # prices only what the engines served, so the hit share does not read as a price change.
+    cache_baseline_dollars: float = 0.0
     ttft: Histogram = field(default_factory=Histogram)
     itl: Histogram = field(default_factory=Histogram)
     queue_depth: float = 0.0
@@ -140,6 +143,7 @@ class TierStats:
         self.cached_tokens += other.cached_tokens
         self.dollars += other.dollars
         self.baseline_dollars += other.baseline_dollars
+        self.cache_baseline_dollars += other.cache_baseline_dollars
         self.ttft.merge(other.ttft)
         self.itl.merge(other.itl)
         self.cache_exact_hits += other.cache_exact_hits
