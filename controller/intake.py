@@ -86,6 +86,7 @@ def _tier(t: TierStats) -> None:
         _number(getattr(t, name), name, MAX_TOKENS)
     _number(t.dollars, "dollars", MAX_DOLLARS)
     _number(t.baseline_dollars, "baseline_dollars", MAX_DOLLARS)
+    _number(t.cache_baseline_dollars, "cache_baseline_dollars", MAX_DOLLARS)
     _number(t.queue_depth, "queue_depth", MAX_GAUGE)
     _histogram(t.ttft, "ttft")
     _histogram(t.itl, "itl")

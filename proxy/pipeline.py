@@ -297,6 +297,8 @@ class Pipeline:
         ctx.dollars, ctx.baseline_dollars = actual, baseline
         tm.cost.inc(actual)
         tm.baseline_cost.inc(baseline)
+        if hit:
+            tm.cache_baseline_cost.inc(baseline)
         saved = baseline - actual
         if saved > 0:
             lever = "cache_" + cache if hit else ("routing" if tier != self.costs.baseline.name else "")

@@ -190,6 +190,7 @@ class TierMetrics:
     tokens_cached: CounterChild
     cost: CounterChild
     baseline_cost: CounterChild
+    cache_baseline_cost: CounterChild
     admission_wait: HistogramChild
     retries: CounterChild
 
@@ -204,6 +205,7 @@ class SidecarMetrics:
         self.tokens = LeanCounter("thrifty_tokens", "tokens from the engine's usage", ["tier", "kind"])
         self.cost = LeanCounter("thrifty_cost_dollars", "what the requests cost (cache hits cost 0)", ["tier"])
         self.baseline_cost = LeanCounter("thrifty_baseline_cost_dollars", "what the same requests would cost on the baseline tier without caches", ["tier"])
+        self.cache_baseline_cost = LeanCounter("thrifty_cache_baseline_cost_dollars", "the part of the baseline cost that cache hits answered", ["tier"])
         self.savings = LeanCounter("thrifty_savings_dollars", "baseline minus actual, by lever", ["lever"])
         self.admission_wait = LeanHistogram("thrifty_admission_wait_seconds", "time spent in the admission queue", ["tier"], LATENCY_BUCKETS)
         self.picks = LeanCounter("thrifty_balancer_picks", "balancer decisions", ["tier", "replica", "reason"])
@@ -212,7 +214,7 @@ class SidecarMetrics:
         self.lane_requests = LeanCounter("thrifty_lane_requests", "requests finished, by service_tier lane", ["lane", "outcome"])
         self.batch_lines = LeanCounter("thrifty_batch_lines", "batch lines run: done, failed, or deferred (shed for capacity, retried later)", ["result"])
         self.registry.register(_LeanCollector([
-            self.requests, self.ttft, self.duration, self.itl, self.tokens, self.cost, self.baseline_cost, self.savings,
+            self.requests, self.ttft, self.duration, self.itl, self.tokens, self.cost, self.baseline_cost, self.cache_baseline_cost, self.savings,
             self.admission_wait, self.picks, self.retries, self.escalations, self.lane_requests, self.batch_lines]))
         self.tiers: dict[str, TierMetrics] = {t: self._bind(t) for t in tiers}
 
@@ -221,7 +223,8 @@ class SidecarMetrics:
             ttft=self.ttft.labels(tier), duration=self.duration.labels(tier), itl=self.itl.labels(tier),
             tokens_input=self.tokens.labels(tier, "input"), tokens_output=self.tokens.labels(tier, "output"),
             tokens_cached=self.tokens.labels(tier, "cached"), cost=self.cost.labels(tier),
-            baseline_cost=self.baseline_cost.labels(tier), admission_wait=self.admission_wait.labels(tier),
+            baseline_cost=self.baseline_cost.labels(tier), cache_baseline_cost=self.cache_baseline_cost.labels(tier),
+            admission_wait=self.admission_wait.labels(tier),
             retries=self.retries.labels(tier))
 
     def tier(self, tier: str) -> TierMetrics:

@@ -14,7 +14,8 @@ while the controller was down) is disconnected before any of its policy is appli
 stream is up.
 
 Metrics read (docs/metrics.md): thrifty_requests_total, thrifty_tokens_total,
-thrifty_cost_dollars_total, thrifty_baseline_cost_dollars_total, thrifty_ttft_seconds,
+thrifty_cost_dollars_total, thrifty_baseline_cost_dollars_total,
+thrifty_cache_baseline_cost_dollars_total, thrifty_ttft_seconds,
 thrifty_itl_seconds, thrifty_queue_depth, thrifty_router_decisions_total,
 thrifty_replica_{up,waiting,running,kv_cache_usage,inflight}, and, where the replica's
 /metrics has them, thrifty_replica_{prompt,generation}_tokens and
@@ -185,6 +186,8 @@ def read_registry(registry: CollectorRegistry) -> dict[str, _TierSnap]:
                 tier(t).counters["dollars"] = tier(t).counters.get("dollars", 0) + v
             elif name == "thrifty_baseline_cost_dollars_total":
                 tier(t).counters["baseline"] = tier(t).counters.get("baseline", 0) + v
+            elif name == "thrifty_cache_baseline_cost_dollars_total":
+                tier(t).counters["cache_baseline"] = tier(t).counters.get("cache_baseline", 0) + v
             elif name == "thrifty_router_decisions_total":
                 tier(t).counters["routed"] = tier(t).counters.get("routed", 0) + v
             elif name in ("thrifty_ttft_seconds_bucket", "thrifty_itl_seconds_bucket"):
@@ -237,7 +240,7 @@ def window_between(now: dict[str, _TierSnap], before: dict[str, _TierSnap], star
         tiers.append(TierStats(
             tier=name, requests=int(d("requests")), errors=int(d("errors")), input_tokens=int(d("tokens_input")),
             output_tokens=int(d("tokens_output")), cached_tokens=int(d("tokens_cached")), dollars=d("dollars"),
-            baseline_dollars=d("baseline"), ttft=_hist_delta(snap.ttft, prev.ttft if prev else None),
+            baseline_dollars=d("baseline"), cache_baseline_dollars=d("cache_baseline"), ttft=_hist_delta(snap.ttft, prev.ttft if prev else None),
             itl=_hist_delta(snap.itl, prev.itl if prev else None), queue_depth=snap.queue_depth,
             cache_exact_hits=int(d("hits_exact")), cache_semantic_hits=int(d("hits_semantic")),
             routed=int(d("routed")), replicas=replicas,

@@ -79,8 +79,8 @@ def test_bucket_signals_from_fleet() -> None:
         ttft = Histogram()
         ttft.observe(0.3, 30)
         w = StatsWindow(i * 10.0, i * 10.0 + 9.0, [
-            TierStats("small", requests=30, dollars=0.3, baseline_dollars=3.0, routed=30, cache_exact_hits=3,
-                      input_tokens=3000, ttft=ttft),
+            TierStats("small", requests=30, dollars=0.3, baseline_dollars=3.0, cache_baseline_dollars=0.3, routed=30,
+                      cache_exact_hits=3, input_tokens=3000, ttft=ttft),
             TierStats("large", requests=10, dollars=1.0, baseline_dollars=1.0, routed=10),
         ])
         view.ingest("s1", w)
@@ -101,6 +101,31 @@ def test_bucket_signals_from_fleet() -> None:
     assert sig[("savings_ratio", None)] == pytest.approx(1 - 7.8 / 24)
     assert sig[("routing_share", "small")] == pytest.approx(0.75)
     assert sig[("cache_hit_rate_exact", None)] == pytest.approx(18 / 240)
+    # Per tier, over what the engines served: the hits' baseline dollars are not in it.
+    assert sig[("cost_index", "small")] == pytest.approx(0.3 / 2.7)
+    assert sig[("cost_index", "large")] == pytest.approx(1.0) and ("cost_index", None) not in sig
+
+
+def test_cost_index_moves_with_price_not_with_hit_share_or_routing_mix() -> None:
+    """A +20% price step moves each tier's index by 20%; buckets that differ only in how many
+    requests a cache answered or which tier took them do not move it at all."""
+    def bucket(end: float, small_served: int, small_hits: int, large_served: int, price: float = 1.0):
+        view.ingest("s1", StatsWindow(end - 60.0, end - 1.0, [
+            TierStats("small", requests=small_served + small_hits, dollars=0.15 * price * small_served,
+                      baseline_dollars=1.0 * (small_served + small_hits), cache_baseline_dollars=1.0 * small_hits,
+                      cache_semantic_hits=small_hits, routed=small_served),
+            TierStats("large", requests=large_served, dollars=1.0 * price * large_served,
+                      baseline_dollars=1.0 * large_served, routed=large_served)]))
+        return bucket_signals(view, end, 60.0)
+
+    view = FleetView(["small", "large"], bucket_s=60)
+    calm = bucket(60.0, small_served=40, small_hits=10, large_served=20)
+    shifted = bucket(120.0, small_served=20, small_hits=30, large_served=40)
+    pricier = bucket(180.0, small_served=40, small_hits=10, large_served=20, price=1.2)
+    for tier in ("small", "large"):
+        assert shifted[("cost_index", tier)] == pytest.approx(calm[("cost_index", tier)])
+        assert pricier[("cost_index", tier)] == pytest.approx(1.2 * calm[("cost_index", tier)])
+    assert shifted[("savings_ratio", None)] != pytest.approx(calm[("savings_ratio", None)])  # the mix is watched there
 
 
 def test_threshold_follows_the_false_alarm_budget() -> None:

@@ -18,15 +18,17 @@ def test_histogram_quantile_interpolates() -> None:
 
 
 def test_two_sidecars_sum_counters_and_share_replica_gauges() -> None:
+    from thrifty.wire.codec import window_from_pb, window_to_pb
+
     view = FleetView(["large"], bucket_s=10)
     for sid in ("a", "b"):
-        t = TierStats("large", requests=10, dollars=1.0, baseline_dollars=2.0, queue_depth=3,
+        t = TierStats("large", requests=10, dollars=1.0, baseline_dollars=2.0, cache_baseline_dollars=0.5, queue_depth=3,
                       replicas=[ReplicaStats("http://r1", waiting=4, running=8, kv_cache_usage=0.5, inflight=2,
                                              spec_draft_tokens=100, spec_accepted_tokens=60)])
         t.ttft.observe(0.2, 10)
-        view.ingest(sid, StatsWindow(0.0, 5.0, [t]))
+        view.ingest(sid, window_from_pb(window_to_pb(StatsWindow(0.0, 5.0, [t]))))
     s = view.summary("large", 10.0, 10.0)
-    assert s.requests == 20 and s.savings_ratio == pytest.approx(0.5)
+    assert s.requests == 20 and s.savings_ratio == pytest.approx(0.5) and s.cache_baseline_dollars == pytest.approx(1.0)
     assert s.spec_acceptance == pytest.approx(0.6)
     assert view.queue_depth("large") == 6
     [(rep, inflight)] = view.replicas("large", 10.0)

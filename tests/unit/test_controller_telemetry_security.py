@@ -241,7 +241,8 @@ async def test_a_flood_of_tier_names_does_not_grow_state_or_slow_the_fleet_view(
 
 
 @pytest.mark.parametrize("fields", [
-    {"dollars": math.nan}, {"dollars": math.inf}, {"baseline_dollars": -1.0}, {"queue_depth": 1e12},
+    {"dollars": math.nan}, {"dollars": math.inf}, {"baseline_dollars": -1.0},
+    {"cache_baseline_dollars": math.inf}, {"queue_depth": 1e12},
     {"requests": 2**63}, {"ttft": pb.Histogram(bounds=[0.2, 0.1], counts=[0, 0, 0])},
     {"ttft": pb.Histogram(bounds=[0.1], counts=[5, 5], count=1)},
     {"replicas": [pb.ReplicaStats(url="http://r", kv_cache_usage=7.0)]},

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from tests.unit.proxy_harness import config_for, stack
 from thrifty.proxy.levers.cost_levers import CostLevers
+from thrifty.proxy.observe.telemetry import read_registry, window_between
 from thrifty.sim.stub_backend import StubBehaviour
 
 CHAT = {"model": "small-model", "temperature": 0, "max_tokens": 8, "messages": [{"role": "user", "content": "cache me"}]}
@@ -30,6 +32,13 @@ async def test_exact_cache_hit_served_without_upstream_and_accounted() -> None:
         reg = s.sidecar.metrics.registry
         assert reg.get_sample_value("thrifty_requests_total", {"tier": "small", "outcome": "ok", "cache": "exact"}) == 2
         assert reg.get_sample_value("thrifty_savings_dollars_total", {"lever": "cache_exact"}) > 0
+        # The two hits' baseline is counted apart, so the controller's cost index can price
+        # only what the engine served: the first request's baseline is the rest.
+        baseline = reg.get_sample_value("thrifty_baseline_cost_dollars_total", {"tier": "small"})
+        hits = reg.get_sample_value("thrifty_cache_baseline_cost_dollars_total", {"tier": "small"})
+        assert 0 < hits < baseline and hits == pytest.approx(2 / 3 * baseline)
+        [small] = [t for t in window_between(read_registry(reg), {}, 0.0, 1.0, 1, False).tiers if t.tier == "small"]
+        assert small.cache_baseline_dollars == pytest.approx(hits) and small.baseline_dollars == pytest.approx(baseline)
 
 
 async def test_cache_switched_off_by_header_or_policy_goes_upstream_as_bypass() -> None:

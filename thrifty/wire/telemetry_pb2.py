@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cthrifty/wire/telemetry.proto\x12\x14thrifty.telemetry.v1\"G\n\tHistogram\x12\x0e\n\x06\x62ounds\x18\x01 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\x0b\n\x03sum\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\x95\x02\n\x0cReplicaStats\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0f\n\x07waiting\x18\x03 \x01(\x01\x12\x0f\n\x07running\x18\x04 \x01(\x01\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x10\n\x08inflight\x18\x06 \x01(\x01\x12\x19\n\x11spec_draft_tokens\x18\x07 \x01(\x01\x12\x1c\n\x14spec_accepted_tokens\x18\x08 \x01(\x01\x12\x1a\n\rprompt_tokens\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11generation_tokens\x18\n \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_prompt_tokensB\x14\n\x12_generation_tokens\"\x99\x03\n\tTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x04\x12\x15\n\routput_tokens\x18\x05 \x01(\x04\x12\x15\n\rcached_tokens\x18\x06 \x01(\x04\x12\x0f\n\x07\x64ollars\x18\x07 \x01(\x01\x12\x18\n\x10\x62\x61seline_dollars\x18\x08 \x01(\x01\x12-\n\x04ttft\x18\t \x01(\x0b\x32\x1f.thrifty.telemetry.v1.Histogram\x12,\n\x03itl\x18\n \x01(\x0b\x32\x1f.thrifty.telemetry.v1.Histogram\x12\x13\n\x0bqueue_depth\x18\x0b \x01(\x01\x12\x18\n\x10\x63\x61\x63he_exact_hits\x18\x0c \x01(\x04\x12\x1b\n\x13\x63\x61\x63he_semantic_hits\x18\r \x01(\x04\x12\x0e\n\x06routed\x18\x0e \x01(\x04\x12\x34\n\x08replicas\x18\x0f \x03(\x0b\x32\".thrifty.telemetry.v1.ReplicaStats\"\xa8\x02\n\x0bStatsWindow\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0cwindow_start\x18\x02 \x01(\x01\x12\x12\n\nwindow_end\x18\x03 \x01(\x01\x12.\n\x05tiers\x18\x04 \x03(\x0b\x32\x1f.thrifty.telemetry.v1.TierStats\x12\x10\n\x08\x63\x61tch_up\x18\x05 \x01(\x08\x12<\n\x0cshared_cache\x18\x06 \x01(\x0b\x32&.thrifty.telemetry.v1.SharedCacheStats\x12/\n\x08verdicts\x18\x07 \x03(\x0b\x32\x1d.thrifty.telemetry.v1.Verdict\x12\x31\n\x06ledger\x18\x08 \x03(\x0b\x32!.thrifty.telemetry.v1.LedgerGroup\"q\n\x07Verdict\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\ncheap_tier\x18\x02 \x01(\t\x12\x16\n\x0ereference_tier\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\x05\x12\x0c\n\x04\x65\x61se\x18\x05 \x01(\x01\x12\r\n\x05score\x18\x06 \x01(\x01\"\x92\x01\n\x0bLedgerGroup\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0f\n\x07\x64ollars\x18\x03 \x01(\x01\x12\x12\n\ndollars_sq\x18\x04 \x01(\x01\x12\x18\n\x10\x62\x61seline_dollars\x18\x05 \x01(\x01\x12\x0e\n\x06judged\x18\x06 \x01(\x04\x12\x13\n\x0bquality_sum\x18\x07 \x01(\x01\"\x93\x01\n\x10SharedCacheStats\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x12\n\nexact_hits\x18\x02 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x03 \x01(\x04\x12\x13\n\x0bsync_errors\x18\x04 \x01(\x04\x12\x33\n\nmirror_lag\x18\x05 \x01(\x0b\x32\x1f.thrifty.telemetry.v1.Histogram\"J\n\x05Hello\x12\x12\n\nsidecar_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05tiers\x18\x03 \x03(\t\x12\r\n\x05proof\x18\x04 \x01(\x0c\"{\n\x0eSidecarMessage\x12,\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.thrifty.telemetry.v1.HelloH\x00\x12\x33\n\x06window\x18\x02 \x01(\x0b\x32!.thrifty.telemetry.v1.StatsWindowH\x00\x42\x06\n\x04kind\"\x1e\n\nTierTarget\x12\x10\n\x08replicas\x18\x01 \x01(\x05\"\x9d\x03\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1d\n\x10router_threshold\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rcache_enabled\x18\x03 \x01(\x08\x12\x43\n\x0ctier_targets\x18\x04 \x03(\x0b\x32-.thrifty.telemetry.v1.Policy.TierTargetsEntry\x12\\\n\x19router_cluster_thresholds\x18\x05 \x03(\x0b\x32\x39.thrifty.telemetry.v1.Policy.RouterClusterThresholdsEntry\x1aT\n\x10TierTargetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .thrifty.telemetry.v1.TierTarget:\x02\x38\x01\x1a>\n\x1cRouterClusterThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x13\n\x11_router_threshold\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"u\n\x11\x43ontrollerMessage\x12.\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.thrifty.telemetry.v1.PolicyH\x00\x12(\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x19.thrifty.telemetry.v1.AckH\x00\x42\x06\n\x04kind2h\n\tTelemetry\x12[\n\x06Stream\x12$.thrifty.telemetry.v1.SidecarMessage\x1a\'.thrifty.telemetry.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cthrifty/wire/telemetry.proto\x12\x14thrifty.telemetry.v1\"G\n\tHistogram\x12\x0e\n\x06\x62ounds\x18\x01 \x03(\x01\x12\x0e\n\x06\x63ounts\x18\x02 \x03(\x04\x12\x0b\n\x03sum\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\x95\x02\n\x0cReplicaStats\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x0f\n\x07waiting\x18\x03 \x01(\x01\x12\x0f\n\x07running\x18\x04 \x01(\x01\x12\x16\n\x0ekv_cache_usage\x18\x05 \x01(\x01\x12\x10\n\x08inflight\x18\x06 \x01(\x01\x12\x19\n\x11spec_draft_tokens\x18\x07 \x01(\x01\x12\x1c\n\x14spec_accepted_tokens\x18\x08 \x01(\x01\x12\x1a\n\rprompt_tokens\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11generation_tokens\x18\n \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_prompt_tokensB\x14\n\x12_generation_tokens\"\xb9\x03\n\tTierStats\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x03 \x01(\x04\x12\x14\n\x0cinput_tokens\x18\x04 \x01(\x04\x12\x15\n\routput_tokens\x18\x05 \x01(\x04\x12\x15\n\rcached_tokens\x18\x06 \x01(\x04\x12\x0f\n\x07\x64ollars\x18\x07 \x01(\x01\x12\x18\n\x10\x62\x61seline_dollars\x18\x08 \x01(\x01\x12-\n\x04ttft\x18\t \x01(\x0b\x32\x1f.thrifty.telemetry.v1.Histogram\x12,\n\x03itl\x18\n \x01(\x0b\x32\x1f.thrifty.telemetry.v1.Histogram\x12\x13\n\x0bqueue_depth\x18\x0b \x01(\x01\x12\x18\n\x10\x63\x61\x63he_exact_hits\x18\x0c \x01(\x04\x12\x1b\n\x13\x63\x61\x63he_semantic_hits\x18\r \x01(\x04\x12\x0e\n\x06routed\x18\x0e \x01(\x04\x12\x34\n\x08replicas\x18\x0f \x03(\x0b\x32\".thrifty.telemetry.v1.ReplicaStats\x12\x1e\n\x16\x63\x61\x63he_baseline_dollars\x18\x10 \x01(\x01\"\xa8\x02\n\x0bStatsWindow\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x14\n\x0cwindow_start\x18\x02 \x01(\x01\x12\x12\n\nwindow_end\x18\x03 \x01(\x01\x12.\n\x05tiers\x18\x04 \x03(\x0b\x32\x1f.thrifty.telemetry.v1.TierStats\x12\x10\n\x08\x63\x61tch_up\x18\x05 \x01(\x08\x12<\n\x0cshared_cache\x18\x06 \x01(\x0b\x32&.thrifty.telemetry.v1.SharedCacheStats\x12/\n\x08verdicts\x18\x07 \x03(\x0b\x32\x1d.thrifty.telemetry.v1.Verdict\x12\x31\n\x06ledger\x18\x08 \x03(\x0b\x32!.thrifty.telemetry.v1.LedgerGroup\"q\n\x07Verdict\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\ncheap_tier\x18\x02 \x01(\t\x12\x16\n\x0ereference_tier\x18\x03 \x01(\t\x12\x0f\n\x07\x63luster\x18\x04 \x01(\x05\x12\x0c\n\x04\x65\x61se\x18\x05 \x01(\x01\x12\r\n\x05score\x18\x06 \x01(\x01\"\x92\x01\n\x0bLedgerGroup\x12\r\n\x05group\x18\x01 \x01(\t\x12\x10\n\x08requests\x18\x02 \x01(\x04\x12\x0f\n\x07\x64ollars\x18\x03 \x01(\x01\x12\x12\n\ndollars_sq\x18\x04 \x01(\x01\x12\x18\n\x10\x62\x61seline_dollars\x18\x05 \x01(\x01\x12\x0e\n\x06judged\x18\x06 \x01(\x04\x12\x13\n\x0bquality_sum\x18\x07 \x01(\x01\"\x93\x01\n\x10SharedCacheStats\x12\n\n\x02up\x18\x01 \x01(\x08\x12\x12\n\nexact_hits\x18\x02 \x01(\x04\x12\x15\n\rsemantic_hits\x18\x03 \x01(\x04\x12\x13\n\x0bsync_errors\x18\x04 \x01(\x04\x12\x33\n\nmirror_lag\x18\x05 \x01(\x0b\x32\x1f.thrifty.telemetry.v1.Histogram\"J\n\x05Hello\x12\x12\n\nsidecar_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05tiers\x18\x03 \x03(\t\x12\r\n\x05proof\x18\x04 \x01(\x0c\"{\n\x0eSidecarMessage\x12,\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.thrifty.telemetry.v1.HelloH\x00\x12\x33\n\x06window\x18\x02 \x01(\x0b\x32!.thrifty.telemetry.v1.StatsWindowH\x00\x42\x06\n\x04kind\"\x1e\n\nTierTarget\x12\x10\n\x08replicas\x18\x01 \x01(\x05\"\x9d\x03\n\x06Policy\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x1d\n\x10router_threshold\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\rcache_enabled\x18\x03 \x01(\x08\x12\x43\n\x0ctier_targets\x18\x04 \x03(\x0b\x32-.thrifty.telemetry.v1.Policy.TierTargetsEntry\x12\\\n\x19router_cluster_thresholds\x18\x05 \x03(\x0b\x32\x39.thrifty.telemetry.v1.Policy.RouterClusterThresholdsEntry\x1aT\n\x10TierTargetsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .thrifty.telemetry.v1.TierTarget:\x02\x38\x01\x1a>\n\x1cRouterClusterThresholdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x13\n\x11_router_threshold\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"u\n\x11\x43ontrollerMessage\x12.\n\x06policy\x18\x01 \x01(\x0b\x32\x1c.thrifty.telemetry.v1.PolicyH\x00\x12(\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x19.thrifty.telemetry.v1.AckH\x00\x42\x06\n\x04kind2h\n\tTelemetry\x12[\n\x06Stream\x12$.thrifty.telemetry.v1.SidecarMessage\x1a\'.thrifty.telemetry.v1.ControllerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,31 +40,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICASTATS']._serialized_start=128
   _globals['_REPLICASTATS']._serialized_end=405
   _globals['_TIERSTATS']._serialized_start=408
-  _globals['_TIERSTATS']._serialized_end=817
-  _globals['_STATSWINDOW']._serialized_start=820
-  _globals['_STATSWINDOW']._serialized_end=1116
-  _globals['_VERDICT']._serialized_start=1118
-  _globals['_VERDICT']._serialized_end=1231
-  _globals['_LEDGERGROUP']._serialized_start=1234
-  _globals['_LEDGERGROUP']._serialized_end=1380
-  _globals['_SHAREDCACHESTATS']._serialized_start=1383
-  _globals['_SHAREDCACHESTATS']._serialized_end=1530
-  _globals['_HELLO']._serialized_start=1532
-  _globals['_HELLO']._serialized_end=1606
-  _globals['_SIDECARMESSAGE']._serialized_start=1608
-  _globals['_SIDECARMESSAGE']._serialized_end=1731
-  _globals['_TIERTARGET']._serialized_start=1733
-  _globals['_TIERTARGET']._serialized_end=1763
-  _globals['_POLICY']._serialized_start=1766
-  _globals['_POLICY']._serialized_end=2179
-  _globals['_POLICY_TIERTARGETSENTRY']._serialized_start=2010
-  _globals['_POLICY_TIERTARGETSENTRY']._serialized_end=2094
-  _globals['_POLICY_ROUTERCLUSTERTHRESHOLDSENTRY']._serialized_start=2096
-  _globals['_POLICY_ROUTERCLUSTERTHRESHOLDSENTRY']._serialized_end=2158
-  _globals['_ACK']._serialized_start=2181
-  _globals['_ACK']._serialized_end=2199
-  _globals['_CONTROLLERMESSAGE']._serialized_start=2201
-  _globals['_CONTROLLERMESSAGE']._serialized_end=2318
-  _globals['_TELEMETRY']._serialized_start=2320
-  _globals['_TELEMETRY']._serialized_end=2424
+  _globals['_TIERSTATS']._serialized_end=849
+  _globals['_STATSWINDOW']._serialized_start=852
+  _globals['_STATSWINDOW']._serialized_end=1148
+  _globals['_VERDICT']._serialized_start=1150
+  _globals['_VERDICT']._serialized_end=1263
+  _globals['_LEDGERGROUP']._serialized_start=1266
+  _globals['_LEDGERGROUP']._serialized_end=1412
+  _globals['_SHAREDCACHESTATS']._serialized_start=1415
+  _globals['_SHAREDCACHESTATS']._serialized_end=1562
+  _globals['_HELLO']._serialized_start=1564
+  _globals['_HELLO']._serialized_end=1638
+  _globals['_SIDECARMESSAGE']._serialized_start=1640
+  _globals['_SIDECARMESSAGE']._serialized_end=1763
+  _globals['_TIERTARGET']._serialized_start=1765
+  _globals['_TIERTARGET']._serialized_end=1795
+  _globals['_POLICY']._serialized_start=1798
+  _globals['_POLICY']._serialized_end=2211
+  _globals['_POLICY_TIERTARGETSENTRY']._serialized_start=2042
+  _globals['_POLICY_TIERTARGETSENTRY']._serialized_end=2126
+  _globals['_POLICY_ROUTERCLUSTERTHRESHOLDSENTRY']._serialized_start=2128
+  _globals['_POLICY_ROUTERCLUSTERTHRESHOLDSENTRY']._serialized_end=2190
+  _globals['_ACK']._serialized_start=2213
+  _globals['_ACK']._serialized_end=2231
+  _globals['_CONTROLLERMESSAGE']._serialized_start=2233
+  _globals['_CONTROLLERMESSAGE']._serialized_end=2350
+  _globals['_TELEMETRY']._serialized_start=2352
+  _globals['_TELEMETRY']._serialized_end=2456
 # @@protoc_insertion_point(module_scope)
