@@ -202,6 +202,7 @@ def windows(records: list[Record], offset: float, inject: Injection, period: flo
         ts.requests += 1
         if r.too_long:  # the sidecar counts the request (outcome client_error); no usage, no cost
             ts.routed += 1
+            ts.client_errors += 1
             continue
         ts.input_tokens += r.prompt
         if r.cache == 1:

@@ -272,10 +272,11 @@ def bucket_signals(fleet: FleetView, end: float, span_s: float) -> dict[tuple[st
     out: dict[tuple[str, str | None], float | None] = {
         ("savings_ratio", None): whole.savings_ratio,
         ("error_rate", None): whole.error_rate if whole.requests >= 20 else None,
-        ("cache_hit_rate_exact", None): whole.exact_hit_rate if whole.requests >= 20 else None,
-        ("cache_hit_rate_semantic", None): whole.semantic_hit_rate if whole.requests >= 20 else None,
+        ("cache_hit_rate_exact", None): whole.exact_hit_rate if whole.answerable >= 20 else None,
+        ("cache_hit_rate_semantic", None): whole.semantic_hit_rate if whole.answerable >= 20 else None,
     }
-    out.update({("requests", None): whole.requests, ("input_tokens", None): whole.input_tokens,
+    # The fleet's bucket size for the weights and the hit rates' binomial floor: what could be answered.
+    out.update({("requests", None): whole.answerable, ("input_tokens", None): whole.input_tokens,
                 ("output_tokens", None): whole.output_tokens})
     shares = fleet.routing_share(end, span_s)
     multi = len(fleet.tier_names) > 1

@@ -41,6 +41,7 @@ class TierSummary:
     span_s: float
     requests: int
     errors: int
+    client_errors: int
     dollars: float
     baseline_dollars: float
     cache_baseline_dollars: float
@@ -68,12 +69,18 @@ class TierSummary:
         return ratio(self.errors, self.requests)
 
     @property
+    def answerable(self) -> int:
+        """Requests an engine or a cache could answer: a client error (a prompt over the
+        context, a bad request) can be neither a hit nor a miss, and its share moves."""
+        return self.requests - self.client_errors
+
+    @property
     def exact_hit_rate(self) -> float | None:
-        return ratio(self.cache_exact_hits, self.requests)
+        return ratio(self.cache_exact_hits, self.answerable)
 
     @property
     def semantic_hit_rate(self) -> float | None:
-        return ratio(self.cache_semantic_hits, self.requests)
+        return ratio(self.cache_semantic_hits, self.answerable)
 
     @property
     def ttft_p95(self) -> float | None:
@@ -127,7 +134,7 @@ def summarize(tier: str, parts: list[TierStats], span_s: float) -> TierSummary:
         draft += p.spec_draft_tokens
         accepted += p.spec_accepted_tokens
     return TierSummary(
-        tier=tier, span_s=span_s, requests=total.requests, errors=total.errors,
+        tier=tier, span_s=span_s, requests=total.requests, errors=total.errors, client_errors=total.client_errors,
         dollars=total.dollars, baseline_dollars=total.baseline_dollars,
         cache_baseline_dollars=total.cache_baseline_dollars, routed=total.routed,
         cache_exact_hits=total.cache_exact_hits, cache_semantic_hits=total.cache_semantic_hits,

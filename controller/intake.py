@@ -80,7 +80,7 @@ def _replica(r: ReplicaStats, tier: str) -> None:
 
 
 def _tier(t: TierStats) -> None:
-    for name in ("requests", "errors", "cache_exact_hits", "cache_semantic_hits", "routed"):
+    for name in ("requests", "errors", "client_errors", "cache_exact_hits", "cache_semantic_hits", "routed"):
         _number(getattr(t, name), name, MAX_COUNT)
     for name in ("input_tokens", "output_tokens", "cached_tokens"):
         _number(getattr(t, name), name, MAX_TOKENS)

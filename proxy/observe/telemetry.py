@@ -176,6 +176,8 @@ def read_registry(registry: CollectorRegistry) -> dict[str, _TierSnap]:
                 c["requests"] = c.get("requests", 0) + v
                 if labels.get("outcome") in ERROR_OUTCOMES:
                     c["errors"] = c.get("errors", 0) + v
+                elif labels.get("outcome") == "client_error":
+                    c["client_errors"] = c.get("client_errors", 0) + v
                 if labels.get("cache") in ("exact", "semantic"):
                     key = f"hits_{labels['cache']}"
                     c[key] = c.get(key, 0) + v
@@ -238,7 +240,8 @@ def window_between(now: dict[str, _TierSnap], before: dict[str, _TierSnap], star
                 prompt_tokens=served("prompt_tokens"), generation_tokens=served("generation_tokens"),
             ))
         tiers.append(TierStats(
-            tier=name, requests=int(d("requests")), errors=int(d("errors")), input_tokens=int(d("tokens_input")),
+            tier=name, requests=int(d("requests")), errors=int(d("errors")),
+            client_errors=int(d("client_errors")), input_tokens=int(d("tokens_input")),
             output_tokens=int(d("tokens_output")), cached_tokens=int(d("tokens_cached")), dollars=d("dollars"),
             baseline_dollars=d("baseline"), cache_baseline_dollars=d("cache_baseline"), ttft=_hist_delta(snap.ttft, prev.ttft if prev else None),
             itl=_hist_delta(snap.itl, prev.itl if prev else None), queue_depth=snap.queue_depth,

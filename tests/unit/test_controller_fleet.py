@@ -63,3 +63,23 @@ def test_served_rate_and_arrival_split_come_from_telemetry() -> None:
             TierStats("large", requests=1, replicas=[ReplicaStats("http://r1", running=1)])]))))
     bare_o = tier_observation(bare, "large", 31.0, target=1)
     assert bare_o.served_token_rate is None and bare_o.processed_token_rate is None
+
+
+def test_client_errors_travel_apart_and_leave_the_hit_rates() -> None:
+    """A prompt over the context (the engine's 400) can be neither a hit nor a miss: the sidecar
+    reports it apart from the errors, and the hit rates count only what could be answered."""
+    from thrifty.proxy.observe.metrics import SidecarMetrics
+    from thrifty.proxy.observe.telemetry import read_registry, window_between
+    from thrifty.wire.codec import window_from_pb, window_to_pb
+
+    metrics = SidecarMetrics(["small"])
+    metrics.requests.labels("small", "ok", "exact").inc()
+    metrics.requests.labels("small", "ok", "miss").inc()
+    metrics.requests.labels("small", "client_error", "miss").inc(2)
+    metrics.requests.labels("small", "upstream_error", "miss").inc()
+    window = window_between(read_registry(metrics.registry), {}, 0.0, 5.0, 1, False)
+    view = FleetView(["small"], bucket_s=10)
+    view.ingest("a", window_from_pb(window_to_pb(window)))
+    s = view.summary("small", 10.0, 10.0)
+    assert (s.requests, s.client_errors, s.errors, s.answerable) == (5, 2, 1, 3)
+    assert s.exact_hit_rate == pytest.approx(1 / 3)

@@ -44,7 +44,7 @@ def window_to_pb(w: StatsWindow) -> pb.StatsWindow:
                 tier=t.tier, requests=t.requests, errors=t.errors, input_tokens=t.input_tokens,
                 output_tokens=t.output_tokens, cached_tokens=t.cached_tokens, dollars=t.dollars,
                 baseline_dollars=t.baseline_dollars, cache_baseline_dollars=t.cache_baseline_dollars,
-                ttft=histogram_to_pb(t.ttft), itl=histogram_to_pb(t.itl),
+                client_errors=t.client_errors, ttft=histogram_to_pb(t.ttft), itl=histogram_to_pb(t.itl),
                 queue_depth=t.queue_depth, cache_exact_hits=t.cache_exact_hits,
                 cache_semantic_hits=t.cache_semantic_hits, routed=t.routed,
                 replicas=[
@@ -77,7 +77,7 @@ def window_from_pb(m: pb.StatsWindow) -> StatsWindow:
                 tier=t.tier, requests=t.requests, errors=t.errors, input_tokens=t.input_tokens,
                 output_tokens=t.output_tokens, cached_tokens=t.cached_tokens, dollars=t.dollars,
                 baseline_dollars=t.baseline_dollars, cache_baseline_dollars=t.cache_baseline_dollars,
-                ttft=histogram_from_pb(t.ttft), itl=histogram_from_pb(t.itl),
+                client_errors=t.client_errors, ttft=histogram_from_pb(t.ttft), itl=histogram_from_pb(t.itl),
                 queue_depth=t.queue_depth, cache_exact_hits=t.cache_exact_hits,
                 cache_semantic_hits=t.cache_semantic_hits, routed=t.routed,
                 replicas=[

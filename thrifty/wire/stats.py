@@ -118,6 +118,9 @@ class TierStats:
     tier: str
     requests: int = 0
     errors: int = 0
+    # Finished with outcome client_error (a prompt over the context, a bad request): neither an
+    # engine nor a cache could answer them, so the hit rates leave them out of the denominator.
+    client_errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
@@ -138,6 +141,7 @@ class TierStats:
         """Sum counters and histograms; gauges (queue, replicas) are handled by the caller."""
         self.requests += other.requests
         self.errors += other.errors
+        self.client_errors += other.client_errors
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cached_tokens += other.cached_tokens
