@@ -41,7 +41,7 @@ SIGNALS: dict[str, SignalSpec] = {
     for s in (
         SignalSpec("cost_per_request", 0.05, 1e-9, 0.08),
         SignalSpec("savings_ratio", 0.0, 0.02, 0.05, relative=False),
-        SignalSpec("cost_index", 0.02, 1e-6, 0.08),
+        SignalSpec("cost_index", 0.02, 1e-6, 0.08, mix_driven=True),
         SignalSpec("ttft_p95", 0.08, 0.005, 0.15, load_driven=True),
         SignalSpec("ttft_per_1k_prompt", 0.06, 1e-4, 0.15, load_driven=True),
         SignalSpec("itl_mean", 0.08, 0.001, 0.15, load_driven=True),
@@ -125,7 +125,8 @@ class DriftMonitor:
         if key not in self._series:
             self._series[key] = _Series(SIGNALS[signal], tier, make_test(self.method, self.cusum_h),
                                         RollingBaseline(self.baseline_size, self.lag, lags=self.lrv_lags,
-                                                        early_fit=SIGNALS[signal].load_driven),
+                                                        early_fit=SIGNALS[signal].load_driven or SIGNALS[signal].mix_driven,
+                                                        floored=SIGNALS[signal].load_driven),
                                         self.warmup)
         return self._series[key]
 
@@ -143,6 +144,8 @@ class DriftMonitor:
             series = self._get(signal, tier)
             if features and series.spec.load_driven:
                 features = load_features(features)
+            elif features and series.spec.mix_driven:
+                features = (features[1] / (features[0] + features[1]),) if features[0] + features[1] > 0 else ()
             alert = self._observe_one(series, t, x, features,  # type: ignore[arg-type]
                                       float(n) if n is not None and n > 0 else 1.0)
             if alert is not None:

@@ -33,6 +33,10 @@ class SignalSpec:
     # fits its load slope from the warm-up (`RollingBaseline(early_fit=True)`); ratios and
     # shares do not in expectation, and a slope fitted to a few of their buckets is noise.
     load_driven: bool = False
+    # A price per token mixed over input and output (a tier's cost per baseline dollar): the
+    # bucket's output share of the tokens explains it (75-93% of its variance in the bench's
+    # replays), not the load's level; fitted from the warm-up on too, as latency's load is.
+    mix_driven: bool = False
     # A proportion of the bucket's requests: its scale is floored at the binomial sampling
     # noise at the baseline's own rate and the bucket's size, sqrt(p (1 - p) / n), not at a
     # fixed absolute floor (a floor sized for a 15% rate hid a collapse of a 3% one).
@@ -193,13 +197,15 @@ class RollingBaseline:
       requests) with gamma fitted on the history (-> 0.5 for sampling noise, 0 for none), so
       a quiet bucket's wider noise does not read as a shift.
 
-    With `early_fit` (latency) the load slope is fitted from the warm-up on, where it
-    predicts out of sample, the fit's leverage widens the scale, and a load the young history
-    has not seen is not tested (`unseen`): docs/design/drift.md, "A fresh monitor's first hour".
+    With `early_fit` (latency's load, a cost index's token mix) the slope is fitted from the
+    warm-up on, where it predicts out of sample, the fit's leverage widens the scale, and a
+    load the young history has not seen is not tested (`unseen`): docs/design/drift.md, "A
+    fresh monitor's first hour". `floored` (default: `early_fit`; latency only) keeps the
+    level at or above every value the history holds (latency is positive and convex in load).
     """
 
     def __init__(self, size: int = 30, lag: int = 6, scale_size: int = 180, min_residuals: int = 30,
-                 lags: int = 1, early_fit: bool = False) -> None:
+                 lags: int = 1, early_fit: bool = False, floored: bool | None = None) -> None:
         self.values: deque[float] = deque(maxlen=size)
         self.feats: deque[tuple[float, ...]] = deque(maxlen=size)
         self.history: deque[tuple[float, tuple[float, ...], float]] = deque(maxlen=scale_size)
@@ -207,6 +213,7 @@ class RollingBaseline:
         self.res_counts: deque[float] = deque(maxlen=scale_size)
         self.pending: deque[tuple[float, float | None, tuple[float, ...], float]] = deque()
         self.lag, self.min_residuals, self.lags, self.early_fit = lag, min_residuals, lags, early_fit
+        self.floored = early_fit if floored is None else floored
         self._slope: tuple[float, ...] | None = None
         self._kept_slope: tuple[float, ...] = ()  # the last fit, kept across a re-baseline
         self._design: _Design | None = None  # the fit's feature means and inverse scatter (leverage)
@@ -279,7 +286,7 @@ class RollingBaseline:
         # system. The history (up to `scale_size` buckets), not the 30-value window: after half
         # an hour of busy buckets the window's minimum is a busy value, and a quiet bucket held
         # to it read as a fall ("down" alarms on every drop in load).
-        return max(level, min(v for v, _, _ in self.history)) if self.early_fit else level
+        return max(level, min(v for v, _, _ in self.history)) if self.floored else level
 
     def _leverage(self, features: tuple[float, ...]) -> float:
         """h(f) = 1/n + (f - mean)' S^-1 (f - mean) of the fit: the prediction's own variance over sigma^2.
