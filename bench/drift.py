@@ -212,9 +212,10 @@ def windows(records: list[Record], offset: float, inject: Injection, period: flo
         else:
             ts.routed += 1
         big_in, big_out = PRICE["large"]
-        ts.baseline_dollars += r.prompt * big_in + r.output * big_out
-        if r.cache:
-            ts.cache_baseline_dollars += r.prompt * big_in + r.output * big_out
+        baseline = r.prompt * big_in + r.output * big_out
+        ts.baseline_dollars += baseline
+        if r.cache:  # a hit's baseline, counted apart as the sidecar does
+            ts.cache_baseline_dollars += baseline
         if r.ttft is None:
             ts.errors += 1
             continue

@@ -69,6 +69,16 @@ def load_features(tokens_k: tuple[float, ...]) -> tuple[float, ...]:
     return (*tokens_k, tokens_k[0] * tokens_k[0] / 1000.0)
 
 
+def mix_features(tokens_k: tuple[float, ...]) -> tuple[float, ...]:
+    """A price index's regressor: the bucket's output share of its (input, output) tokens.
+
+    Why: a tier's cost per baseline dollar is its input and output price ratios mixed by
+    that share, whatever the load's level; () for a bucket with no tokens (nothing to fit).
+    """
+    total = tokens_k[0] + tokens_k[1]
+    return (tokens_k[1] / total,) if total > 0 else ()
+
+
 @dataclass(slots=True)
 class Alert:
     id: int
@@ -145,7 +155,7 @@ class DriftMonitor:
             if features and series.spec.load_driven:
                 features = load_features(features)
             elif features and series.spec.mix_driven:
-                features = (features[1] / (features[0] + features[1]),) if features[0] + features[1] > 0 else ()
+                features = mix_features(features)
             alert = self._observe_one(series, t, x, features,  # type: ignore[arg-type]
                                       float(n) if n is not None and n > 0 else 1.0)
             if alert is not None:
@@ -254,16 +264,16 @@ def spec_break_even(k: int, draft_cost: float = 0.0) -> float:
 
 
 def cost_index(s: TierSummary) -> float | None:
-    """A tier's dollars over the baseline dollars of the requests its engines served.
+    """A tier's dollars over the baseline dollars of the requests its engines served (None
+    under 20 requests or with nothing served).
 
     Per tier, because the tiers' price ratios to the baseline differ ~10x: a fleet-wide
-    ratio moves with each bucket's routing mix (per-bucket noise ~11% on the public trace;
-    the mix is `routing_share`'s to watch), and a fleet index with slow weights still
-    moved with its weights (Mooncake: ~12% over an hour). Cache hits are left out of the
-    denominator: they carry baseline dollars and cost nothing, so their share (the hit
-    rates are watched on their own) read as a price change (~10% per-bucket noise on
-    Mooncake's long prompts, 2% without). What is left moves with a tier's price or its
-    tokens' input/output mix only. Figures: docs/design/drift.md.
+    ratio moves with the routing mix (`routing_share`'s to watch), and a fleet index with
+    slow weights moves with its weights. Cache hits are left out of the denominator: they
+    carry baseline dollars and cost nothing, so their share (the hit rates' to watch) would
+    read as a price change. What is left moves with the tier's price and its tokens'
+    input/output mix only (the mix is the baseline's regressor: `mix_features`). Measured:
+    docs/design/drift.md, "Cost per tier over what the engines served".
     """
     served = s.baseline_dollars - s.cache_baseline_dollars
     return s.dollars / served if s.requests >= 20 and served > 0 else None

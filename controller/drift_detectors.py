@@ -34,8 +34,8 @@ class SignalSpec:
     # shares do not in expectation, and a slope fitted to a few of their buckets is noise.
     load_driven: bool = False
     # A price per token mixed over input and output (a tier's cost per baseline dollar): the
-    # bucket's output share of the tokens explains it (75-93% of its variance in the bench's
-    # replays), not the load's level; fitted from the warm-up on too, as latency's load is.
+    # bucket's output share of the tokens explains it (`drift.mix_features`), not the load's
+    # level; fitted from the warm-up on too, as latency's load is.
     mix_driven: bool = False
     # A proportion of the bucket's requests: its scale is floored at the binomial sampling
     # noise at the baseline's own rate and the bucket's size, sqrt(p (1 - p) / n), not at a
